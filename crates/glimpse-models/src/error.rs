@@ -1,0 +1,37 @@
+use std::path::PathBuf;
+
+/// Errors of the model layer. Each names the file, tensor or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Data(#[from] glimpse_data::Error),
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+
+    /// A model directory or hub id that cannot be used (missing files, no hub access).
+    #[error("model `{model}`: {msg}")]
+    Model { model: String, msg: String },
+
+    /// The weights do not fit the config or the architecture.
+    #[error("checkpoint {}: {msg}", dir.display())]
+    Checkpoint { dir: PathBuf, msg: String },
+
+    /// A config.json that deserialised but makes no sense (or names another class).
+    #[error("config {}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

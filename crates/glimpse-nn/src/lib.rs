@@ -1,0 +1,18 @@
+//! Building blocks for Glimpse models on candle.
+//!
+//! * [`attention`]: the one scaled dot-product attention (self, cross, causal, custom
+//!   masks, grouped-query) and the key/value cache that callers pass in.
+//! * [`layers`]: activations, linear/layer-norm helpers that pick fused kernels for
+//!   inference and differentiable ones for training.
+//! * [`vit`]: the vision transformer used by CLIP, BLIP and BLIP-2 image encoders.
+//! * [`bert`]: the BERT-style text encoder/decoder with optional cross-attention (BLIP).
+//!
+//! Modules are built with `fn new(cfg, vb: VarBuilder)` where the `VarBuilder` prefix
+//! equals the checkpoint key, so a port reads like the reference's parameter list.
+
+pub mod attention;
+pub mod bert;
+pub mod layers;
+pub mod vit;
+
+pub use attention::{padding_mask, sdpa, AttnMask, KvCache};
