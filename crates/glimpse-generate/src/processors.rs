@@ -1,0 +1,194 @@
+//! Logits processing on one row of scores, in plain Rust on the CPU: the reference's
+//! processors (repetition penalty, eos suppression) and sampling warpers
+//! (temperature, top-k, top-p), plus the selection helpers the strategies share.
+//!
+//! Each function works on a `&mut [f32]` of one row so that the strategies decide
+//! which rows need work (finished rows need none). Arithmetic stays in f32 where the
+//! reference computes in f32, so scores that decide beam order round the same way.
+
+use std::cmp::Ordering;
+
+use rand::Rng;
+
+/// NaN would break the ordering that selection relies on; it ranks below everything.
+fn rank_key(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x
+    }
+}
+
+/// Descending by value, ties by lower index: equal to `torch.topk`/`argmax` for
+/// distinct values, and deterministic for equal ones.
+fn desc(values: &[f32], a: usize, b: usize) -> Ordering {
+    rank_key(values[b])
+        .partial_cmp(&rank_key(values[a]))
+        .unwrap_or(Ordering::Equal)
+        .then(a.cmp(&b))
+}
+
+/// Index of the largest value, the first one on ties (as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> usize {
+    (0..values.len())
+        .min_by(|&a, &b| desc(values, a, b))
+        .unwrap_or(0)
+}
+
+/// Indices of the `k` largest values, best first. Linear selection, then a sort of
+/// the `k` winners only, so a 150k-entry row costs O(n).
+pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| desc(values, a, b));
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(|&a, &b| desc(values, a, b));
+    idx
+}
+
+/// `log_softmax` in place: `(x - max) - ln(sum(exp(x - max)))`; the sum runs in f64
+/// so that its rounding stays far below the f32 result's.
+pub fn log_softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return; // all -inf (or empty): nothing is reachable, leave it so.
+    }
+    let sum: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    for x in row.iter_mut() {
+        *x = (*x - max) - log_sum;
+    }
+}
+
+/// Repetition penalty over the ids already in the sequence, each id once: negative
+/// scores are multiplied by `penalty`, others divided, so a penalty above 1 always
+/// lowers the token. Ids outside the row are ignored as in the reference.
+pub fn repetition_penalty(row: &mut [f32], seen: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut ids: Vec<usize> = seen
+        .iter()
+        .map(|&t| t as usize)
+        .filter(|&t| t < row.len())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for t in ids {
+        let s = row[t];
+        row[t] = if s < 0.0 { s * penalty } else { s / penalty };
+    }
+}
+
+/// Sets the given tokens to -inf (eos while `min_new_tokens` is not reached).
+pub fn suppress(row: &mut [f32], tokens: &[u32]) {
+    for &t in tokens {
+        if let Some(s) = row.get_mut(t as usize) {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Divides by the temperature (callers skip it at 1, as the reference does).
+pub fn temperature(row: &mut [f32], t: f32) {
+    if t != 1.0 {
+        row.iter_mut().for_each(|x| *x /= t);
+    }
+}
+
+/// Keeps tokens whose score reaches the `max(top_k, min_keep)`-th best score (ties
+/// at the boundary survive, so more than k may remain); the rest become -inf.
+pub fn top_k(row: &mut [f32], top_k: usize, min_keep: usize) {
+    if top_k == 0 {
+        return;
+    }
+    let k = top_k.max(min_keep).min(row.len());
+    let Some(&last) = top_k_indices(row, k).last() else {
+        return;
+    };
+    let threshold = row[last];
+    for x in row.iter_mut() {
+        if *x < threshold {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Nucleus filter as the reference states it: walking the tokens from the worst up,
+/// remove those whose cumulative probability is still `<= 1 - top_p`; the best
+/// `min_keep` always stay. Tokens already at -inf carry no probability and stay
+/// removed, so only the finite ones are sorted.
+pub fn top_p(row: &mut [f32], top_p: f32, min_keep: usize) {
+    if top_p >= 1.0 {
+        return;
+    }
+    let mut finite: Vec<usize> = (0..row.len())
+        .filter(|&i| row[i] > f32::NEG_INFINITY)
+        .collect();
+    // Ascending, so reverse the descending order (ties: higher index first).
+    finite.sort_unstable_by(|&a, &b| desc(row, b, a));
+    let max = finite.last().map_or(0.0, |&i| row[i]);
+    let total: f64 = finite.iter().map(|&i| f64::from(row[i] - max).exp()).sum();
+    let cut = 1.0 - f64::from(top_p);
+    let keep_from = finite.len().saturating_sub(min_keep);
+    let mut cumulative = 0.0f64;
+    for (rank, &i) in finite.iter().enumerate() {
+        cumulative += f64::from(row[i] - max).exp() / total;
+        if rank < keep_from && cumulative <= cut {
+            row[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Draws one token from `softmax(row)`; `None` when nothing has positive mass.
+pub fn sample(row: &[f32], rng: &mut impl Rng) -> Option<usize> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return None;
+    }
+    let weights: Vec<f64> = row.iter().map(|&x| f64::from(x - max).exp()).collect();
+    draw(&weights, rng)
+}
+
+/// Draws an index with probability proportional to `weights` (non-negative).
+pub fn draw(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
+    let total: f64 = weights.iter().filter(|w| w.is_finite()).sum();
+    if total.is_nan() || total <= 0.0 {
+        return None;
+    }
+    let mut target = rng.random::<f64>() * total;
+    let mut last = None;
+    for (i, &w) in weights.iter().enumerate() {
+        if !(w > 0.0 && w.is_finite()) {
+            continue;
+        }
+        last = Some(i);
+        if target < w {
+            return Some(i);
+        }
+        target -= w;
+    }
+    last // rounding left a sliver past the end: the last token with mass takes it.
+}
+
+/// `k` draws without replacement from `softmax(row)`, as beam sampling needs;
+/// fewer when fewer tokens have mass.
+pub fn sample_without_replacement(row: &[f32], k: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return Vec::new();
+    }
+    let mut weights: Vec<f64> = row.iter().map(|&x| f64::from(x - max).exp()).collect();
+    let mut out = Vec::with_capacity(k);
+    while out.len() < k {
+        let Some(i) = draw(&weights, rng) else { break };
+        weights[i] = 0.0;
+        out.push(i);
+    }
+    out
+}
