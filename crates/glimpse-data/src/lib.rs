@@ -1,8 +1,24 @@
-//! Image preprocessing and tokenization for Glimpse (being written).
+//! Image preprocessing and tokenization for Glimpse, driven by the same files the
+//! reference uses (`preprocessor_config.json`, `tokenizer.json`,
+//! `tokenizer_config.json`), with parity against transformers' PIL-backend processors
+//! and its tokenizers as the goal.
+//!
+//! - [`load_image`] / [`decode_image`]: any supported format to upright RGB8, bounded
+//!   in memory, converted the way PIL's `convert("RGB")` would.
+//! - [`ImageProcessor`]: CLIP / BLIP resize, crop, rescale, normalise.
+//! - [`TextTokenizer`]: encode, batch with right padding and truncation, decode.
 
-/// Errors of the data layer; each names the file or text at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Msg(String),
-}
+mod error;
+mod image_io;
+mod processor;
+mod text;
+
+pub use error::{Error, Result};
+pub use image_io::{
+    decode_image, decode_image_with_limits, load_image, load_image_with_limits, ImageLimits,
+};
+pub use processor::{
+    resize_dims, ImageProcessor, ProcessorConfig, ProcessorFamily, Resample, ResizeTarget,
+    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+};
+pub use text::{TextBatch, TextTokenizer};
