@@ -130,9 +130,18 @@ impl ProcessorConfig {
     }
 
     /// Parses a configuration from JSON text; `origin` names it in errors.
+    ///
+    /// Accepts both a `preprocessor_config.json` (the image processor's fields at the
+    /// top level) and a transformers 5 `processor_config.json`, which nests them under
+    /// `"image_processor"` next to the processor's own fields.
     pub fn from_json_str(json: &str, origin: &str) -> Result<Self> {
-        let raw: RawProcessorConfig = serde_json::from_str(json)
+        let mut value: Value = serde_json::from_str(json)
             .map_err(|e| Error::config(origin, format!("invalid JSON: {e}")))?;
+        if let Some(nested) = value.get_mut("image_processor").map(Value::take) {
+            value = nested;
+        }
+        let raw: RawProcessorConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config(origin, format!("invalid image processor config: {e}")))?;
         raw.resolve(origin)
     }
 }

@@ -102,3 +102,16 @@ fn identity_settings_give_raw_values_in_chw_order() {
         .unwrap();
     assert_eq!(b.dims(), &[2, 3, 1, 2]);
 }
+
+#[test]
+fn nested_processor_config_reads_the_image_processor_part() {
+    let json = r#"{
+        "image_processor": {"image_processor_type": "BlipImageProcessor",
+                            "size": {"height": 32, "width": 32}, "resample": 3},
+        "num_query_tokens": 8,
+        "processor_class": "Blip2Processor"
+    }"#;
+    let cfg = ProcessorConfig::from_json_str(json, "processor_config.json").unwrap();
+    let proc = ImageProcessor::from_config(cfg).unwrap();
+    assert_eq!(proc.output_size(), (32, 32));
+}
