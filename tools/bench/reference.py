@@ -125,6 +125,7 @@ def blip_config():
 
 def make_models(out: Path) -> None:
     import torch
+    import transformers
     from transformers import (
         BlipForConditionalGeneration,
         BlipImageProcessor,
@@ -132,6 +133,7 @@ def make_models(out: Path) -> None:
         CLIPModel,
     )
 
+    transformers.utils.logging.set_verbosity_error()
     out.mkdir(parents=True, exist_ok=True)
     builders = [
         (

@@ -9,6 +9,10 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] glimpse_data::Error),
 
+    /// Decoding settings that cannot run (e.g. top_p outside (0, 1]) or a bad prompt.
+    #[error("generation: {0}")]
+    Generate(glimpse_generate::GenerateError),
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -32,6 +36,15 @@ pub enum Error {
     /// A config.json that deserialised but makes no sense (or names another class).
     #[error("config {}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
+}
+
+impl From<glimpse_generate::GenerateError> for Error {
+    fn from(e: glimpse_generate::GenerateError) -> Self {
+        match e {
+            glimpse_generate::GenerateError::Candle(e) => Error::Candle(e),
+            other => Error::Generate(other),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

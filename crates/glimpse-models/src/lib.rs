@@ -6,10 +6,17 @@
 //! * [`clip`]: `CLIPModel`.
 //! * [`blip`]: `BlipForConditionalGeneration`, `BlipForImageTextRetrieval`,
 //!   `BlipForQuestionAnswering`.
+//! * [`blip2`]: `Blip2ForConditionalGeneration` (OPT, T5), `Blip2ForImageTextRetrieval`.
+//! * [`llava`]: `LlavaForConditionalGeneration`.
+//! * [`pipeline`]: one entry point (load any supported directory, then embed, match,
+//!   classify, caption, ask) used by the CLI.
 
 pub mod blip;
+pub mod blip2;
 pub mod checkpoint;
 pub mod clip;
+pub mod llava;
+pub mod pipeline;
 mod error;
 
 pub use error::{Error, Result};

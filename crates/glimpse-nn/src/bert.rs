@@ -1,1 +1,489 @@
-//! (being written)
+//! The BERT-style text transformer of BLIP ("MED", multimodal mixture of encoder-decoder),
+//! after `transformers/models/blip/modeling_blip_text.py` (transformers 5.24).
+//!
+//! One [`BertModel`] serves the three roles BLIP gives it:
+//! * unimodal text encoder: bidirectional self-attention, no encoder states (ITC);
+//! * image-grounded text encoder: bidirectional, cross-attention to image states (ITM,
+//!   VQA question encoder);
+//! * image-grounded text decoder: causal self-attention plus cross-attention, with an
+//!   LM head ([`BertLMHeadModel`]) for captioning and answers.
+//!
+//! The mode is an argument of `forward` ([`SelfMask`]), not a property of the weights, so
+//! BLIP's pre-training can build an encoder and a decoder that share every parameter
+//! except self-attention from the same kind of module.
+//!
+//! Decoding keeps its state in a [`BertCache`] passed by the caller: per layer a growing
+//! self-attention [`KvCache`] and a cross-attention [`KvCache`] that
+//! [`BertModel::new_cache`] fills once from the encoder states, so the image is projected
+//! to keys/values once per image and not once per token. [`BertCache::select_rows`]
+//! reorders everything (beam search).
+//!
+//! Layer norms and softmax take a `train` flag: candle's fused kernels record no backward.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::attention::{merge_heads, padding_mask, sdpa, split_heads, AttnMask, KvCache};
+use crate::layers::{linear, Activation, LayerNorm, Linear, Module};
+
+mod config;
+pub use config::{BertConfig, TokenIds};
+
+/// Which positions self-attention may look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfMask {
+    /// Every token sees every (non-padded) token: the text encoders.
+    Bidirectional,
+    /// Each token sees itself and earlier tokens: the text decoder.
+    Causal,
+}
+
+/// Encoder states for cross-attention, with an optional `[batch, n]` 0/1 mask.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderStates<'a> {
+    /// `[batch, n, encoder_hidden_size]`
+    pub hidden_states: &'a Tensor,
+    /// `[batch, n]`, 1 = attend; `None` attends everywhere (what BLIP does for images).
+    pub attention_mask: Option<&'a Tensor>,
+}
+
+fn dropout(xs: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        candle_nn::ops::dropout(xs, p as f32)
+    } else {
+        Ok(xs.clone())
+    }
+}
+
+/// Word and absolute position embeddings, then LayerNorm (BLIP's text has no token types).
+#[derive(Debug, Clone)]
+pub struct BertEmbeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+    max_positions: usize,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            word_embeddings: candle_nn::embedding(cfg.vocab_size, d, vb.pp("word_embeddings"))?,
+            position_embeddings: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                d,
+                vb.pp("position_embeddings"),
+            )?,
+            layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            max_positions: cfg.max_position_embeddings,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// # Shapes
+    /// * `input_ids`: `[batch, t]` u32, sitting at positions `past_len..past_len + t`
+    /// * returns `[batch, t, hidden]`
+    pub fn forward(&self, input_ids: &Tensor, past_len: usize, train: bool) -> Result<Tensor> {
+        let (_, t) = input_ids.dims2()?;
+        if past_len + t > self.max_positions {
+            candle_core::bail!(
+                "text of {} tokens exceeds max_position_embeddings = {}",
+                past_len + t,
+                self.max_positions
+            );
+        }
+        let dev = input_ids.device();
+        let positions = Tensor::arange(past_len as u32, (past_len + t) as u32, dev)?; // [t]
+        let words = self.word_embeddings.forward(input_ids)?; // [b, t, d]
+        let pos = self.position_embeddings.forward(&positions)?; // [t, d]
+        let xs = words.broadcast_add(&pos)?; // [b, t, d]
+        let xs = self.layer_norm.forward(&xs, train)?; // [b, t, d]
+        dropout(&xs, self.dropout, train)
+    }
+}
+
+/// Query/key/value projections of one attention block (`attention.self` or
+/// `crossattention.self`); keys and values read `encoder_hidden_size`-wide states in
+/// cross-attention.
+#[derive(Debug, Clone)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    num_attention_heads: usize,
+    attention_head_size: usize,
+}
+
+impl BertSelfAttention {
+    pub fn new(cfg: &BertConfig, cross: bool, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        if cfg.num_attention_heads == 0 || !d.is_multiple_of(cfg.num_attention_heads) {
+            candle_core::bail!(
+                "hidden_size {d} is not a multiple of num_attention_heads {}",
+                cfg.num_attention_heads
+            );
+        }
+        let kv_in = if cross { cfg.encoder_hidden_size } else { d };
+        Ok(Self {
+            query: linear(d, d, vb.pp("query"))?,
+            key: linear(kv_in, d, vb.pp("key"))?,
+            value: linear(kv_in, d, vb.pp("value"))?,
+            num_attention_heads: cfg.num_attention_heads,
+            attention_head_size: d / cfg.num_attention_heads,
+        })
+    }
+
+    /// Keys and values of `states`.
+    ///
+    /// # Shapes
+    /// * `states`: `[batch, n, in]` -> two `[batch, heads, n, head_dim]`
+    pub fn key_value(&self, states: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.num_attention_heads;
+        let k = split_heads(&self.key.forward(states)?, h)?; // [b, h, n, dh]
+        let v = split_heads(&self.value.forward(states)?, h)?; // [b, h, n, dh]
+        Ok((k, v))
+    }
+
+    /// Attends from `xs` to the given keys/values.
+    ///
+    /// # Shapes
+    /// * `xs`: `[batch, t, hidden]`; `k`, `v`: `[batch, heads, n, head_dim]`
+    /// * returns `[batch, t, hidden]`
+    pub fn attend(
+        &self,
+        xs: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttnMask,
+        train: bool,
+    ) -> Result<Tensor> {
+        let q = split_heads(&self.query.forward(xs)?, self.num_attention_heads)?; // [b, h, t, dh]
+        let scale = 1.0 / (self.attention_head_size as f64).sqrt();
+        let ctx = sdpa(&q, k, v, mask, scale, train)?; // [b, h, t, dh]
+        merge_heads(&ctx) // [b, t, d]
+    }
+}
+
+/// `dense`, dropout, residual, `LayerNorm`: the output of an attention block or of the
+/// feed-forward (`attention.output`, `crossattention.output`, `output`).
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    pub dense: Linear,
+    pub layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl BertOutput {
+    pub fn new(cfg: &BertConfig, in_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            dense: linear(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// # Shapes
+    /// * `xs`: `[batch, t, in]`, `residual`: `[batch, t, hidden]` -> `[batch, t, hidden]`
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        let xs = dropout(&self.dense.forward(xs)?, self.dropout, train)?; // [b, t, d]
+        self.layer_norm.forward(&(xs + residual)?, train)
+    }
+}
+
+/// An attention block: projections (`self`) and output (`output`).
+#[derive(Debug, Clone)]
+pub struct BertAttention {
+    /// Checkpoint key `self` (a Rust keyword).
+    pub self_: BertSelfAttention,
+    pub output: BertOutput,
+}
+
+impl BertAttention {
+    pub fn new(cfg: &BertConfig, cross: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_: BertSelfAttention::new(cfg, cross, vb.pp("self"))?,
+            output: BertOutput::new(cfg, cfg.hidden_size, vb.pp("output"))?,
+        })
+    }
+
+    /// # Shapes
+    /// * `xs`: `[batch, t, hidden]`; `k`, `v`: `[batch, heads, n, head_dim]`
+    /// * returns `[batch, t, hidden]`
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &AttnMask,
+        train: bool,
+    ) -> Result<Tensor> {
+        let ctx = self.self_.attend(xs, k, v, mask, train)?; // [b, t, d]
+        self.output.forward(&ctx, xs, train)
+    }
+}
+
+/// Cross-attention inputs of one layer: the encoder's keys/values and their mask.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossKv<'a> {
+    /// `[batch, heads, n, head_dim]`
+    pub k: &'a Tensor,
+    /// `[batch, heads, n, head_dim]`
+    pub v: &'a Tensor,
+    pub mask: &'a AttnMask,
+}
+
+/// Self-attention, optional cross-attention, feed-forward.
+#[derive(Debug, Clone)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    pub crossattention: Option<BertAttention>,
+    /// `intermediate.dense`
+    pub intermediate: Linear,
+    pub output: BertOutput,
+    act: Activation,
+}
+
+impl BertLayer {
+    /// Cross-attention weights exist when `cfg.is_decoder`, as in the reference.
+    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let crossattention = if cfg.is_decoder {
+            Some(BertAttention::new(cfg, true, vb.pp("crossattention"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            attention: BertAttention::new(cfg, false, vb.pp("attention"))?,
+            crossattention,
+            intermediate: linear(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            output: BertOutput::new(cfg, cfg.intermediate_size, vb.pp("output"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// `cache`, when given, receives this call's self-attention keys/values and supplies
+    /// the earlier ones.
+    ///
+    /// # Shapes
+    /// * `xs`: `[batch, t, hidden]` -> `[batch, t, hidden]`
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        self_mask: &AttnMask,
+        cache: Option<&mut KvCache>,
+        cross: Option<CrossKv>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (k, v) = self.attention.self_.key_value(xs)?; // [b, h, t, dh]
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?, // [b, h, past + t, dh]
+            None => (k, v),
+        };
+        let mut hs = self.attention.forward(xs, &k, &v, self_mask, train)?; // [b, t, d]
+        if let Some(cross) = cross {
+            let Some(ca) = &self.crossattention else {
+                candle_core::bail!("encoder states given to a text layer without crossattention");
+            };
+            hs = ca.forward(&hs, cross.k, cross.v, cross.mask, train)?; // [b, t, d]
+        }
+        let inter = self.act.apply(&self.intermediate.forward(&hs)?)?; // [b, t, ffn]
+        self.output.forward(&inter, &hs, train) // [b, t, d]
+    }
+}
+
+/// Decoding state: per layer the self-attention cache and the image's cross-attention
+/// keys/values, plus the cross-attention mask.
+#[derive(Debug, Clone)]
+pub struct BertCache {
+    pub self_attn: Vec<KvCache>,
+    pub cross: Vec<KvCache>,
+    cross_mask: AttnMask,
+}
+
+impl BertCache {
+    /// Number of text positions already processed.
+    pub fn len(&self) -> usize {
+        self.self_attn.first().map(KvCache::len).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps batch rows `rows` (u32, repeats allowed) in that order, in every cache and
+    /// in the cross-attention mask; beam search expands and follows beams with it.
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for c in self.self_attn.iter_mut().chain(self.cross.iter_mut()) {
+            c.select_rows(rows)?;
+        }
+        if let Some(m) = &self.cross_mask.additive {
+            self.cross_mask.additive = Some(m.index_select(rows, 0)?);
+        }
+        Ok(())
+    }
+}
+
+/// Embeddings and the layer stack (`embeddings`, `encoder.layer.{i}`). BLIP's models
+/// load it without the pooler; [`BertPooler`] is separate.
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    pub embeddings: BertEmbeddings,
+    /// `encoder.layer`
+    pub layer: Vec<BertLayer>,
+    encoder_hidden_size: usize,
+}
+
+impl BertModel {
+    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let vb_l = vb.pp("encoder").pp("layer");
+        let layer = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::new(cfg, vb_l.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: BertEmbeddings::new(cfg, vb.pp("embeddings"))?,
+            layer,
+            encoder_hidden_size: cfg.encoder_hidden_size,
+        })
+    }
+
+    fn cross_mask(&self, encoder: &EncoderStates, dtype: DType) -> Result<AttnMask> {
+        let (_, _, w) = encoder.hidden_states.dims3()?;
+        if w != self.encoder_hidden_size {
+            candle_core::bail!(
+                "encoder states are {w} wide, the text model expects encoder_hidden_size = {}",
+                self.encoder_hidden_size
+            );
+        }
+        Ok(match encoder.attention_mask {
+            Some(m) => AttnMask::additive(padding_mask(m, dtype)?),
+            None => AttnMask::none(),
+        })
+    }
+
+    /// The full forward pass (training, encoders, scoring a whole text).
+    ///
+    /// # Shapes
+    /// * `input_ids`: `[batch, t]` u32; `attention_mask`: `[batch, t]` 0/1 or `None`
+    /// * `encoder`: states `[batch, n, encoder_hidden_size]` for cross-attention
+    /// * returns `[batch, t, hidden]`
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        encoder: Option<EncoderStates>,
+        mode: SelfMask,
+        train: bool,
+    ) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(input_ids, 0, train)?; // [b, t, d]
+        let dtype = xs.dtype();
+        let mut self_mask = match mode {
+            SelfMask::Causal => AttnMask::causal(),
+            SelfMask::Bidirectional => AttnMask::none(),
+        };
+        if let Some(m) = attention_mask {
+            self_mask = self_mask.with_additive(padding_mask(m, dtype)?)?; // [b, 1, 1, t]
+        }
+        let cross_mask = match &encoder {
+            Some(e) => Some(self.cross_mask(e, dtype)?),
+            None => None,
+        };
+        for layer in &self.layer {
+            // The same projection as `new_cache`, recomputed because there is no cache.
+            let kv = match (&encoder, &layer.crossattention) {
+                (Some(e), Some(ca)) => Some(ca.self_.key_value(e.hidden_states)?),
+                (Some(_), None) => {
+                    candle_core::bail!(
+                        "encoder states given to a text model without crossattention"
+                    )
+                }
+                _ => None,
+            };
+            let cross = match (&kv, &cross_mask) {
+                (Some((k, v)), Some(mask)) => Some(CrossKv { k, v, mask }),
+                _ => None,
+            };
+            xs = layer.forward(&xs, &self_mask, None, cross, train)?; // [b, t, d]
+        }
+        Ok(xs)
+    }
+
+    /// A decoding cache; with `encoder`, every layer's cross-attention keys/values are
+    /// computed here, once.
+    pub fn new_cache(&self, encoder: Option<EncoderStates>) -> Result<BertCache> {
+        let n = self.layer.len();
+        let mut cross = vec![KvCache::new(); n];
+        let mut cross_mask = AttnMask::none();
+        if let Some(e) = &encoder {
+            cross_mask = self.cross_mask(e, e.hidden_states.dtype())?;
+            for (layer, c) in self.layer.iter().zip(cross.iter_mut()) {
+                let Some(ca) = &layer.crossattention else {
+                    candle_core::bail!(
+                        "encoder states given to a text model without crossattention"
+                    );
+                };
+                let (k, v) = ca.self_.key_value(e.hidden_states)?; // [b, h, n, dh]
+                c.set(k, v);
+            }
+        }
+        Ok(BertCache {
+            self_attn: vec![KvCache::new(); n],
+            cross,
+            cross_mask,
+        })
+    }
+
+    /// Causal forward of new tokens on top of `cache` (inference).
+    ///
+    /// # Shapes
+    /// * `input_ids`: `[batch, t]` u32 -> `[batch, t, hidden]`
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut BertCache) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(input_ids, cache.len(), false)?; // [b, t, d]
+        let self_mask = AttnMask::causal();
+        let BertCache {
+            self_attn,
+            cross,
+            cross_mask,
+        } = cache;
+        for ((layer, sc), cc) in self.layer.iter().zip(self_attn).zip(cross.iter()) {
+            let cross = cc.get().map(|(k, v)| CrossKv {
+                k,
+                v,
+                mask: cross_mask,
+            });
+            xs = layer.forward(&xs, &self_mask, Some(sc), cross, false)?; // [b, t, d]
+        }
+        Ok(xs)
+    }
+}
+
+/// `pooler.dense` + tanh over the first token (present in `BlipModel`'s text model only).
+#[derive(Debug, Clone)]
+pub struct BertPooler {
+    pub dense: Linear,
+}
+
+impl BertPooler {
+    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            dense: linear(d, d, vb.pp("dense"))?,
+        })
+    }
+
+    /// # Shapes
+    /// * `hidden`: `[batch, t, hidden]` -> `[batch, hidden]`
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?; // [b, d]
+        self.dense.forward(&first)?.tanh()
+    }
+}
+
+mod lm_head;
+pub use lm_head::{BertLMHeadModel, BertLMPredictionHead};
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,8 @@
 //!   inference and differentiable ones for training.
 //! * [`vit`]: the vision transformer used by CLIP, BLIP and BLIP-2 image encoders.
 //! * [`bert`]: the BERT-style text encoder/decoder with optional cross-attention (BLIP).
+//! * [`opt`], [`llama`]: decoder-only language models (BLIP-2 with OPT, LLaVA).
+//! * [`t5`]: the T5 / Flan-T5 encoder-decoder (BLIP-2 with Flan-T5).
 //!
 //! Modules are built with `fn new(cfg, vb: VarBuilder)` where the `VarBuilder` prefix
 //! equals the checkpoint key, so a port reads like the reference's parameter list.
@@ -13,6 +15,9 @@
 pub mod attention;
 pub mod bert;
 pub mod layers;
+pub mod llama;
+pub mod opt;
+pub mod t5;
 pub mod vit;
 
 pub use attention::{padding_mask, sdpa, AttnMask, KvCache};

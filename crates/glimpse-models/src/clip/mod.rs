@@ -1,1 +1,144 @@
-//! (being written)
+//! CLIP (<https://arxiv.org/abs/2103.00020>) as `CLIPModel` in
+//! `transformers/models/clip/modeling_clip.py` (transformers 5.24).
+//!
+//! The model returns projected, unnormalised features, as the reference's
+//! `get_image_features` / `get_text_features`; [`ClipModel::logits_per_image`]
+//! normalises them and applies the learned temperature. Losses live with the trainer.
+//! The vision tower is [`glimpse_nn::vit::VisionTransformer`] in the CLIP layout; the
+//! text tower ([`ClipTextTransformer`]) shares its encoder layers.
+
+mod config;
+mod text;
+
+pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use text::{ClipTextEmbeddings, ClipTextTransformer};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use glimpse_nn::layers::linear_no_bias;
+use glimpse_nn::vit::{VisionTransformer, VitConfig};
+
+use crate::checkpoint::{ModelFiles, Weights};
+use crate::error::{Error, Result};
+
+/// `CLIPModel`: both towers, their projections and the temperature.
+#[derive(Debug, Clone)]
+pub struct ClipModel {
+    pub text_model: ClipTextTransformer,
+    pub vision_model: VisionTransformer,
+    pub visual_projection: Linear,
+    pub text_projection: Linear,
+    /// The stored (log) temperature, a scalar.
+    pub logit_scale: Tensor,
+    config: ClipConfig,
+}
+
+impl ClipModel {
+    /// Builds the model from a config and a builder rooted at the checkpoint's top level.
+    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let cfg = cfg.resolved().map_err(|e| Error::Model {
+            model: "CLIPModel".into(),
+            msg: format!("legacy text/vision_config_dict: {e}"),
+        })?;
+        let (t, v, p) = (
+            cfg.text_config.hidden_size,
+            cfg.vision_config.hidden_size,
+            cfg.projection_dim,
+        );
+        let vit: VitConfig = (&cfg.vision_config).into();
+        let logit_scale = vb.get_with_hints(
+            (),
+            "logit_scale",
+            candle_nn::Init::Const(cfg.logit_scale_init_value),
+        )?;
+        Ok(Self {
+            text_model: ClipTextTransformer::new(&cfg.text_config, vb.pp("text_model"))?,
+            vision_model: VisionTransformer::new(&vit, vb.pp("vision_model"))?,
+            visual_projection: linear_no_bias(v, p, vb.pp("visual_projection"))?,
+            text_projection: linear_no_bias(t, p, vb.pp("text_projection"))?,
+            logit_scale,
+            config: cfg,
+        })
+    }
+
+    /// Loads `files` in f32, strictly: every tensor must be present, of the shape the
+    /// config implies, and used.
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(files, DType::F32, device)
+    }
+
+    /// As [`ClipModel::load`], computing in `dtype` (stored tensors are converted).
+    pub fn load_with_dtype(files: &ModelFiles, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg: ClipConfig = files.read_config()?;
+        let weights = Weights::open(files)?;
+        let model = Self::new(&cfg, weights.var_builder(dtype, device))?;
+        weights.finish()?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// # Shapes
+    /// * `pixel_values`: `[batch, 3, image_size, image_size]` -> `[batch, projection_dim]`
+    pub fn get_image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.image_features(pixel_values, false)
+    }
+
+    /// [`ClipModel::get_image_features`] with the `train` switch (differentiable ops).
+    pub fn image_features(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.vision_model.forward(pixel_values, false, train)?;
+        Ok(out.pooler_output.apply(&self.visual_projection)?) // [b, p]
+    }
+
+    /// # Shapes
+    /// * `input_ids`: `[batch, seq]` (u32 or i64), `attention_mask`: `[batch, seq]` 0/1
+    /// * returns `[batch, projection_dim]`
+    pub fn get_text_features(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.text_features(input_ids, Some(attention_mask), false)
+    }
+
+    /// [`ClipModel::get_text_features`] with an optional mask and the `train` switch.
+    pub fn text_features(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_, pooled) = self.text_model.forward(input_ids, attention_mask, train)?; // [b, t]
+        Ok(pooled.apply(&self.text_projection)?) // [b, p]
+    }
+
+    /// The stored temperature parameter, a log value: logits are scaled by its `exp`.
+    pub fn logit_scale(&self) -> Result<f32> {
+        Ok(self.logit_scale.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+    }
+
+    /// `exp(logit_scale)`, the factor that multiplies cosine similarities.
+    pub fn logit_scale_exp(&self) -> Result<f32> {
+        Ok(self.logit_scale()?.exp())
+    }
+
+    /// Scaled cosine similarities, as the reference's `logits_per_image` (the
+    /// transpose is `logits_per_text`).
+    ///
+    /// # Shapes
+    /// * `image_embeds`: `[n_images, p]`, `text_embeds`: `[n_texts, p]`
+    /// * returns `[n_images, n_texts]`
+    pub fn logits_per_image(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
+        let img = l2_normalize(image_embeds)?; // [i, p]
+        let txt = l2_normalize(text_embeds)?; // [n, p]
+        let scale = self.logit_scale.exp()?.to_dtype(img.dtype())?; // []
+        Ok(img.matmul(&txt.t()?)?.broadcast_mul(&scale)?) // [i, n]
+    }
+}
+
+/// Each row divided by its Euclidean norm.
+///
+/// # Shapes
+/// * `x`: `[n, d]` -> `[n, d]`
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?; // [n, 1]
+    Ok(x.broadcast_div(&norm)?)
+}

@@ -1,0 +1,155 @@
+//! Command-line flags. Raw flags are parsed here and validated into typed requests in
+//! the command modules before anything is loaded.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "glimpse",
+    version,
+    about = "Run CLIP and BLIP vision-language models from Hugging Face checkpoints.",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Image and text embeddings (projected, not normalised).
+    Embed(EmbedArgs),
+    /// Image-text similarity (ITC cosine) and, where the model has one, ITM probability.
+    Match(MatchArgs),
+    /// Zero-shot classification of an image against text labels.
+    Classify(ClassifyArgs),
+    /// Caption images (greedy, beam search or nucleus sampling).
+    Caption(CaptionArgs),
+    /// Answer a question about an image (visual question answering).
+    Ask(AskArgs),
+    /// Multi-turn chat about an image (LLaVA): interactive on stdin, or scripted with
+    /// `--json` reading a JSON list of turns.
+    Chat(crate::commands::chat::ChatArgs),
+    /// Time Glimpse against the reference (transformers on PyTorch) on real-size
+    /// architectures with random weights.
+    Bench(crate::commands::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model: a local directory in the Hugging Face layout, or a hub id (org/name).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Device to run on: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Machine-readable JSON on stdout instead of text for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Image file to embed (repeatable).
+    #[arg(long = "image", short = 'i')]
+    pub images: Vec<PathBuf>,
+    /// Text to embed (repeatable).
+    #[arg(long = "text", short = 't')]
+    pub texts: Vec<String>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct MatchArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Image file.
+    #[arg(long, short = 'i')]
+    pub image: PathBuf,
+    /// Candidate text (repeatable).
+    #[arg(long = "text", short = 't', required = true)]
+    pub texts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Image file.
+    #[arg(long, short = 'i')]
+    pub image: PathBuf,
+    /// Comma-separated class labels.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub labels: Vec<String>,
+    /// Prompt template; `{}` is replaced by each label.
+    #[arg(long, default_value = "a photo of a {}.")]
+    pub template: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DecodeArgs {
+    /// Maximum number of generated tokens.
+    #[arg(long, default_value_t = 30)]
+    pub max_new_tokens: usize,
+    /// Minimum number of generated tokens before the end token is allowed.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
+    /// Beam search with K beams (1 = greedy).
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["top_p", "top_k", "temperature"])]
+    pub beams: usize,
+    /// Length penalty for beam search (exponent on the length).
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Sampling: keep the K most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sampling temperature.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Penalise tokens already present (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Image file (repeatable).
+    #[arg(long = "image", short = 'i', required = true)]
+    pub images: Vec<PathBuf>,
+    /// Text the caption must start with (conditional captioning).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Image file.
+    #[arg(long, short = 'i')]
+    pub image: PathBuf,
+    /// The question.
+    #[arg(long, short = 'q')]
+    pub question: String,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}

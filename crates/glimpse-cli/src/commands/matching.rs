@@ -1,0 +1,35 @@
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{check_texts, load, read_image};
+use crate::cli::MatchArgs;
+use crate::output::print_json;
+
+#[derive(Serialize)]
+struct MatchOutput {
+    itc: Vec<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    itm: Option<Vec<f32>>,
+}
+
+pub fn run(args: MatchArgs) -> Result<()> {
+    check_texts(&args.texts, "--text")?;
+    let image = read_image(&args.image)?;
+    let pipeline = load(&args.common)?;
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let scores = pipeline.match_scores(&image, &texts)?;
+    if args.common.json {
+        return print_json(&MatchOutput {
+            itc: scores.itc,
+            itm: scores.itm,
+        });
+    }
+    println!("{}", args.image.display());
+    for (i, text) in args.texts.iter().enumerate() {
+        match &scores.itm {
+            Some(itm) => println!("  itc {:+.4}  itm {:.4}  {text}", scores.itc[i], itm[i]),
+            None => println!("  itc {:+.4}  {text}", scores.itc[i]),
+        }
+    }
+    Ok(())
+}

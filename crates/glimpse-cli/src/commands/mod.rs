@@ -1,0 +1,81 @@
+//! One function per subcommand: validate flags, call the pipeline, print.
+
+pub mod bench;
+mod caption;
+pub mod chat;
+mod classify;
+mod embed;
+mod matching;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use glimpse_models::pipeline::Pipeline;
+use image::RgbImage;
+
+use crate::cli::{Cli, Command, ModelArgs};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed(args) => embed::run(args),
+        Command::Match(args) => matching::run(args),
+        Command::Classify(args) => classify::run(args),
+        Command::Caption(args) => caption::run_caption(args),
+        Command::Ask(args) => caption::run_ask(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Chat(args) => chat::run(args),
+    }
+}
+
+/// Parses `--device`.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .with_context(|| format!("--device {s:?}: bad GPU index"))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {s:?}: this build of glimpse has no CUDA support (build with `--features cuda`)");
+            }
+            Device::new_cuda(ordinal).with_context(|| format!("--device {s:?}"))
+        }
+        other => bail!("--device {other:?}: expected `cpu`, `cuda` or `cuda:N`"),
+    }
+}
+
+/// Loads the model named by `--model` on `--device`.
+pub fn load(args: &ModelArgs) -> Result<Pipeline> {
+    let device = device(&args.device)?;
+    Pipeline::load(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))
+}
+
+/// Reads and decodes image files; the error names the file.
+pub fn read_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
+    paths.iter().map(|p| read_image(p)).collect()
+}
+
+pub fn read_image(path: &Path) -> Result<RgbImage> {
+    Ok(glimpse_data::load_image(path)?)
+}
+
+/// Rejects empty or blank texts before any work, naming which one.
+pub fn check_texts(texts: &[String], flag: &str) -> Result<()> {
+    for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            bail!("{flag} #{}: empty text", i + 1);
+        }
+    }
+    Ok(())
+}
+
+pub fn check_batch_size(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    Ok(())
+}

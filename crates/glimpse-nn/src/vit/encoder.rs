@@ -1,0 +1,228 @@
+//! The pre-norm transformer encoder shared by the ViT towers and CLIP's text tower:
+//! self-attention in either projection layout, the MLP, the layer and the stack.
+
+use candle_core::{bail, Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use super::{VitConfig, VitLayout};
+use crate::attention::{merge_heads, sdpa, split_heads, AttnMask};
+use crate::layers::{layer_norm, linear, Activation, LayerNorm};
+
+/// The shape of a transformer encoder, as taken from a [`VitConfig`] or a text config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    pub layout: VitLayout,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub qkv_bias: bool,
+}
+
+impl From<&VitConfig> for EncoderConfig {
+    fn from(c: &VitConfig) -> Self {
+        Self {
+            layout: c.layout,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            hidden_act: c.hidden_act,
+            layer_norm_eps: c.layer_norm_eps,
+            qkv_bias: c.qkv_bias,
+        }
+    }
+}
+
+/// Multi-head self-attention with either projection layout.
+#[derive(Debug, Clone)]
+pub enum SelfAttention {
+    Separate {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        out_proj: Linear,
+        heads: usize,
+    },
+    Fused {
+        qkv: Linear,
+        projection: Linear,
+        heads: usize,
+    },
+}
+
+impl SelfAttention {
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, heads) = (cfg.hidden_size, cfg.num_attention_heads);
+        if heads == 0 || !d.is_multiple_of(heads) {
+            bail!("hidden_size {d} is not a multiple of num_attention_heads {heads}")
+        }
+        Ok(match cfg.layout {
+            VitLayout::Clip => Self::Separate {
+                q_proj: linear(d, d, vb.pp("q_proj"))?,
+                k_proj: linear(d, d, vb.pp("k_proj"))?,
+                v_proj: linear(d, d, vb.pp("v_proj"))?,
+                out_proj: linear(d, d, vb.pp("out_proj"))?,
+                heads,
+            },
+            VitLayout::Blip => Self::Fused {
+                qkv: fused_qkv(d, cfg.qkv_bias, &vb)?,
+                projection: linear(d, d, vb.pp("projection"))?,
+                heads,
+            },
+        })
+    }
+
+    /// # Shapes
+    /// * `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(&self, x: &Tensor, mask: &AttnMask, train: bool) -> Result<Tensor> {
+        let (q, k, v, heads) = match self {
+            Self::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+                heads,
+                ..
+            } => (x.apply(q_proj)?, x.apply(k_proj)?, x.apply(v_proj)?, *heads),
+            Self::Fused { qkv, heads, .. } => {
+                let mixed = x.apply(qkv)?; // [b, t, 3 * hidden]
+                let d = mixed.dim(2)? / 3;
+                let q = mixed.narrow(2, 0, d)?; // [b, t, hidden]
+                let k = mixed.narrow(2, d, d)?;
+                let v = mixed.narrow(2, 2 * d, d)?;
+                (q, k, v, *heads)
+            }
+        };
+        let head_dim = q.dim(2)? / heads;
+        let q = split_heads(&q, heads)?; // [b, h, t, hd]
+        let k = split_heads(&k, heads)?;
+        let v = split_heads(&v, heads)?;
+        let scale = (head_dim as f64).powf(-0.5);
+        let ctx = merge_heads(&sdpa(&q, &k, &v, mask, scale, train)?)?; // [b, t, hidden]
+        match self {
+            Self::Separate { out_proj, .. } => ctx.apply(out_proj),
+            Self::Fused { projection, .. } => ctx.apply(projection),
+        }
+    }
+}
+
+/// The fused `[3D, D]` projection; its bias is `qkv.bias`, or `cat(q_bias, 0, v_bias)`
+/// in older BLIP-2 checkpoints, or absent when `bias` is false.
+fn fused_qkv(d: usize, bias: bool, vb: &VarBuilder) -> Result<Linear> {
+    // `get` alone would initialise a fresh (VarMap) weight to zeros, which never trains.
+    let weight = vb.get_with_hints(
+        (3 * d, d),
+        "qkv.weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bias = if !bias {
+        None
+    } else if !vb.contains_tensor("qkv.bias") && vb.contains_tensor("q_bias") {
+        let q = vb.get(d, "q_bias")?;
+        let v = vb.get(d, "v_bias")?;
+        Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
+    } else {
+        Some(vb.get_with_hints(3 * d, "qkv.bias", Init::Const(0.0))?)
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// `fc1` -> activation -> `fc2`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub act: Activation,
+}
+
+impl Mlp {
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
+            fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// # Shapes
+    /// * `x`: `[..., hidden]` -> `[..., hidden]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.act.apply(&x.apply(&self.fc1)?)?; // [..., intermediate]
+        h.apply(&self.fc2) // [..., hidden]
+    }
+}
+
+/// A pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    pub self_attn: SelfAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: Mlp,
+    pub layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            layer_norm1: layer_norm(d, eps, vb.pp("layer_norm1"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            layer_norm2: layer_norm(d, eps, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    /// # Shapes
+    /// * `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(&self, x: &Tensor, mask: &AttnMask, train: bool) -> Result<Tensor> {
+        let h = self.layer_norm1.forward(x, train)?; // [b, t, d]
+        let x = (x + self.self_attn.forward(&h, mask, train)?)?; // [b, t, d]
+        let h = self.layer_norm2.forward(&x, train)?; // [b, t, d]
+        &x + self.mlp.forward(&h)? // [b, t, d]
+    }
+}
+
+/// A stack of [`EncoderLayer`]s stored as `layers.{i}`.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(cfg, vb.pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Runs the first `n_layers` layers (all when `None`). With `hidden_states`, pushes
+    /// the input and each layer's output, as the reference's `hidden_states` tuple.
+    ///
+    /// # Shapes
+    /// * `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &AttnMask,
+        n_layers: Option<usize>,
+        mut hidden_states: Option<&mut Vec<Tensor>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let n = n_layers.unwrap_or(self.layers.len()).min(self.layers.len());
+        let mut x = x.clone();
+        if let Some(hs) = hidden_states.as_deref_mut() {
+            hs.push(x.clone());
+        }
+        for layer in &self.layers[..n] {
+            x = layer.forward(&x, mask, train)?; // [b, t, d]
+            if let Some(hs) = hidden_states.as_deref_mut() {
+                hs.push(x.clone());
+            }
+        }
+        Ok(x)
+    }
+}
