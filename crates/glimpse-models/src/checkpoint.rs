@@ -42,6 +42,7 @@ const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 const TOKENIZER: &str = "tokenizer.json";
 const PREPROCESSOR: &str = "preprocessor_config.json";
+const PROCESSOR: &str = "processor_config.json";
 
 /// The files of one model, found by [`ModelFiles::resolve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +117,9 @@ impl ModelFiles {
             config,
             weights,
             tokenizer: optional(TOKENIZER),
-            preprocessor: optional(PREPROCESSOR),
+            // transformers 5 may save the image processor only inside the processor's
+            // own file (BLIP-2, LLaVA); glimpse-data reads either.
+            preprocessor: optional(PREPROCESSOR).or_else(|| optional(PROCESSOR)),
         })
     }
 

@@ -286,7 +286,17 @@ impl Pipeline {
             _ => None,
         };
         let ids = m.generate(&pixels, prompt_ids.as_deref(), gen)?;
-        self.decode_all(ids)
+        // A prompted caption reads as one sentence: decode the prompt with the
+        // continuation (as the reference decodes the whole sequence), but report only
+        // the generated ids.
+        let start = m.caption_prompt(prompt_ids.as_deref());
+        ids.into_iter()
+            .map(|token_ids| {
+                let full: Vec<u32> = start.iter().chain(&token_ids).copied().collect();
+                let text = self.tokenizer.decode(&full, true)?;
+                Ok(Generated { text, token_ids })
+            })
+            .collect()
     }
 
     /// Answer to `question` about one image.

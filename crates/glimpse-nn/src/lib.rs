@@ -21,3 +21,4 @@ pub mod t5;
 pub mod vit;
 
 pub use attention::{padding_mask, sdpa, AttnMask, KvCache};
+pub use llama::DecoderCache;

@@ -119,5 +119,14 @@ fn download(model_id: &str) -> std::result::Result<ModelFiles, String> {
     // Optional files: a model without them is still usable for some commands.
     let _ = repo.get(super::TOKENIZER);
     let _ = repo.get(super::PREPROCESSOR);
+    let _ = repo.get(super::PROCESSOR);
+    for extra in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
+        let _ = repo.get(extra);
+    }
     ModelFiles::from_dir(&dir, model_id).map_err(|e| e.to_string())
 }

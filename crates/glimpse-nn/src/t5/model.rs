@@ -283,10 +283,9 @@ impl T5ForConditionalGeneration {
             .block
             .iter()
             .map(|block| {
-                let ca = block
-                    .cross_attention
-                    .as_ref()
-                    .expect("decoder blocks cross-attend");
+                let ca = block.cross_attention.as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg("T5 decoder block without EncDecAttention".into())
+                })?;
                 let (k, v) = ca.EncDecAttention.key_values(encoder_hidden)?; // [b, h, s, d_kv]
                 let mut kv = KvCache::new();
                 kv.set(k, v);
