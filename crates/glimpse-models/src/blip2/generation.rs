@@ -326,6 +326,10 @@ mod tests {
     use candle_nn::VarMap;
 
     fn tiny(image_token_index: Option<u32>) -> Blip2ForConditionalGeneration {
+        tiny_with_vars(image_token_index).0
+    }
+
+    fn tiny_with_vars(image_token_index: Option<u32>) -> (Blip2ForConditionalGeneration, VarMap) {
         let json = serde_json::json!({
             "num_query_tokens": 2,
             "image_token_index": image_token_index,
@@ -340,7 +344,50 @@ mod tests {
         let cfg: Blip2Config = serde_json::from_value(json).unwrap();
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        Blip2ForConditionalGeneration::new(&cfg, vb).unwrap()
+        (Blip2ForConditionalGeneration::new(&cfg, vb).unwrap(), vm)
+    }
+
+    /// Deterministic, uneven values (a plain sum of a normed output hides gradients).
+    fn wave(shape: &[usize], f: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        (Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap() * f)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    #[test]
+    fn training_forward_reaches_every_parameter() {
+        let (m, vm) = tiny_with_vars(Some(11));
+        let ids = Tensor::new(&[[11u32, 11, 2, 5, 7]], &Device::Cpu).unwrap();
+        let logits = m
+            .forward(&wave(&[1, 3, 8, 8], 0.37), &ids, None, None, true)
+            .unwrap(); // [1, 5, 12]
+        let loss = (logits * wave(&[1, 5, 12], 0.71))
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = vm.data().lock().unwrap().clone();
+        for (name, var) in vars {
+            if name.ends_with("key.bias") {
+                // Adding a bias to every key shifts a query's scores equally: its
+                // gradient is zero in the reference too.
+                continue;
+            }
+            let g = grads.get(&var);
+            let norm = g.map_or(0.0, |g| {
+                g.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            });
+            assert!(norm > 0.0, "no gradient for {name}");
+        }
     }
 
     #[test]
