@@ -46,7 +46,10 @@ impl Fixture {
 
     /// A stored tensor; ids come back as u32, floats as f32.
     fn get(&self, key: &str) -> Tensor {
-        let t = self.tensors.get(key).unwrap_or_else(|| panic!("no `{key}`"));
+        let t = self
+            .tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("no `{key}`"));
         match t.dtype() {
             DType::I64 | DType::U32 | DType::U8 => t.to_dtype(DType::U32).unwrap(),
             _ => t.to_dtype(DType::F32).unwrap(),
@@ -87,10 +90,19 @@ fn max_diff(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let mut d = (a - b).unwrap().abs().unwrap();
     if let Some(m) = mask {
-        let m = m.to_dtype(DType::F32).unwrap().unsqueeze(D::Minus1).unwrap();
+        let m = m
+            .to_dtype(DType::F32)
+            .unwrap()
+            .unsqueeze(D::Minus1)
+            .unwrap();
         d = d.broadcast_mul(&m).unwrap();
     }
-    d.flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    d.flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn check_features_and_logits(name: &str) {
@@ -127,7 +139,11 @@ fn check_prompt_and_greedy(name: &str) {
     let conversation: Vec<ChatMessage> =
         serde_json::from_value(single["conversation"].clone()).unwrap();
     let (prompt, input_ids) = proc.prompt(&conversation, true).unwrap();
-    assert_eq!(prompt, single["prompt"].as_str().unwrap(), "{name}: prompt text");
+    assert_eq!(
+        prompt,
+        single["prompt"].as_str().unwrap(),
+        "{name}: prompt text"
+    );
     assert_eq!(input_ids, ids(&single["input_ids"]), "{name}: prompt ids");
     assert_eq!(input_ids, row(&fx.get("input_ids")), "{name}: prompt ids");
 
@@ -135,8 +151,7 @@ fn check_prompt_and_greedy(name: &str) {
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let expected: Vec<Vec<u32>> =
-        serde_json::from_value(single["generated"].clone()).unwrap();
+    let expected: Vec<Vec<u32>> = serde_json::from_value(single["generated"].clone()).unwrap();
     for (photo, want) in fx.photos().iter().zip(&expected) {
         let got = model
             .generate(&fx.pixels(photo), &prompt, &greedy(&model))
@@ -214,7 +229,10 @@ fn chat_starts_over_when_the_cached_ids_are_not_a_prefix() {
     let mut fresh = ChatSession::new(&model, &proc, &px).unwrap();
     let again = fresh.send("What color is the sky?", &gen).unwrap();
     assert_eq!(t2.token_ids, again.token_ids);
-    assert!(chat.send("  ", &gen).is_err(), "an empty message is an error");
+    assert!(
+        chat.send("  ", &gen).is_err(),
+        "an empty message is an error"
+    );
 }
 
 #[test]
@@ -224,8 +242,8 @@ fn every_checkpoint_layout_loads_to_the_same_model() {
     let px = fx.pixels("cat");
     let input_ids = fx.get("input_ids");
     let want = base.logits(Some(&px), &input_ids, None).unwrap();
-    let stored = candle_core::safetensors::load(fx.dir.join("model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let stored =
+        candle_core::safetensors::load(fx.dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let hub = |k: &str| k.replacen("vision_tower.", "vision_tower.vision_model.", 1);
     let in_memory = |k: &str| {
         if let Some(rest) = k.strip_prefix("language_model.model.") {
@@ -261,9 +279,15 @@ fn image_token_count_must_match_the_features() {
     let mut ids = row(&fx.get("input_ids"));
     let first = ids.iter().position(|&i| i == 480).unwrap();
     ids.remove(first);
-    let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let err = model.logits(Some(&px), &ids, None).unwrap_err().to_string();
-    assert!(err.contains("15 image token") && err.contains("16"), "{err}");
+    assert!(
+        err.contains("15 image token") && err.contains("16"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -307,16 +331,26 @@ fn the_default_template_writes_the_llava_15_format() {
     let stored = ChatTemplate::from_dir(&fx.dir).unwrap().unwrap();
     assert!(stored.origin.ends_with("chat_template.jinja"));
     assert_eq!(stored.special_tokens["bos_token"], "<s>");
-    assert_eq!(stored.render(&turn2, true).unwrap(), t.render(&turn2, true).unwrap());
+    assert_eq!(
+        stored.render(&turn2, true).unwrap(),
+        t.render(&turn2, true).unwrap()
+    );
 }
 
 #[test]
 fn template_errors_name_the_template_and_python_methods_work() {
     let t = ChatTemplate::new("{{ raise_exception('only one image') }}", "x.jinja");
     let err = t.render(&[], false).unwrap_err().to_string();
-    assert!(err.contains("x.jinja") && err.contains("only one image"), "{err}");
+    assert!(
+        err.contains("x.jinja") && err.contains("only one image"),
+        "{err}"
+    );
     let t = ChatTemplate::new("{% for %}", "y.jinja");
-    assert!(t.render(&[], false).unwrap_err().to_string().contains("y.jinja"));
+    assert!(t
+        .render(&[], false)
+        .unwrap_err()
+        .to_string()
+        .contains("y.jinja"));
     let t = ChatTemplate::new(
         "{{ messages[0].content[0].text.strip() }}|{{ messages[0].role | tojson }}",
         "z",

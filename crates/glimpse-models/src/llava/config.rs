@@ -166,4 +166,3 @@ impl LlavaConfig {
             .unwrap_or(0)
     }
 }
-

@@ -80,7 +80,11 @@ impl LlavaForConditionalGeneration {
     }
 
     /// `vb` at the checkpoint root; `layout` says where each part is stored.
-    pub fn new_with_layout(cfg: &LlavaConfig, vb: VarBuilder, layout: &LlavaLayout) -> Result<Self> {
+    pub fn new_with_layout(
+        cfg: &LlavaConfig,
+        vb: VarBuilder,
+        layout: &LlavaLayout,
+    ) -> Result<Self> {
         let vision = cfg.vision();
         let feature_layers = cfg
             .vision_feature_layer

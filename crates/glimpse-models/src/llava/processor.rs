@@ -38,7 +38,8 @@ impl LlavaProcessor {
             .clone()
             .ok_or_else(|| model_err("no tokenizer.json: chat needs the tokenizer".into()))?;
         let tokenizer = TextTokenizer::from_file(&tok_path)?;
-        let template = ChatTemplate::from_dir(&files.dir)?.unwrap_or_else(ChatTemplate::llava_default);
+        let template =
+            ChatTemplate::from_dir(&files.dir)?.unwrap_or_else(ChatTemplate::llava_default);
         let proc_path = files
             .preprocessor
             .clone()

@@ -32,7 +32,9 @@ pub enum Role {
 pub enum Content {
     /// Where the image goes; the template writes the `<image>` placeholder for it.
     Image,
-    Text { text: String },
+    Text {
+        text: String,
+    },
 }
 
 /// A chat message in the processor's structured form.
@@ -230,14 +232,13 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
 fn template_of(cfg: &serde_json::Value) -> Option<String> {
     match cfg.get("chat_template")? {
         serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(list) => {
-            list.iter()
-                .find(|t| t.get("name").and_then(|v| v.as_str()) == Some("default"))
-                .or_else(|| list.first())
-                .and_then(|t| t.get("template"))
-                .and_then(|t| t.as_str())
-                .map(str::to_string)
-        }
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -250,4 +251,3 @@ fn token_text(v: &serde_json::Value) -> Option<String> {
         _ => None,
     }
 }
-
