@@ -14,8 +14,10 @@ use serde::Deserialize;
 use crate::blip::{
     BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering,
 };
+use crate::blip2::{vqa_prompt, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval};
 use crate::checkpoint::ModelFiles;
 use crate::clip::ClipModel;
+use crate::llava::{ChatMessage, LlavaForConditionalGeneration, LlavaProcessor};
 use crate::{Error, Result};
 
 /// The model classes Glimpse can run, named as in `config.json` `architectures`.
@@ -25,6 +27,9 @@ pub enum Architecture {
     BlipCaption,
     BlipRetrieval,
     BlipVqa,
+    Blip2Generation,
+    Blip2Retrieval,
+    Llava,
 }
 
 impl Architecture {
@@ -34,6 +39,9 @@ impl Architecture {
             Self::BlipCaption => "BlipForConditionalGeneration",
             Self::BlipRetrieval => "BlipForImageTextRetrieval",
             Self::BlipVqa => "BlipForQuestionAnswering",
+            Self::Blip2Generation => "Blip2ForConditionalGeneration",
+            Self::Blip2Retrieval => "Blip2ForImageTextRetrieval",
+            Self::Llava => "LlavaForConditionalGeneration",
         }
     }
 
@@ -43,6 +51,9 @@ impl Architecture {
             "BlipForConditionalGeneration" => Self::BlipCaption,
             "BlipForImageTextRetrieval" => Self::BlipRetrieval,
             "BlipForQuestionAnswering" => Self::BlipVqa,
+            "Blip2ForConditionalGeneration" => Self::Blip2Generation,
+            "Blip2ForImageTextRetrieval" => Self::Blip2Retrieval,
+            "LlavaForConditionalGeneration" => Self::Llava,
             _ => return None,
         })
     }
@@ -79,7 +90,9 @@ pub fn detect_architecture(files: &ModelFiles) -> Result<Architecture> {
         )),
         other => Err(config_err(format!(
             "unsupported model (architectures {:?}, model_type {:?}); Glimpse runs CLIPModel, \
-             BlipForConditionalGeneration, BlipForImageTextRetrieval and BlipForQuestionAnswering",
+             BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering, \
+             Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval and \
+             LlavaForConditionalGeneration",
             probe.architectures, other
         ))),
     }
@@ -90,6 +103,9 @@ enum Loaded {
     BlipCaption(BlipForConditionalGeneration),
     BlipRetrieval(BlipForImageTextRetrieval),
     BlipVqa(BlipForQuestionAnswering),
+    Blip2Generation(Blip2ForConditionalGeneration),
+    Blip2Retrieval(Blip2ForImageTextRetrieval),
+    Llava(Box<LlavaForConditionalGeneration>, Box<LlavaProcessor>),
 }
 
 /// Similarities of one image against several texts.
@@ -150,6 +166,17 @@ impl Pipeline {
             Architecture::BlipVqa => {
                 Loaded::BlipVqa(BlipForQuestionAnswering::load(&files, device)?)
             }
+            Architecture::Blip2Generation => {
+                Loaded::Blip2Generation(Blip2ForConditionalGeneration::load(&files, device)?)
+            }
+            Architecture::Blip2Retrieval => {
+                Loaded::Blip2Retrieval(Blip2ForImageTextRetrieval::load(&files, device)?)
+            }
+            Architecture::Llava => {
+                let model = LlavaForConditionalGeneration::load(&files, device)?;
+                let processor = LlavaProcessor::load(&files, model.config())?;
+                Loaded::Llava(Box::new(model), Box::new(processor))
+            }
         };
         Ok(Self {
             model: loaded,
@@ -206,6 +233,9 @@ impl Pipeline {
             Loaded::BlipCaption(m) => Some(m.config().text_config.max_position_embeddings),
             Loaded::BlipRetrieval(m) => Some(m.config().text_config.max_position_embeddings),
             Loaded::BlipVqa(m) => Some(m.config().text_config.max_position_embeddings),
+            Loaded::Blip2Retrieval(m) => Some(m.config().qformer_config.max_position_embeddings),
+            // Language models check their own limits against the cache.
+            Loaded::Blip2Generation(_) | Loaded::Llava(..) => None,
         }
     }
 
@@ -231,23 +261,45 @@ impl Pipeline {
 
     /// ITC cosine (and ITM probability where available) of one image against `texts`.
     pub fn match_scores(&self, image: &RgbImage, texts: &[&str]) -> Result<MatchScores> {
-        let image_embeds = self.image_embeds(std::slice::from_ref(image))?; // [1, E]
-        let text_embeds = self.text_embeds(texts)?; // [n, E]
-        let itc = cosine(&image_embeds, &text_embeds)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-        let itm = match &self.model {
+        let pixels = self.pixel_values(std::slice::from_ref(image))?; // [1, 3, H, W]
+        match &self.model {
+            Loaded::Clip(_) => {
+                let itc = cosine(
+                    &self.image_embeds(std::slice::from_ref(image))?,
+                    &self.text_embeds(texts)?,
+                )?;
+                Ok(MatchScores {
+                    itc: itc.squeeze(0)?.to_vec1()?,
+                    itm: None,
+                })
+            }
             Loaded::BlipRetrieval(m) => {
                 let batch = self.encode_texts(texts)?;
-                let pixels = self.pixel_values(std::slice::from_ref(image))?;
-                Some(
-                    m.itm_probs(&pixels, &batch.input_ids, &batch.attention_mask)?
-                        .to_vec1::<f32>()?,
-                )
+                let image_embeds = m.image_embeds(&pixels)?; // [1, E]
+                let text_embeds = m.text_embeds(&batch.input_ids, &batch.attention_mask)?; // [n, E]
+                let itc = cosine(&image_embeds, &text_embeds)?.squeeze(0)?.to_vec1()?;
+                let itm = m.itm_probs(&pixels, &batch.input_ids, &batch.attention_mask)?;
+                Ok(MatchScores {
+                    itc,
+                    itm: Some(itm.to_vec1()?),
+                })
             }
-            _ => None,
-        };
-        Ok(MatchScores { itc, itm })
+            Loaded::Blip2Retrieval(m) => {
+                // ITC is the best of the query embeddings, as the reference scores it.
+                let batch = self.encode_texts(texts)?;
+                let mask = Some(&batch.attention_mask);
+                let itc = m.itc(&pixels, &batch.input_ids, mask)?.squeeze(0)?; // [n]
+                let itm = m.itm_probs(&pixels, &batch.input_ids, mask)?; // [n]
+                Ok(MatchScores {
+                    itc: itc.to_dtype(DType::F32)?.to_vec1()?,
+                    itm: Some(itm.to_vec1()?),
+                })
+            }
+            _ => Err(self.unsupported(
+                "match",
+                "a CLIPModel, BlipForImageTextRetrieval or Blip2ForImageTextRetrieval",
+            )),
+        }
     }
 
     /// Zero-shot class probabilities of one image over `labels` put into `template`.
@@ -270,50 +322,117 @@ impl Pipeline {
         Ok(probs.squeeze(0)?.to_vec1::<f32>()?)
     }
 
-    /// Captions for a batch of images; `prompt` starts every caption.
+    /// Captions for a batch of images; `prompt` starts every caption (for LLaVA it is
+    /// the instruction, by default a request for a one-sentence description).
     pub fn caption(
         &self,
         images: &[RgbImage],
         prompt: Option<&str>,
         gen: &GenerationConfig,
     ) -> Result<Vec<Generated>> {
-        let Loaded::BlipCaption(m) = &self.model else {
-            return Err(self.unsupported("caption", "a BlipForConditionalGeneration"));
-        };
+        let prompt = prompt.filter(|p| !p.trim().is_empty());
         let pixels = self.pixel_values(images)?;
-        let prompt_ids = match prompt {
-            Some(p) if !p.trim().is_empty() => Some(self.tokenizer.encode(p, true)?),
-            _ => None,
-        };
-        let ids = m.generate(&pixels, prompt_ids.as_deref(), gen)?;
-        // A prompted caption reads as one sentence: decode the prompt with the
-        // continuation (as the reference decodes the whole sequence), but report only
-        // the generated ids.
-        let start = m.caption_prompt(prompt_ids.as_deref());
-        ids.into_iter()
-            .map(|token_ids| {
-                let full: Vec<u32> = start.iter().chain(&token_ids).copied().collect();
-                let text = self.tokenizer.decode(&full, true)?;
-                Ok(Generated { text, token_ids })
-            })
-            .collect()
+        match &self.model {
+            Loaded::BlipCaption(m) => {
+                let prompt_ids = prompt.map(|p| self.tokenizer.encode(p, true)).transpose()?;
+                let ids = m.generate(&pixels, prompt_ids.as_deref(), gen)?;
+                // A prompted caption reads as one sentence: decode the prompt with the
+                // continuation (as the reference decodes the whole sequence), but
+                // report only the generated ids.
+                let start = m.caption_prompt(prompt_ids.as_deref());
+                ids.into_iter()
+                    .map(|token_ids| {
+                        let full: Vec<u32> = start.iter().chain(&token_ids).copied().collect();
+                        let text = self.tokenizer.decode(&full, true)?;
+                        Ok(Generated { text, token_ids })
+                    })
+                    .collect()
+            }
+            Loaded::Blip2Generation(m) => {
+                let prompt_ids = prompt.map(|p| self.tokenizer.encode(p, true)).transpose()?;
+                let ids = m.generate(&pixels, prompt_ids.as_deref(), gen)?;
+                let prefix = prompt
+                    .map(|p| format!("{} ", p.trim_end()))
+                    .unwrap_or_default();
+                self.decode_all(ids)?
+                    .into_iter()
+                    .map(|g| {
+                        Ok(Generated {
+                            text: format!("{prefix}{}", g.text.trim_start()),
+                            ..g
+                        })
+                    })
+                    .collect()
+            }
+            Loaded::Llava(m, p) => {
+                let instruction = prompt.unwrap_or(LLAVA_CAPTION_INSTRUCTION);
+                let (_, ids) = p.prompt(&[ChatMessage::user(instruction, true)], true)?;
+                let n = images.len();
+                let rows = Tensor::new(ids, &self.device)?
+                    .unsqueeze(0)?
+                    .repeat((n, 1))?; // [n, t]
+                let eos = gen.eos_token_ids.clone();
+                m.generate(&pixels, &rows, gen)?
+                    .into_iter()
+                    .map(|token_ids| {
+                        Ok(Generated {
+                            text: p.decode_reply(&token_ids, &eos)?,
+                            token_ids,
+                        })
+                    })
+                    .collect()
+            }
+            _ => Err(self.unsupported(
+                "caption",
+                "a BlipForConditionalGeneration, Blip2ForConditionalGeneration or \
+                 LlavaForConditionalGeneration",
+            )),
+        }
     }
 
-    /// Answer to `question` about one image.
+    /// Answer to `question` about one image (BLIP-2 uses the zero-shot VQA prompt
+    /// "Question: {} Answer:"; LLaVA one chat turn).
     pub fn ask(
         &self,
         image: &RgbImage,
         question: &str,
         gen: &GenerationConfig,
     ) -> Result<Generated> {
-        let Loaded::BlipVqa(m) = &self.model else {
-            return Err(self.unsupported("ask", "a BlipForQuestionAnswering"));
-        };
-        let batch = self.encode_texts(&[question])?;
+        if question.trim().is_empty() {
+            return Err(Error::Model {
+                model: self.name.clone(),
+                msg: "empty question".into(),
+            });
+        }
         let pixels = self.pixel_values(std::slice::from_ref(image))?;
-        let ids = m.generate(&pixels, &batch.input_ids, &batch.attention_mask, gen)?;
+        let ids = match &self.model {
+            Loaded::BlipVqa(m) => {
+                let batch = self.encode_texts(&[question])?;
+                m.generate(&pixels, &batch.input_ids, &batch.attention_mask, gen)?
+            }
+            Loaded::Blip2Generation(m) => {
+                let prompt = self.tokenizer.encode(&vqa_prompt(question.trim()), true)?;
+                m.generate(&pixels, Some(&prompt), gen)?
+            }
+            Loaded::Llava(m, p) => {
+                let (_, ids) = p.prompt(&[ChatMessage::user(question, true)], true)?;
+                let rows = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // [1, t]
+                let token_ids = m.generate(&pixels, &rows, gen)?.remove(0);
+                let text = p.decode_reply(&token_ids, &gen.eos_token_ids)?;
+                return Ok(Generated { text, token_ids });
+            }
+            _ => {
+                return Err(self.unsupported(
+                    "ask",
+                    "a BlipForQuestionAnswering, Blip2ForConditionalGeneration or \
+                     LlavaForConditionalGeneration",
+                ))
+            }
+        };
         let mut out = self.decode_all(ids)?;
-        Ok(out.remove(0))
+        let mut answer = out.remove(0);
+        answer.text = answer.text.trim().to_string();
+        Ok(answer)
     }
 
     /// Generation defaults of this model (end, pad ids) on top of `gen`.
@@ -325,6 +444,8 @@ impl Pipeline {
                 pad_token_id: m.config().text_config.pad_token_id,
                 ..gen
             },
+            Loaded::Blip2Generation(m) => m.generation_config(&gen),
+            Loaded::Llava(m, _) => m.generation_config(&gen),
             _ => gen,
         }
     }
@@ -338,6 +459,9 @@ impl Pipeline {
             .collect()
     }
 }
+
+/// What `caption` asks a chat model when no `--prompt` is given.
+pub const LLAVA_CAPTION_INSTRUCTION: &str = "Describe the image in one sentence.";
 
 /// Cosine similarity of every row of `a` `[n, d]` with every row of `b` `[m, d]` -> `[n, m]`.
 pub fn cosine(a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -1,0 +1,183 @@
+//! The command-line contract for BLIP-2 and LLaVA checkpoints on the committed
+//! reference fixtures: `caption`, `ask`, `match` and `chat` give the reference's ids.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use serde_json::Value;
+
+/// `caption`/`ask` for every photo of a BLIP-2 fixture; `extra` picks the case.
+fn blip2_ids(name: &str, command: &[&str], case: &str) {
+    let (meta, _) = reference(name);
+    let model = fixture(name);
+    let max_new = meta["generation"]["max_new_tokens"].to_string();
+    let want = meta[case]["generated"].as_array().unwrap();
+    for (i, stem) in strings(&meta["photos"]).iter().enumerate() {
+        let image = photo(stem);
+        let mut args = command.to_vec();
+        args.extend([
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &image,
+            "--max-new-tokens",
+            &max_new,
+            "--json",
+        ]);
+        let out = json(&args);
+        let got = if command[0] == "ask" {
+            ids(&out["token_ids"])
+        } else {
+            ids(&out["token_ids"][0])
+        };
+        assert_eq!(got, ids(&want[i]), "{name} {case} {stem}");
+    }
+}
+
+#[test]
+fn blip2_opt_captions_prompts_and_answers_as_the_reference() {
+    blip2_ids("blip2_opt", &["caption"], "unprompted");
+    blip2_ids(
+        "blip2_opt",
+        &["caption", "--prompt", "a photo of"],
+        "prompted",
+    );
+    blip2_ids(
+        "blip2_opt",
+        &["ask", "--question", "what is in the picture?"],
+        "vqa",
+    );
+}
+
+#[test]
+fn blip2_t5_captions_prompts_and_answers_as_the_reference() {
+    blip2_ids("blip2_t5", &["caption"], "unprompted");
+    blip2_ids(
+        "blip2_t5",
+        &["caption", "--prompt", "a photo of"],
+        "prompted",
+    );
+    blip2_ids(
+        "blip2_t5",
+        &["ask", "--question", "what is in the picture?"],
+        "vqa",
+    );
+}
+
+#[test]
+fn blip2_match_gives_itc_max_over_queries_and_itm() {
+    let (meta, t) = reference("blip2_itm");
+    let texts = strings(&meta["texts"]);
+    let model = fixture("blip2_itm");
+    for (i, stem) in strings(&meta["photos"]).iter().enumerate() {
+        let image = photo(stem);
+        let mut args = vec![
+            "match",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &image,
+            "--json",
+        ];
+        for text in &texts {
+            args.extend(["--text", text]);
+        }
+        let out = json(&args);
+        assert_close(
+            &format!("itc {stem}"),
+            &floats(&out["itc"]),
+            &row(&t["itc"], i),
+            1e-4,
+        );
+        assert_close(
+            &format!("itm {stem}"),
+            &floats(&out["itm"]),
+            &row(&t["itm_probs"], i),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn llava_ask_answers_as_the_reference() {
+    let (meta, _) = reference("llava");
+    let model = fixture("llava");
+    let single = &meta["single_turn"];
+    let question = single["conversation"][0]["content"][1]["text"]
+        .as_str()
+        .unwrap();
+    let max_new = meta["generation"]["max_new_tokens"].to_string();
+    for (i, stem) in strings(&meta["photos"]).iter().enumerate() {
+        let out = json(&[
+            "ask",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &photo(stem),
+            "--question",
+            question,
+            "--max-new-tokens",
+            &max_new,
+            "--json",
+        ]);
+        assert_eq!(
+            ids(&out["token_ids"]),
+            ids(&single["generated"][i]),
+            "llava {stem}"
+        );
+    }
+}
+
+#[test]
+fn llava_scripted_chat_reuses_the_conversation() {
+    let (meta, _) = reference("llava");
+    let multi = &meta["multi_turn"];
+    let q1 = multi["turn1"]["conversation"][0]["content"][1]["text"]
+        .as_str()
+        .unwrap();
+    let turn2 = multi["turn2"]["conversation"].as_array().unwrap();
+    let q2 = turn2.last().unwrap()["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|c| c["text"].as_str())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let turns = dir.path().join("turns.json");
+    let mut f = std::fs::File::create(&turns).unwrap();
+    write!(f, "{}", Value::from(vec![q1, q2])).unwrap();
+    drop(f);
+    let max_new = meta["generation"]["max_new_tokens"].to_string();
+    let image = photo(multi["image"].as_str().unwrap());
+    let out = json(&[
+        "chat",
+        "--model",
+        fixture("llava").to_str().unwrap(),
+        "--image",
+        &image,
+        "--turns",
+        turns.to_str().unwrap(),
+        "--max-new-tokens",
+        &max_new,
+        "--json",
+    ]);
+    let got = out["turns"].as_array().unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(ids(&got[0]["token_ids"]), ids(&multi["turn1"]["generated"]));
+    assert_eq!(ids(&got[1]["token_ids"]), ids(&multi["turn2"]["generated"]));
+
+    std::fs::write(&turns, "{not json").unwrap();
+    let err = fails(&[
+        "chat",
+        "--model",
+        fixture("llava").to_str().unwrap(),
+        "--image",
+        &image,
+        "--turns",
+        turns.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(err.contains("turns.json"), "{err}");
+}
