@@ -15,8 +15,8 @@ pub mod blip;
 pub mod blip2;
 pub mod checkpoint;
 pub mod clip;
+mod error;
 pub mod llava;
 pub mod pipeline;
-mod error;
 
 pub use error::{Error, Result};
