@@ -19,6 +19,10 @@
 //!
 //! Tied weights that `save_pretrained` leaves out are declared with
 //! [`Weights::with_alias`]. Stored f32/f16/bf16 tensors convert to the requested dtype.
+//!
+//! Large checkpoints: [`Weights::open_checked`] and [`plan_load`] ([`memory`]) read only
+//! the headers to pick the compute dtype, estimate the memory the loaded model needs and
+//! refuse, before any tensor is read, when that exceeds what is available.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -36,6 +40,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 
 mod hub;
+pub mod memory;
+
+pub use memory::{plan_load, plan_load_with, LoadOptions, LoadPlan};
 
 const CONFIG: &str = "config.json";
 const SINGLE: &str = "model.safetensors";
@@ -316,6 +323,38 @@ impl Weights {
     pub fn dtype_of(&self, name: &str) -> Option<DType> {
         let (_, entry) = self.store.lookup(name)?;
         DType::try_from(entry.dtype).ok()
+    }
+
+    /// How many tensors the files hold.
+    pub fn tensor_count(&self) -> usize {
+        self.store.entries.len()
+    }
+
+    /// Total bytes of the stored tensors, as the safetensors headers declare them (no
+    /// tensor data is read).
+    pub fn stored_bytes(&self) -> u64 {
+        self.store
+            .entries
+            .values()
+            .map(|e| (e.end - e.start) as u64)
+            .sum()
+    }
+
+    /// The float dtype holding the most bytes (ties go to the wider type); `None` when
+    /// the files hold no float tensor candle knows.
+    pub fn stored_dtype(&self) -> Option<DType> {
+        let mut by_dtype: HashMap<DType, u64> = HashMap::new();
+        for e in self.store.entries.values() {
+            if let Ok(dt @ (DType::F16 | DType::BF16 | DType::F32 | DType::F64)) =
+                DType::try_from(e.dtype)
+            {
+                *by_dtype.entry(dt).or_default() += (e.end - e.start) as u64;
+            }
+        }
+        by_dtype
+            .into_iter()
+            .max_by_key(|&(dt, bytes)| (bytes, dt.size_in_bytes()))
+            .map(|(dt, _)| dt)
     }
 
     /// Names of every stored tensor, sorted.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use glimpse_generate::GenerationConfig;
-use glimpse_models::checkpoint::ModelFiles;
+use glimpse_models::checkpoint::{plan_load, ModelFiles};
 use glimpse_models::llava::{ChatSession, LlavaForConditionalGeneration, LlavaProcessor};
 use serde::Serialize;
 
@@ -61,6 +61,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let device = device(&args.common.device)?;
     let model_name = &args.common.model;
     let files = ModelFiles::resolve(model_name).with_context(|| format!("--model {model_name}"))?;
+    // LLaVA's own load checks the memory plan; print it first, as every command does.
+    eprintln!("{}", plan_load(&files, &device)?);
     let model = LlavaForConditionalGeneration::load(&files, &device)
         .with_context(|| format!("loading model `{model_name}` as LLaVA"))?;
     let processor = LlavaProcessor::load(&files, model.config())

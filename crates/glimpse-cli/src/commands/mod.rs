@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use glimpse_models::checkpoint::{plan_load, ModelFiles};
 use glimpse_models::pipeline::Pipeline;
 use image::RgbImage;
 
@@ -48,10 +49,16 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
-/// Loads the model named by `--model` on `--device`.
+/// Loads the model named by `--model` on `--device`, after printing (on stderr) what
+/// it will take and refusing when it cannot fit in memory.
 pub fn load(args: &ModelArgs) -> Result<Pipeline> {
     let device = device(&args.device)?;
-    Pipeline::load(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))
+    let context = || format!("loading model `{}`", args.model);
+    let files = ModelFiles::resolve(&args.model).with_context(context)?;
+    let plan = plan_load(&files, &device).with_context(context)?;
+    eprintln!("{plan}");
+    plan.check().with_context(context)?;
+    Pipeline::load(&args.model, &device).with_context(context)
 }
 
 /// Reads and decodes image files; the error names the file.

@@ -106,23 +106,20 @@ impl Blip2ForConditionalGeneration {
         })
     }
 
-    /// Loads a checkpoint directory strictly. On the CPU everything computes in f32;
-    /// elsewhere the language model keeps its stored dtype, except that f16 T5 runs in
-    /// bf16 (Flan-T5 overflows in f16).
+    /// Loads a checkpoint directory strictly, in the compute dtype that
+    /// [`crate::checkpoint::memory`] picks (CPU: f32, or the stored half dtype when only
+    /// that fits; elsewhere the stored dtype), except that T5 never runs in f16 (Flan-T5
+    /// overflows: bf16 instead, or f32 on the CPU when it fits). Refuses, before reading any tensor,
+    /// a checkpoint that does not fit the available memory.
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
         let cfg: Blip2Config = files.read_config()?;
-        let dtype = if device.is_cpu() {
-            DType::F32
-        } else {
-            let stored = Weights::open(files)?
-                .dtype_of("language_projection.weight")
-                .unwrap_or(DType::F32);
-            match (&cfg.text_config, stored) {
-                (Blip2TextConfig::T5(_), DType::F16) => DType::BF16,
-                (_, d) => d,
-            }
+        let opts = crate::checkpoint::LoadOptions {
+            avoid_f16: matches!(cfg.text_config, Blip2TextConfig::T5(_)),
+            f32_prefixes: vec!["qformer.".into(), "query_tokens".into()],
+            ..Default::default()
         };
-        Self::load_with_dtype(files, dtype, device)
+        let (_, plan) = Weights::open_checked_with(files, device, &opts)?;
+        Self::load_with_dtype(files, plan.compute_dtype, device)
     }
 
     /// Loads with the vision tower, projection and language model in `dtype` and the

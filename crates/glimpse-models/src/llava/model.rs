@@ -107,9 +107,13 @@ impl LlavaForConditionalGeneration {
         })
     }
 
-    /// Loads a checkpoint directory in f32 (see [`Self::load_with_dtype`]).
+    /// Loads a checkpoint directory in the compute dtype that
+    /// [`crate::checkpoint::memory`] picks (CPU: f32, or the stored half dtype when only
+    /// that fits; elsewhere the stored dtype), refusing, before reading any tensor, a
+    /// checkpoint that does not fit the available memory (see [`Self::load_with_dtype`]).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
-        Self::load_with_dtype(files, DType::F32, device)
+        let (_, plan) = Weights::open_checked(files, device)?;
+        Self::load_with_dtype(files, plan.compute_dtype, device)
     }
 
     /// Loads strictly from any of the layouts [`LlavaLayout::detect`] knows.
