@@ -26,11 +26,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import (  # noqa: E402
     AutoImageProcessor,
+    AutoProcessor,
     AutoTokenizer,
+    Blip2ForConditionalGeneration,
+    Blip2ForImageTextRetrieval,
     BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
     BlipForQuestionAnswering,
     CLIPModel,
+    LlavaForConditionalGeneration,
 )
 from transformers.image_utils import load_image  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
@@ -45,6 +49,8 @@ DEFAULT_QUESTIONS = ["what is in the picture?", "what color is the sky?"]
 DEFAULT_LABELS = ["cat", "coffee", "astronaut", "rocket"]
 DEFAULT_TEMPLATE = "a photo of a {}."
 CAPTION_PROMPT = "a picture of"
+BLIP2_CAPTION_PROMPT = "a photo of"
+BLIP2_VQA_PROMPT = "Question: {} Answer:"
 MAX_NEW_TOKENS = 12
 BEAMS = 3
 
@@ -53,6 +59,9 @@ CLASSES = {
     "BlipForConditionalGeneration": BlipForConditionalGeneration,
     "BlipForImageTextRetrieval": BlipForImageTextRetrieval,
     "BlipForQuestionAnswering": BlipForQuestionAnswering,
+    "Blip2ForConditionalGeneration": Blip2ForConditionalGeneration,
+    "Blip2ForImageTextRetrieval": Blip2ForImageTextRetrieval,
+    "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
 }
 
 
@@ -245,11 +254,173 @@ def check_blip_vqa(name, model, tok, proc, inp, cli, rep):
                                        tok.decode(seq, skip_special_tokens=True))))
 
 
+def first_difference(got, want) -> str:
+    """Where two id lists part, for the mismatch message."""
+    if not isinstance(got, list) or not isinstance(want, list):
+        return ""
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            return f" (first difference at position {i}: {g} vs {w})"
+    if len(got) != len(want):
+        return f" (one is a prefix of the other: lengths {len(got)} vs {len(want)})"
+    return ""
+
+
+def equal_ids(rep: Report, name: str, command: str, key: str, got, want, hint: str = "") -> None:
+    """Ids (a list, or a list of lists) compared exactly; the message names the first difference."""
+    where = ""
+    if got != want and isinstance(got, list) and isinstance(want, list):
+        if want and isinstance(want[0], list):
+            bad = [r for r, (g, w) in enumerate(zip(got, want)) if g != w]
+            where = (f" [row {bad[0]}{first_difference(got[bad[0]], want[bad[0]])}]" if bad
+                     else f" [{len(got)} rows vs {len(want)}]")
+        else:
+            where = first_difference(got, want)
+    rep.equal(name, command, key, got, want, where + hint)
+
+
+@torch.no_grad()
+def check_blip2_generation(name, model, tok, proc, inp, cli, rep):
+    """Blip2ForConditionalGeneration (OPT or T5): caption (greedy, beams, --prompt) and ask."""
+    processor = AutoProcessor.from_pretrained(model.dir)
+    photos = inp["photos"]
+    text_cfg = model.config.text_config
+    eos, pad = text_cfg.eos_token_id, text_cfg.pad_token_id
+    encdec = model.config.use_decoder_only_language_model is False
+    hint = f" (generated ids include the eos id {eos} when generation stops there)"
+
+    def generate(photo, text=None, **kw):
+        """New ids of the reference's generate for one image: T5 returns decoder ids after the
+        start id, OPT the prompt (image tokens, bos, text) followed by the new ids."""
+        enc = processor(images=load_image(photo), text=text, return_tensors="pt")
+        pv = enc["pixel_values"].float()
+        if text is None:
+            args = dict(pixel_values=pv)
+            start = 1 if encdec else model.config.num_query_tokens + 1
+        else:
+            ids = enc["input_ids"]
+            args = dict(pixel_values=pv, input_ids=ids, attention_mask=torch.ones_like(ids))
+            start = 1 if encdec else ids.shape[1]
+        seq = model.generate(**args, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=eos,
+                             pad_token_id=pad, **kw)[0].tolist()
+        new = seq[start:]
+        return new, tok.decode(new, skip_special_tokens=True)
+
+    def compare_caption(command, out, results, prefix=""):
+        equal_ids(rep, name, command, "token_ids", out.get("token_ids"), [r[0] for r in results], hint)
+        want = [f"{prefix}{r[1].lstrip()}" for r in results]
+        rep.equal(name, command, "captions", out.get("captions"), want)
+
+    base = ["caption", "--model", str(model.dir), *pairs("--image", photos), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    results = [generate(p, num_beams=1) for p in photos]
+    run(rep, name, "caption greedy", lambda: cli(*base),
+        lambda out: compare_caption("caption greedy", out, results))
+    beams = [generate(p, num_beams=BEAMS) for p in photos]
+    run(rep, name, f"caption beams={BEAMS}", lambda: cli(*base, "--beams", str(BEAMS)),
+        lambda out: compare_caption(f"caption beams={BEAMS}", out, beams))
+    prompted = [generate(p, BLIP2_CAPTION_PROMPT, num_beams=1) for p in photos]
+    run(rep, name, "caption prompt", lambda: cli(*base, "--prompt", BLIP2_CAPTION_PROMPT),
+        lambda out: compare_caption("caption prompt", out, prompted, BLIP2_CAPTION_PROMPT.rstrip() + " "))
+    for pi, photo in enumerate(photos):
+        for qi, question in enumerate(inp["questions"]):
+            ids, text = generate(photo, BLIP2_VQA_PROMPT.format(question.strip()), num_beams=1)
+            command = f"ask p{pi} q{qi}"
+            run(rep, name, command,
+                lambda: cli("ask", "--model", str(model.dir), "--image", photo, "--question", question,
+                            "--max-new-tokens", str(MAX_NEW_TOKENS)),
+                lambda out: (equal_ids(rep, name, command, "token_ids", out.get("token_ids"), ids, hint),
+                             rep.equal(name, command, "answer", out.get("answer"), text.strip())))
+
+
+@torch.no_grad()
+def check_blip2_itm(name, model, tok, proc, inp, cli, rep):
+    """Blip2ForImageTextRetrieval: match gives ITC (max over queries of the cosine) and ITM."""
+    texts = inp["texts"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    for pi, photo in enumerate(inp["photos"]):
+        pv = pixels(proc, photo)
+        itc = model(input_ids=ids, attention_mask=mask, pixel_values=pv,
+                    use_image_text_matching_head=False).logits_per_image[0]
+        itm = model(input_ids=ids, attention_mask=mask, pixel_values=pv.repeat(len(texts), 1, 1, 1),
+                    use_image_text_matching_head=True).logits_per_image.softmax(dim=-1)[:, 1]
+        command = f"match p{pi}"
+        run(rep, name, command, lambda: cli("match", "--model", str(model.dir), "--image", photo,
+                                             *pairs("--text", texts)),
+            lambda out: (rep.floats(name, command, "itc", out.get("itc"), itc),
+                         rep.floats(name, command, "itm", out.get("itm"), itm)))
+
+
+def llava_user(text: str, image: bool) -> dict:
+    return {"role": "user", "content": ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]}
+
+
+@torch.no_grad()
+def check_llava(name, model, tok, proc, inp, cli, rep):
+    """LlavaForConditionalGeneration: ask (one chat turn) and a scripted two-turn chat."""
+    import tempfile
+
+    processor = AutoProcessor.from_pretrained(model.dir)
+    text_cfg = model.config.text_config
+    eos, pad = text_cfg.eos_token_id, text_cfg.pad_token_id
+    hint = f" (generated ids include the eos id {eos} when generation stops there)"
+    questions = inp["questions"]
+
+    def generate(photo, conversation):
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        enc = processor(images=load_image(photo), text=prompt, return_tensors="pt")
+        ids = enc["input_ids"]
+        seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             pixel_values=enc["pixel_values"].float(), max_new_tokens=MAX_NEW_TOKENS,
+                             do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad)[0].tolist()
+        new = seq[ids.shape[1]:]
+        reply = [t for t in new if t != eos]  # the reply's text: eos dropped, special tokens skipped
+        return new, tok.decode(reply, skip_special_tokens=True)
+
+    for pi, photo in enumerate(inp["photos"]):
+        for qi, question in enumerate(questions):
+            ids, text = generate(photo, [llava_user(question, True)])
+            command = f"ask p{pi} q{qi}"
+            run(rep, name, command,
+                lambda: cli("ask", "--model", str(model.dir), "--image", photo, "--question", question,
+                            "--max-new-tokens", str(MAX_NEW_TOKENS)),
+                lambda out: (equal_ids(rep, name, command, "token_ids", out.get("token_ids"), ids, hint),
+                             rep.equal(name, command, "answer", out.get("answer"), text)))
+
+    q1, q2 = (questions + DEFAULT_QUESTIONS)[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        turns_file = Path(tmp) / "turns.json"
+        turns_file.write_text(json.dumps([q1, q2]))
+        for pi, photo in enumerate(inp["photos"]):
+            conv = [llava_user(q1, True)]
+            ids1, answer1 = generate(photo, conv)
+            conv += [{"role": "assistant", "content": [{"type": "text", "text": answer1}]}, llava_user(q2, False)]
+            ids2, answer2 = generate(photo, conv)
+            command = f"chat p{pi}"
+
+            def compare(out, ids1=ids1, ids2=ids2, answers=(answer1, answer2), command=command):
+                turns = out.get("turns")
+                if not isinstance(turns, list) or len(turns) != 2:
+                    rep.failed(name, command, f"expected 2 turns, got {short(turns)}")
+                    return
+                for t, (turn, want) in enumerate(zip(turns, (ids1, ids2))):
+                    equal_ids(rep, name, command, f"turn {t + 1} token_ids", turn.get("token_ids"), want, hint)
+                    rep.equal(name, command, f"turn {t + 1} answer", turn.get("answer"), answers[t])
+
+            run(rep, name, command,
+                lambda: cli("chat", "--model", str(model.dir), "--image", photo, "--turns", str(turns_file),
+                            "--max-new-tokens", str(MAX_NEW_TOKENS)),
+                compare)
+
+
 CHECKS = {
     "CLIPModel": check_clip,
     "BlipForImageTextRetrieval": check_blip_itm,
     "BlipForConditionalGeneration": check_blip_caption,
     "BlipForQuestionAnswering": check_blip_vqa,
+    "Blip2ForConditionalGeneration": check_blip2_generation,
+    "Blip2ForImageTextRetrieval": check_blip2_itm,
+    "LlavaForConditionalGeneration": check_llava,
 }
 
 

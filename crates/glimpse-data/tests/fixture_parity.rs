@@ -362,3 +362,36 @@ fn decode_with_special_tokens_matches_reference() {
     assert_eq!(blip.decode(&ids, true).unwrap(), "sitting");
     assert_eq!(blip.token_id("[ENC]"), Some(166));
 }
+
+/// Regression: OPT's GPT-2 style tokenizer.json stores `end_of_word_suffix: ""`, which
+/// once made decode put a space between every character.
+#[test]
+fn gpt2_style_bpe_with_empty_suffix_decodes_as_the_reference() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/blip2_opt");
+    let tok = glimpse_data::TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    for case in ["unprompted", "prompted", "vqa"] {
+        let c = &meta[case];
+        for (ids, text) in c["generated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["text"].as_array().unwrap())
+        {
+            let ids: Vec<u32> = ids
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(
+                tok.decode(&ids, true).unwrap(),
+                text.as_str().unwrap(),
+                "{case} {ids:?}"
+            );
+        }
+    }
+}

@@ -71,7 +71,13 @@ impl TextTokenizer {
         let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
         let mut settings = TokenizerSettings::from_dir(dir)?;
         let (end_of_word_suffix, is_bpe, is_wordpiece) = match inner.get_model() {
-            ModelWrapper::BPE(bpe) => (bpe.end_of_word_suffix.clone(), true, false),
+            // GPT-2 style files (OPT) store an empty suffix: that means "none", and
+            // replacing "" would put a space between every character.
+            ModelWrapper::BPE(bpe) => (
+                bpe.end_of_word_suffix.clone().filter(|s| !s.is_empty()),
+                true,
+                false,
+            ),
             ModelWrapper::WordPiece(_) => (None, false, true),
             _ => (None, false, false),
         };
