@@ -32,6 +32,8 @@ pub enum Command {
     /// Multi-turn chat about an image (LLaVA): interactive on stdin, or scripted with
     /// `--json` reading a JSON list of turns.
     Chat(crate::commands::chat::ChatArgs),
+    /// Datasets: generate the synthetic world (`data synth`).
+    Data(crate::commands::data::DataArgs),
     /// Time Glimpse against the reference (transformers on PyTorch) on real-size
     /// architectures with random weights.
     Bench(crate::commands::bench::BenchArgs),

@@ -11,6 +11,11 @@
 //! * Inputs are random tensors of the same shapes on both sides; the timed call is the
 //!   library API (`get_image_features`, `get_text_features`, `generate`), so image
 //!   decoding and tokenization are not part of the figures.
+//! * The streaming workloads (`blip2-opt`, `llava-llama`) also time each generated
+//!   token: Glimpse through `glimpse_generate::generate_stream`'s per-step callback, the
+//!   reference through a streamer passed to `generate`. They report the time to the
+//!   first token (vision and prefill included) and the median gap between tokens; the
+//!   prompt ids are the same fixed ids on both sides.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,8 +26,10 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use glimpse_generate::GenerationConfig;
 use glimpse_models::blip::BlipForConditionalGeneration;
+use glimpse_models::blip2::Blip2ForConditionalGeneration;
 use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::clip::ClipModel;
+use glimpse_models::llava::LlavaForConditionalGeneration;
 use serde::{Deserialize, Serialize};
 
 use crate::output::print_json;
@@ -30,7 +37,8 @@ use crate::output::print_json;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Comma-separated workloads to run (default: all). Known: clip-image-b1,
-    /// clip-image-b8, clip-text-b32, blip-caption, blip-caption-beam3.
+    /// clip-image-b8, clip-text-b32, blip-caption, blip-caption-beam3, blip2-opt,
+    /// llava-llama.
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Timed repetitions per workload (the median is reported).
@@ -39,6 +47,10 @@ pub struct BenchArgs {
     /// Untimed warm-up runs per workload, after loading and before timing.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// New tokens per call for the streaming workloads (blip2-opt, llava-llama), forced
+    /// on both sides; at least 2.
+    #[arg(long, default_value_t = STREAM_TOKENS)]
+    pub new_tokens: usize,
     /// Output directory: benchmark checkpoints (`models/`) and `results.json`.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
@@ -65,16 +77,38 @@ const DEFAULT_PYTHON: &str = "tools/.venv/bin/python";
 const SCRIPT: &str = "tools/bench/reference.py";
 const CLIP_DIR: &str = "clip-vit-base-patch32";
 const BLIP_DIR: &str = "blip-image-captioning-base";
+const BLIP2_DIR: &str = "blip2-vitb16-opt-125m";
+const LLAVA_DIR: &str = "llava-clip-b32-llama-1b";
 const CLIP_TEXT_BATCH: usize = 32;
 const CLIP_TEXT_LEN: usize = 16;
 const CAPTION_TOKENS: usize = 20;
+/// Default new tokens per call of the streaming workloads (`--new-tokens`).
+const STREAM_TOKENS: usize = 32;
+/// Synthetic prompt ids, the same in `reference.py`. BLIP-2: OPT's bos and seven ids,
+/// after the 32 query placeholders the processor puts first.
+const BLIP2_TEXT_IDS: &[u32] = &[2, 1000, 2000, 3000, 4000, 5000, 6000, 7000];
+/// LLaVA: these, one `<image>` per image token, then [`LLAVA_IDS_AFTER`].
+const LLAVA_IDS_BEFORE: &[u32] = &[1, 1000, 2000];
+const LLAVA_IDS_AFTER: &[u32] = &[3000, 4000, 5000, 6000, 7000];
 
 /// What one workload runs; shapes and names are repeated in `reference.py`.
 #[derive(Debug, Clone, Copy)]
 enum Task {
-    ClipImage { batch: usize },
+    ClipImage {
+        batch: usize,
+    },
     ClipText,
-    Caption { beams: usize },
+    Caption {
+        beams: usize,
+    },
+    /// Image + fixed prompt ids -> `--new-tokens` greedy tokens, each timestamped.
+    Stream(StreamModel),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamModel {
+    Blip2Opt,
+    LlavaLlama,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,7 +157,31 @@ const WORKLOADS: &[Workload] = &[
         unit: "tok/s",
         items: CAPTION_TOKENS,
     },
+    Workload {
+        name: "blip2-opt",
+        model_dir: BLIP2_DIR,
+        task: Task::Stream(StreamModel::Blip2Opt),
+        unit: "tok/s",
+        items: STREAM_TOKENS,
+    },
+    Workload {
+        name: "llava-llama",
+        model_dir: LLAVA_DIR,
+        task: Task::Stream(StreamModel::LlavaLlama),
+        unit: "tok/s",
+        items: STREAM_TOKENS,
+    },
 ];
+
+impl Workload {
+    /// Items one call produces under `--new-tokens`.
+    fn items_per_call(&self, new_tokens: usize) -> usize {
+        match self.task {
+            Task::Stream(_) => new_tokens,
+            _ => self.items,
+        }
+    }
+}
 
 fn workload(name: &str) -> Result<Workload> {
     WORKLOADS
@@ -151,7 +209,21 @@ pub struct SideResult {
     pub load_s: f64,
     /// High-water mark of the child's resident set (model load included).
     pub peak_rss_bytes: Option<u64>,
+    /// Resident set at the end (model loaded, after the reps): what stays, without
+    /// load-time transients such as the pages of memory-mapped checkpoint files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_end_bytes: Option<u64>,
     pub threads: usize,
+    /// Streaming workloads: seconds from the call to its first new token, per rep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ttft_reps_s: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_median_s: Option<f64>,
+    /// Streaming workloads: per rep, the median gap between consecutive new tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_token_reps_s: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_token_median_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_implementation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +239,11 @@ struct WorkloadReport {
     reference: Option<SideResult>,
     /// Reference median / Glimpse median: above 1 means Glimpse is faster.
     ratio: Option<f64>,
+    /// The same for the time to first token and the time per token (streaming workloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttft_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_token_ratio: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<String>,
 }
@@ -175,6 +252,7 @@ struct WorkloadReport {
 struct Report {
     reps: usize,
     warmup: usize,
+    new_tokens: usize,
     cpus: usize,
     glimpse_build: &'static str,
     models: PathBuf,
@@ -185,12 +263,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
+    if args.new_tokens < 2 {
+        bail!("--new-tokens must be at least 2 (the time per token needs two tokens)");
+    }
     let models = args
         .models
         .clone()
         .unwrap_or_else(|| args.out.join("models"));
     if let Some(name) = &args.worker {
-        return run_worker(&workload(name)?, &models, args.reps, args.warmup);
+        return run_worker(
+            &workload(name)?,
+            &models,
+            args.reps,
+            args.warmup,
+            args.new_tokens,
+        );
     }
 
     let selected: Vec<Workload> = if args.workloads.is_empty() {
@@ -260,34 +347,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &args.reps.to_string(),
                 "--warmup",
                 &args.warmup.to_string(),
+                "--new-tokens",
+                &args.new_tokens.to_string(),
             ]);
         let glimpse = run_child(worker, "glimpse worker")
             .map_err(|e| errors.push(format!("glimpse: {e:#}")))
             .ok();
         let reference = reference.as_ref().and_then(|py| {
-            py.time(&models.join(w.model_dir), w.name, args.reps, args.warmup)
-                .map_err(|e| errors.push(format!("reference: {e:#}")))
-                .ok()
+            py.time(
+                &models.join(w.model_dir),
+                w.name,
+                args.reps,
+                args.warmup,
+                args.new_tokens,
+            )
+            .map_err(|e| errors.push(format!("reference: {e:#}")))
+            .ok()
         });
-        if let Some(g) = &glimpse {
-            if g.items_per_rep != w.items {
+        let items = w.items_per_call(args.new_tokens);
+        for side in [&glimpse, &reference].into_iter().flatten() {
+            if side.items_per_rep != items {
                 errors.push(format!(
-                    "glimpse produced {} {} per call, expected {}",
-                    g.items_per_rep, w.unit, w.items
+                    "{} produced {} {} per call, expected {items}",
+                    side.side, side.items_per_rep, w.unit
                 ));
             }
         }
-        let ratio = match (&glimpse, &reference) {
-            (Some(g), Some(r)) if g.median_s > 0.0 => Some(r.median_s / g.median_s),
+        let ratio_of = |pick: fn(&SideResult) -> Option<f64>| match (&glimpse, &reference) {
+            (Some(g), Some(r)) => match (pick(g), pick(r)) {
+                (Some(g), Some(r)) if g > 0.0 => Some(r / g),
+                _ => None,
+            },
             _ => None,
         };
         results.push(WorkloadReport {
             workload: w.name.to_string(),
             unit: w.unit.to_string(),
-            items_per_rep: w.items,
+            items_per_rep: items,
+            ratio: ratio_of(|s| Some(s.median_s)),
+            ttft_ratio: ratio_of(|s| s.ttft_median_s),
+            per_token_ratio: ratio_of(|s| s.per_token_median_s),
             glimpse,
             reference,
-            ratio,
             errors,
         });
     }
@@ -295,6 +396,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let report = Report {
         reps: args.reps,
         warmup: args.warmup,
+        new_tokens: args.new_tokens,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -397,13 +499,21 @@ impl Reference {
         Ok(())
     }
 
-    fn time(&self, model: &Path, workload: &str, reps: usize, warmup: usize) -> Result<SideResult> {
+    fn time(
+        &self,
+        model: &Path,
+        workload: &str,
+        reps: usize,
+        warmup: usize,
+        new_tokens: usize,
+    ) -> Result<SideResult> {
         let mut cmd = self.command();
         cmd.arg("time")
             .arg("--model")
             .arg(model)
             .args(["--workload", workload])
-            .args(["--reps", &reps.to_string(), "--warmup", &warmup.to_string()]);
+            .args(["--reps", &reps.to_string(), "--warmup", &warmup.to_string()])
+            .args(["--new-tokens", &new_tokens.to_string()]);
         run_child(cmd, "reference.py time")
     }
 }
@@ -424,7 +534,13 @@ fn find_in_workspace(rel: &str) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------------
 // Glimpse side (child process)
 
-fn run_worker(w: &Workload, models: &Path, reps: usize, warmup: usize) -> Result<()> {
+fn run_worker(
+    w: &Workload,
+    models: &Path,
+    reps: usize,
+    warmup: usize,
+    new_tokens: usize,
+) -> Result<()> {
     let dir = models.join(w.model_dir);
     if !has_checkpoint(&dir) {
         bail!(
@@ -433,21 +549,37 @@ fn run_worker(w: &Workload, models: &Path, reps: usize, warmup: usize) -> Result
         );
     }
     let start = Instant::now();
-    let mut step = build_step(w, &dir)?;
+    let mut step = build_step(w, &dir, new_tokens)?;
     let load_s = start.elapsed().as_secs_f64();
 
     let mut reps_s = Vec::with_capacity(reps);
+    let (mut ttft_reps_s, mut per_token_reps_s) = (Vec::new(), Vec::new());
     let mut items = 0;
     for i in 0..warmup + reps {
         let t = Instant::now();
-        items = step()?;
+        let out = step()?;
         let dt = t.elapsed().as_secs_f64();
+        items = out.items;
         let what = if i < warmup { "warmup" } else { "rep" };
-        eprintln!("  glimpse {}: {what} {dt:.3} s", w.name);
+        match token_times(t, &out.token_stamps) {
+            Some((ttft, per_token)) => {
+                eprintln!(
+                    "  glimpse {}: {what} {dt:.3} s, first token {ttft:.3} s, {:.1} ms/token",
+                    w.name,
+                    per_token * 1e3
+                );
+                if i >= warmup {
+                    ttft_reps_s.push(ttft);
+                    per_token_reps_s.push(per_token);
+                }
+            }
+            None => eprintln!("  glimpse {}: {what} {dt:.3} s", w.name),
+        }
         if i >= warmup {
             reps_s.push(dt);
         }
     }
+    let median_of = |xs: &[f64]| (!xs.is_empty()).then(|| median(xs));
     print_json(&SideResult {
         side: "glimpse".into(),
         workload: w.name.into(),
@@ -456,8 +588,13 @@ fn run_worker(w: &Workload, models: &Path, reps: usize, warmup: usize) -> Result
         warmup,
         items_per_rep: items,
         load_s,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: proc_status_bytes("VmHWM"),
+        rss_end_bytes: proc_status_bytes("VmRSS"),
         threads: candle_core::utils::get_num_threads(),
+        ttft_median_s: median_of(&ttft_reps_s),
+        ttft_reps_s,
+        per_token_median_s: median_of(&per_token_reps_s),
+        per_token_reps_s,
         attn_implementation: None,
         versions: Some(serde_json::json!({
             "glimpse": env!("CARGO_PKG_VERSION"),
@@ -466,11 +603,42 @@ fn run_worker(w: &Workload, models: &Path, reps: usize, warmup: usize) -> Result
     })
 }
 
-/// One timed call; returns the items it produced (images, texts or new tokens).
-type Step = Box<dyn FnMut() -> Result<usize>>;
+/// What one timed call produced.
+struct Measured {
+    /// Images, texts or new tokens.
+    items: usize,
+    /// Streaming workloads: when each new token was chosen (empty otherwise).
+    token_stamps: Vec<Instant>,
+}
+
+impl From<usize> for Measured {
+    fn from(items: usize) -> Self {
+        Self {
+            items,
+            token_stamps: Vec::new(),
+        }
+    }
+}
+
+/// Time to first token (from `start`) and the median gap between consecutive tokens,
+/// in seconds; `None` without at least two stamps.
+fn token_times(start: Instant, stamps: &[Instant]) -> Option<(f64, f64)> {
+    let first = stamps.first()?;
+    let gaps: Vec<f64> = stamps
+        .windows(2)
+        .map(|p| (p[1] - p[0]).as_secs_f64())
+        .collect();
+    if gaps.is_empty() {
+        return None;
+    }
+    Some(((*first - start).as_secs_f64(), median(&gaps)))
+}
+
+/// One timed call.
+type Step = Box<dyn FnMut() -> Result<Measured>>;
 
 /// Loads the workload's model and builds its inputs; only the returned closure is timed.
-fn build_step(w: &Workload, dir: &Path) -> Result<Step> {
+fn build_step(w: &Workload, dir: &Path, new_tokens: usize) -> Result<Step> {
     let device = Device::Cpu;
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("config.json"))
@@ -494,7 +662,7 @@ fn build_step(w: &Workload, dir: &Path) -> Result<Step> {
             let pixels = rng.tensor(&[batch, 3, size, size], &device)?;
             Ok(Box::new(move || {
                 let features = model.get_image_features(&pixels)?; // [batch, proj]
-                Ok(features.dim(0)?)
+                Ok(features.dim(0)?.into())
             }))
         }
         Task::ClipText => {
@@ -511,7 +679,7 @@ fn build_step(w: &Workload, dir: &Path) -> Result<Step> {
             let mask = Tensor::ones((CLIP_TEXT_BATCH, CLIP_TEXT_LEN), DType::U32, &device)?;
             Ok(Box::new(move || {
                 let features = model.get_text_features(&ids, &mask)?; // [32, proj]
-                Ok(features.dim(0)?)
+                Ok(features.dim(0)?.into())
             }))
         }
         Task::Caption { beams } => {
@@ -534,10 +702,93 @@ fn build_step(w: &Workload, dir: &Path) -> Result<Step> {
                 if n != CAPTION_TOKENS {
                     bail!("generated {n} tokens, expected {CAPTION_TOKENS}");
                 }
-                Ok(n)
+                Ok(n.into())
             }))
         }
+        Task::Stream(kind) => {
+            let size = field("vision_config", "image_size")?;
+            let pixels = rng.tensor(&[1, 3, size, size], &device)?;
+            // Exactly `new_tokens` greedy tokens, as the reference is told to produce.
+            let forced = GenerationConfig {
+                max_new_tokens: new_tokens,
+                min_new_tokens: new_tokens,
+                num_beams: 1,
+                do_sample: false,
+                ..GenerationConfig::default()
+            };
+            match kind {
+                StreamModel::Blip2Opt => {
+                    let model = Blip2ForConditionalGeneration::load(&files, &device)?;
+                    // The processor's ids: 32 query placeholders, then the text ids.
+                    let ids = model.processor_ids(BLIP2_TEXT_IDS);
+                    let ids = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?; // [1, t]
+                    let gen = model.generation_config(&forced);
+                    gen.validate()?;
+                    Ok(Box::new(move || {
+                        let mut stamps = Vec::with_capacity(new_tokens);
+                        // Timed from here: vision tower, Q-Former, projection, prefill.
+                        let mut cache = model.new_cache(&pixels, &ids, None)?;
+                        let out = glimpse_generate::generate_stream(
+                            &model,
+                            &mut cache,
+                            &ids,
+                            &gen,
+                            |_| {
+                                stamps.push(Instant::now());
+                                true
+                            },
+                        )?;
+                        streamed(out, stamps, new_tokens)
+                    }))
+                }
+                StreamModel::LlavaLlama => {
+                    let model = LlavaForConditionalGeneration::load(&files, &device)?;
+                    let cfg = model.config();
+                    let mut ids = LLAVA_IDS_BEFORE.to_vec();
+                    ids.extend(std::iter::repeat_n(
+                        cfg.image_token_index,
+                        cfg.image_tokens_per_image(),
+                    ));
+                    ids.extend_from_slice(LLAVA_IDS_AFTER);
+                    let ids = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?; // [1, t]
+                    let gen = model.generation_config(&forced);
+                    gen.validate()?;
+                    Ok(Box::new(move || {
+                        let mut stamps = Vec::with_capacity(new_tokens);
+                        // Timed from here: vision tower, projector, prefill.
+                        let features = model.image_features(&pixels)?; // [1, n, d]
+                        let mut cache = model.new_cache(Some(&features));
+                        let out = glimpse_generate::generate_stream(
+                            &model,
+                            &mut cache,
+                            &ids,
+                            &gen,
+                            |_| {
+                                stamps.push(Instant::now());
+                                true
+                            },
+                        )?;
+                        streamed(out, stamps, new_tokens)
+                    }))
+                }
+            }
+        }
     }
+}
+
+/// Checks that a streamed generation produced `expected` tokens, one stamp each.
+fn streamed(out: Vec<Vec<u32>>, stamps: Vec<Instant>, expected: usize) -> Result<Measured> {
+    let n = out.first().map_or(0, Vec::len);
+    if n != expected || stamps.len() != expected {
+        bail!(
+            "generated {n} tokens in {} steps, expected {expected}",
+            stamps.len()
+        );
+    }
+    Ok(Measured {
+        items: n,
+        token_stamps: stamps,
+    })
 }
 
 /// Deterministic inputs without a dependency (candle cannot seed its CPU generator).
@@ -572,10 +823,13 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// `VmHWM` of this process (Linux); `None` elsewhere.
-fn peak_rss_bytes() -> Option<u64> {
+/// A memory field of this process's `/proc/self/status` (Linux: `VmHWM` is the peak
+/// resident set, `VmRSS` the current one); `None` elsewhere.
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -627,11 +881,46 @@ fn print_table(report: &Report) {
             rss(&r.glimpse),
             rss(&r.reference),
         );
+        let streamed = |pick: fn(&SideResult) -> Option<f64>| {
+            [&r.glimpse, &r.reference].map(|s| s.as_ref().and_then(pick))
+        };
+        let ttft = streamed(|s| s.ttft_median_s);
+        let per_token = streamed(|s| s.per_token_median_s);
+        if ttft.iter().chain(&per_token).any(Option::is_some) {
+            let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}x"));
+            let secs = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3} s"));
+            let per_tok = |x: Option<f64>| {
+                x.map_or("-".into(), |x| {
+                    format!("{:.1} ms ({:.1} tok/s)", x * 1e3, 1.0 / x)
+                })
+            };
+            println!(
+                "{:<20} {:>24} {:>24} {:>7}",
+                "  first token",
+                secs(ttft[0]),
+                secs(ttft[1]),
+                ratio(r.ttft_ratio),
+            );
+            println!(
+                "{:<20} {:>24} {:>24} {:>7}",
+                "  per token",
+                per_tok(per_token[0]),
+                per_tok(per_token[1]),
+                ratio(r.per_token_ratio),
+            );
+        }
         for e in &r.errors {
             println!("  error: {e}");
         }
     }
     println!("ratio = reference median / glimpse median (above 1: Glimpse is faster)");
+    if report.results.iter().any(|r| r.ttft_ratio.is_some()) {
+        println!(
+            "first token: from the call to the first new token (vision and prefill); \
+             per token: median gap between new tokens ({} per call)",
+            report.new_tokens
+        );
+    }
     if let Some(attn) = report
         .results
         .iter()
@@ -674,6 +963,66 @@ mod tests {
             err.contains("clip-image-b2") && err.contains("clip-image-b8"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_times_are_first_token_and_median_gap() {
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (ttft, per_token) = token_times(t0, &[at(100), at(110), at(130), at(140)]).unwrap();
+        assert!((ttft - 0.100).abs() < 1e-9, "{ttft}");
+        assert!((per_token - 0.010).abs() < 1e-9, "{per_token}"); // gaps 10, 20, 10 ms
+        assert!(token_times(t0, &[at(100)]).is_none());
+        assert!(token_times(t0, &[]).is_none());
+    }
+
+    #[test]
+    fn streaming_workloads_count_new_tokens() {
+        for name in ["blip2-opt", "llava-llama"] {
+            let w = workload(name).unwrap();
+            assert!(matches!(w.task, Task::Stream(_)));
+            assert_eq!(w.items_per_call(STREAM_TOKENS), STREAM_TOKENS);
+            assert_eq!(w.items_per_call(8), 8);
+        }
+        assert_eq!(
+            workload("blip-caption").unwrap().items_per_call(8),
+            CAPTION_TOKENS
+        );
+    }
+
+    /// Workload names, directories and prompt ids are written twice; keep them equal.
+    #[test]
+    fn reference_script_agrees_on_names_dirs_and_prompt_ids() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(SCRIPT);
+        let text = std::fs::read_to_string(&script).unwrap();
+        for w in WORKLOADS {
+            assert!(
+                text.contains(&format!("\"{}\"", w.name)),
+                "{} not in {SCRIPT}",
+                w.name
+            );
+            assert!(
+                text.contains(&format!("\"{}\"", w.model_dir)),
+                "{}",
+                w.model_dir
+            );
+        }
+        let list = |ids: &[u32]| {
+            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+            format!("[{}]", ids.join(", "))
+        };
+        for (name, ids) in [
+            ("BLIP2_TEXT_IDS", BLIP2_TEXT_IDS),
+            ("LLAVA_IDS_BEFORE", LLAVA_IDS_BEFORE),
+            ("LLAVA_IDS_AFTER", LLAVA_IDS_AFTER),
+        ] {
+            let line = format!("{name} = {}", list(ids));
+            assert!(text.contains(&line), "{SCRIPT} lacks `{line}`");
+        }
+        assert!(text.contains(&format!("STREAM_TOKENS = {STREAM_TOKENS}")));
     }
 
     #[test]

@@ -51,7 +51,7 @@ struct ChatOutput {
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
-    let gen = generation_config(&args.decode)?;
+    let gen = args.decode.generation_config()?;
     let scripted = match (&args.turns, args.common.json) {
         (Some(path), _) => Some(read_turns(path)?),
         (None, true) => Some(read_turns(Path::new("-"))?),
@@ -217,37 +217,4 @@ fn read_turns(path: &Path) -> Result<Vec<String>> {
             }
         })
         .collect()
-}
-
-/// Validates decoding flags (the model's eos and pad ids are filled in after loading).
-fn generation_config(args: &DecodeArgs) -> Result<GenerationConfig> {
-    if args.max_new_tokens == 0 {
-        bail!("--max-new-tokens must be at least 1");
-    }
-    if args.min_new_tokens > args.max_new_tokens {
-        bail!(
-            "--min-new-tokens ({}) exceeds --max-new-tokens ({})",
-            args.min_new_tokens,
-            args.max_new_tokens
-        );
-    }
-    if args.beams == 0 {
-        bail!("--beams must be at least 1");
-    }
-    let sample = args.top_p.is_some() || args.top_k.is_some() || args.temperature.is_some();
-    let cfg = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        min_new_tokens: args.min_new_tokens,
-        num_beams: args.beams,
-        length_penalty: args.length_penalty as f32,
-        do_sample: sample,
-        temperature: args.temperature.unwrap_or(1.0) as f32,
-        top_k: args.top_k.unwrap_or(0),
-        top_p: args.top_p.unwrap_or(1.0) as f32,
-        repetition_penalty: args.repetition_penalty as f32,
-        seed: args.seed,
-        ..GenerationConfig::default()
-    };
-    cfg.validate()?;
-    Ok(cfg)
 }

@@ -4,6 +4,7 @@ pub mod bench;
 mod caption;
 pub mod chat;
 mod classify;
+pub mod data;
 mod embed;
 mod matching;
 
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ask(args) => caption::run_ask(args),
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Data(args) => data::run(args),
     }
 }
 
@@ -85,4 +87,40 @@ pub fn check_batch_size(n: usize) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     Ok(())
+}
+
+impl crate::cli::DecodeArgs {
+    /// Validates decoding flags into a generation config; the model's end and pad ids
+    /// are filled in after loading.
+    pub fn generation_config(&self) -> Result<glimpse_generate::GenerationConfig> {
+        if self.max_new_tokens == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
+        if self.min_new_tokens > self.max_new_tokens {
+            bail!(
+                "--min-new-tokens ({}) exceeds --max-new-tokens ({})",
+                self.min_new_tokens,
+                self.max_new_tokens
+            );
+        }
+        if self.beams == 0 {
+            bail!("--beams must be at least 1");
+        }
+        let sample = self.top_p.is_some() || self.top_k.is_some() || self.temperature.is_some();
+        let cfg = glimpse_generate::GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            num_beams: self.beams,
+            length_penalty: self.length_penalty as f32,
+            do_sample: sample,
+            temperature: self.temperature.unwrap_or(1.0) as f32,
+            top_k: self.top_k.unwrap_or(0),
+            top_p: self.top_p.unwrap_or(1.0) as f32,
+            repetition_penalty: self.repetition_penalty as f32,
+            seed: self.seed,
+            ..glimpse_generate::GenerationConfig::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
