@@ -77,6 +77,17 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 fn download(model_id: &str) -> std::result::Result<ModelFiles, String> {
     use hf_hub::api::sync::ApiBuilder;
 
+    // The reference's switch for "never touch the network" is honoured here too.
+    if std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "ON" | "on"))
+    {
+        return Err(
+            "HF_HUB_OFFLINE is set, so it is not downloaded; pass a local directory \
+             holding config.json and model.safetensors"
+                .into(),
+        );
+    }
+
     let api = ApiBuilder::new()
         .with_cache_dir(cache_dir())
         .with_progress(false)
