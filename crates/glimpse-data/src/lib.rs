@@ -11,6 +11,7 @@
 mod error;
 mod image_io;
 mod processor;
+pub mod synth;
 mod text;
 
 pub use error::{Error, Result};
