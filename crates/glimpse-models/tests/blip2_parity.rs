@@ -4,10 +4,8 @@
 //! to 1e-4; generated ids exactly.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
-use glimpse_data::TextTokenizer;
+use candle_core::{Device, Tensor};
 use glimpse_generate::{Decoder, GenerationConfig};
 use glimpse_models::blip2::{
     vqa_prompt, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval,
@@ -15,66 +13,9 @@ use glimpse_models::blip2::{
 use glimpse_models::checkpoint::ModelFiles;
 use serde_json::Value;
 
-const TOL: f32 = 1e-4;
+mod common;
 
-struct Fixture {
-    files: ModelFiles,
-    tensors: HashMap<String, Tensor>,
-    json: Value,
-}
-
-impl Fixture {
-    /// `GLIMPSE_FIXTURES` points the tests at another fixture set (e.g. the `alt`
-    /// variant, whose shapes differ) without editing them.
-    fn open(name: &str) -> Self {
-        let root = std::env::var_os("GLIMPSE_FIXTURES").map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures"),
-            PathBuf::from,
-        );
-        let dir = root.join(name);
-        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
-        let tensors =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap();
-        let json =
-            serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-        Self {
-            files,
-            tensors,
-            json,
-        }
-    }
-
-    /// A stored tensor; ids come back as u32, floats as f32.
-    fn get(&self, key: &str) -> Tensor {
-        let t = self
-            .tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("no `{key}`"));
-        match t.dtype() {
-            DType::I64 | DType::U32 | DType::U8 => t.to_dtype(DType::U32).unwrap(),
-            _ => t.to_dtype(DType::F32).unwrap(),
-        }
-    }
-
-    fn photos(&self) -> Vec<String> {
-        serde_json::from_value(self.json["photos"].clone()).unwrap()
-    }
-
-    fn pixels(&self, photo: &str) -> Tensor {
-        self.get(&format!("pixel_values.{photo}"))
-    }
-
-    /// `[n, 3, H, W]` pixel values of the photos, in order.
-    fn photo_batch(&self) -> Tensor {
-        let px: Vec<Tensor> = self.photos().iter().map(|p| self.pixels(p)).collect();
-        Tensor::cat(&px, 0).unwrap()
-    }
-
-    fn tokenizer(&self) -> TextTokenizer {
-        TextTokenizer::from_file(self.files.tokenizer.as_ref().unwrap()).unwrap()
-    }
-}
+use common::{assert_close, Fixture};
 
 fn ids(v: &Value) -> Vec<Vec<u32>> {
     serde_json::from_value(v.clone()).unwrap()
@@ -82,25 +23,6 @@ fn ids(v: &Value) -> Vec<Vec<u32>> {
 
 fn id_row(v: &Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    let d = max_diff(got, want);
-    assert!(d <= TOL, "{what}: max abs difference {d:.3e} > {TOL:e}");
 }
 
 /// The fixture's generation settings for `num_beams` beams, with the model's end/pad.

@@ -6,7 +6,6 @@
 //! `ChatSession`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, D};
 use glimpse_generate::GenerationConfig;
@@ -16,54 +15,12 @@ use glimpse_models::llava::{
 };
 use serde_json::Value;
 
-const TOL: f32 = 1e-4;
+mod common;
 
-struct Fixture {
-    dir: PathBuf,
-    files: ModelFiles,
-    tensors: HashMap<String, Tensor>,
-    json: Value,
-}
+use common::{Fixture, TOL};
 
+/// Loaders for this family; the shared fixture reading is in `common`.
 impl Fixture {
-    fn open(name: &str) -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tools/fixtures")
-            .join(name);
-        let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
-        let tensors =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap();
-        let json =
-            serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-        Self {
-            dir,
-            files,
-            tensors,
-            json,
-        }
-    }
-
-    /// A stored tensor; ids come back as u32, floats as f32.
-    fn get(&self, key: &str) -> Tensor {
-        let t = self
-            .tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("no `{key}`"));
-        match t.dtype() {
-            DType::I64 | DType::U32 | DType::U8 => t.to_dtype(DType::U32).unwrap(),
-            _ => t.to_dtype(DType::F32).unwrap(),
-        }
-    }
-
-    fn photos(&self) -> Vec<String> {
-        serde_json::from_value(self.json["photos"].clone()).unwrap()
-    }
-
-    fn pixels(&self, photo: &str) -> Tensor {
-        self.get(&format!("pixel_values.{photo}"))
-    }
-
     fn model(&self) -> LlavaForConditionalGeneration {
         LlavaForConditionalGeneration::load(&self.files, &Device::Cpu).unwrap()
     }
