@@ -51,16 +51,23 @@ impl Default for BlipVisionConfig {
     }
 }
 
+impl ImageSize {
+    /// The side of a square image; BLIP and BLIP-2 towers only take square inputs.
+    pub fn square(&self) -> Result<usize, String> {
+        match *self {
+            ImageSize::Square(s) => Ok(s),
+            ImageSize::HeightWidth([h, w]) if h == w => Ok(h),
+            ImageSize::HeightWidth([h, w]) => {
+                Err(format!("vision_config.image_size {h}x{w} is not square"))
+            }
+        }
+    }
+}
+
 impl BlipVisionConfig {
     /// The vision transformer's shape; BLIP towers are square RGB with a biased `qkv`.
     pub fn vit(&self) -> Result<VitConfig, String> {
-        let image_size = match self.image_size {
-            ImageSize::Square(s) => s,
-            ImageSize::HeightWidth([h, w]) if h == w => h,
-            ImageSize::HeightWidth([h, w]) => {
-                return Err(format!("vision_config.image_size {h}x{w} is not square"))
-            }
-        };
+        let image_size = self.image_size.square()?;
         Ok(VitConfig {
             layout: VitLayout::Blip,
             hidden_size: self.hidden_size,

@@ -49,13 +49,7 @@ impl Blip2VisionConfig {
     /// The shared ViT in its BLIP layout; the fused bias loads from `qkv.bias` or from
     /// the older `q_bias`/`v_bias` pair.
     pub fn vit(&self) -> Result<VitConfig, String> {
-        let image_size = match self.image_size {
-            ImageSize::Square(s) => s,
-            ImageSize::HeightWidth([h, w]) if h == w => h,
-            ImageSize::HeightWidth([h, w]) => {
-                return Err(format!("vision_config.image_size {h}x{w} is not square"))
-            }
-        };
+        let image_size = self.image_size.square()?;
         Ok(VitConfig {
             layout: VitLayout::Blip,
             hidden_size: self.hidden_size,
