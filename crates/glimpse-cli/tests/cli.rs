@@ -73,36 +73,7 @@ fn classify_matches_reference_probabilities() {
 
 #[test]
 fn match_gives_itc_and_itm_for_blip_retrieval() {
-    let (meta, t) = reference("blip_itm");
-    let texts = strings(&meta["texts"]);
-    let model = fixture("blip_itm");
-    for (i, stem) in strings(&meta["photos"]).iter().enumerate() {
-        let image = photo(stem);
-        let mut args = vec![
-            "match",
-            "--model",
-            model.to_str().unwrap(),
-            "--image",
-            &image,
-            "--json",
-        ];
-        for text in &texts {
-            args.extend(["--text", text]);
-        }
-        let out = json(&args);
-        assert_close(
-            &format!("itc {stem}"),
-            &floats(&out["itc"]),
-            &row(&t["itc"], i),
-            1e-4,
-        );
-        assert_close(
-            &format!("itm {stem}"),
-            &floats(&out["itm"]),
-            &row(&t["itm_probs"], i),
-            1e-4,
-        );
-    }
+    check_match_against_reference("blip_itm");
 }
 
 #[test]

@@ -113,3 +113,40 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 pub fn row(t: &Tensor, i: usize) -> Vec<f32> {
     t.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
+
+/// `glimpse match --json` for every photo of a retrieval fixture against all its texts:
+/// `itc` and `itm` equal the reference's rows within 1e-4.
+pub fn check_match_against_reference(name: &str) {
+    let (meta, t) = reference(name);
+    let texts = strings(&meta["texts"]);
+    let model = fixture(name);
+    for (i, stem) in strings(&meta["photos"]).iter().enumerate() {
+        let image = photo(stem);
+        let mut args = vec![
+            "match",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &image,
+            "--json",
+        ];
+        for text in &texts {
+            args.extend(["--text", text]);
+        }
+        let out = json(&args);
+        let itc = floats(&out["itc"]);
+        assert_close(
+            &format!("{name} itc {stem}"),
+            &itc,
+            &row(&t["itc"], i),
+            1e-4,
+        );
+        let itm = floats(&out["itm"]);
+        assert_close(
+            &format!("{name} itm {stem}"),
+            &itm,
+            &row(&t["itm_probs"], i),
+            1e-4,
+        );
+    }
+}
