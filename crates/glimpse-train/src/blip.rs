@@ -1,0 +1,514 @@
+//! BLIP pretraining (<https://arxiv.org/abs/2201.12086>, `blip_pretrain.py` of the
+//! original code) on the reference's modules:
+//!
+//! * ITC: image and text CLS features projected and normalised, compared with the
+//!   features of a momentum encoder and a feature queue; the targets are distilled:
+//!   `alpha * softmax(momentum similarities) + (1 - alpha) * one-hot`.
+//! * ITM: the image-grounded text encoder classifies matched pairs against hard
+//!   negatives drawn in the batch with probability `softmax(ITC similarity)`.
+//! * LM: the image-grounded decoder predicts the caption with label smoothing.
+//!
+//! The text decoder shares every weight with the text encoder except self-attention:
+//! the decoder is built through [`SharedVars`] with [`decoder_rename`], so its
+//! embeddings, cross-attention and feed-forward *are* the encoder's variables.
+//! Parameter names are those of the reference's `BlipForImageTextRetrieval`
+//! (`vision_model.*`, `text_encoder.*`, `vision_proj`, `text_proj`, `itm_head`) plus
+//! `text_decoder.bert.encoder.layer.N.attention.*`, `text_decoder.cls.predictions.*`
+//! and `temp`. As in the reference's retrieval model, ITM reads the ids unchanged
+//! (`[CLS]` first; the original code's `[ENC]` swap is not applied), so exported
+//! models score exactly as they were trained.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use glimpse_models::blip::{
+    BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval,
+};
+use glimpse_nn::bert::{BertLMHeadModel, EncoderStates, SelfMask};
+use glimpse_nn::layers::Module;
+use serde::{Deserialize, Serialize};
+
+use crate::losses::{cross_entropy, l2_normalize, lm_loss, soft_cross_entropy};
+use crate::params::{Recorder, SharedVars};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// BLIP pretraining hyper-parameters (the original code's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlipLossConfig {
+    pub momentum: f64,
+    /// Final weight of the momentum-distilled targets.
+    pub alpha: f64,
+    /// Updates over which alpha rises linearly from 0 (0: constant alpha).
+    pub alpha_warmup_steps: u64,
+    /// Feature-queue length; a multiple of the batch size.
+    pub queue_size: usize,
+    pub label_smoothing: f64,
+    pub temp: f64,
+    /// Weights of the three losses in the total.
+    pub itc_weight: f64,
+    pub itm_weight: f64,
+    pub lm_weight: f64,
+}
+
+impl Default for BlipLossConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.995,
+            alpha: 0.4,
+            alpha_warmup_steps: 0,
+            queue_size: 57600,
+            label_smoothing: 0.1,
+            temp: 0.07,
+            itc_weight: 1.0,
+            itm_weight: 1.0,
+            lm_weight: 1.0,
+        }
+    }
+}
+
+/// Which in-batch negatives ITM uses.
+pub enum Negatives<'a> {
+    /// Drawn from the ITC similarities (training).
+    Sample(&'a mut Rng),
+    /// Given: for each text the index of its negative image, for each image the index
+    /// of its negative text (replaying a reference run).
+    Given { image: &'a [usize], text: &'a [usize] },
+}
+
+/// The losses of one forward pass, and what a test or log may want to see.
+pub struct BlipLosses {
+    pub total: Tensor,
+    pub itc: Tensor,
+    pub itm: Tensor,
+    pub lm: Tensor,
+    /// `[B, B + Q]` image-to-text similarities divided by temp.
+    pub sim_i2t: Tensor,
+    /// `[3B, 2]`
+    pub itm_logits: Tensor,
+    pub neg_image: Vec<usize>,
+    pub neg_text: Vec<usize>,
+}
+
+/// Decoder names -> the shared variable's name. Everything under
+/// `text_decoder.bert.` except self-attention (`...layer.N.attention.*`) lives under
+/// `text_encoder.`.
+pub fn decoder_rename(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("text_decoder.bert.") {
+        let own = rest
+            .strip_prefix("encoder.layer.")
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(_, tail)| tail.starts_with("attention."));
+        if !own {
+            return format!("text_encoder.{rest}");
+        }
+    }
+    name.to_string()
+}
+
+const MOMENTUM_PREFIXES: [&str; 5] = [
+    "vision_model.",
+    "text_encoder.",
+    "vision_proj.",
+    "text_proj.",
+    "itm_head.",
+];
+
+/// The pretraining model with its momentum copy and queues.
+pub struct BlipPretrain {
+    pub vars: SharedVars,
+    pub model: BlipForImageTextRetrieval,
+    pub decoder: BertLMHeadModel,
+    pub temp: candle_core::Var,
+    momentum: HashMap<String, Tensor>,
+    pub image_queue: Tensor,
+    pub text_queue: Tensor,
+    pub queue_ptr: usize,
+    pub cfg: BlipConfig,
+    pub loss_cfg: BlipLossConfig,
+    device: Device,
+}
+
+impl BlipPretrain {
+    /// Builds the model with fresh variables (initialise them with
+    /// [`crate::params::init_weights`] or load them), the momentum copy equal to them
+    /// and normalised random queues drawn from `seed`.
+    pub fn new(cfg: &BlipConfig, loss_cfg: BlipLossConfig, seed: u64, device: &Device) -> Result<Self> {
+        let vars = SharedVars::new(VarMap::new(), decoder_rename);
+        let vb = vars.var_builder(device);
+        let model = BlipForImageTextRetrieval::new(cfg, vb.clone())?;
+        let decoder = BertLMHeadModel::new(&cfg.text(), vb.pp("text_decoder"))?;
+        vb.get_with_hints((), "temp", candle_nn::Init::Const(loss_cfg.temp))?;
+        let temp = vars.map.data().lock().unwrap()["temp"].clone();
+        let e = cfg.image_text_hidden_size;
+        let q = loss_cfg.queue_size;
+        let mut rng = Rng::derive(seed, 0, 0x71);
+        let mut queue = || -> Result<Tensor> {
+            let data: Vec<f32> = (0..e * q).map(|_| rng.normal() as f32).collect();
+            let t = Tensor::from_vec(data, (e, q), device)?;
+            // columns are features: normalise over dim 0
+            Ok(l2_normalize(&t.t()?)?.t()?.contiguous()?)
+        };
+        let image_queue = queue()?;
+        let text_queue = queue()?;
+        let mut me = Self {
+            vars,
+            model,
+            decoder,
+            temp,
+            momentum: HashMap::new(),
+            image_queue,
+            text_queue,
+            queue_ptr: 0,
+            cfg: cfg.clone(),
+            loss_cfg,
+            device: device.clone(),
+        };
+        me.reset_momentum();
+        Ok(me)
+    }
+
+    /// Sets the momentum copy equal to the current weights.
+    pub fn reset_momentum(&mut self) {
+        let data = self.vars.map.data().lock().unwrap();
+        self.momentum = data
+            .iter()
+            .filter(|(k, _)| MOMENTUM_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+    }
+
+    /// Momentum weights and queues, for checkpoints (`momentum.*`, `image_queue`,
+    /// `text_queue`, `queue_ptr`).
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out: HashMap<String, Tensor> = self
+            .momentum
+            .iter()
+            .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
+            .collect();
+        out.insert("image_queue".into(), self.image_queue.clone());
+        out.insert("text_queue".into(), self.text_queue.clone());
+        out.insert(
+            "queue_ptr".into(),
+            Tensor::new(&[self.queue_ptr as i64], &Device::Cpu)?,
+        );
+        Ok(out)
+    }
+
+    /// Restores what [`Self::state_tensors`] wrote; names and shapes must match.
+    pub fn load_state_tensors(&mut self, t: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        let missing = |k: &str| Error::Train(format!("{origin}: no {k}"));
+        for (k, v) in self.momentum.iter_mut() {
+            let key = format!("momentum.{k}");
+            let s = t.get(&key).ok_or_else(|| missing(&key))?;
+            if s.shape() != v.shape() {
+                return Err(Error::Train(format!("{origin}: {key} has the wrong shape")));
+            }
+            *v = s.to_device(&self.device)?;
+        }
+        for (k, q) in [("image_queue", &mut self.image_queue), ("text_queue", &mut self.text_queue)] {
+            let s = t.get(k).ok_or_else(|| missing(k))?;
+            if s.shape() != q.shape() {
+                return Err(Error::Train(format!(
+                    "{origin}: {k} is {:?}, the recipe's queue is {:?}",
+                    s.shape(),
+                    q.shape()
+                )));
+            }
+            *q = s.to_device(&self.device)?;
+        }
+        let p = t.get("queue_ptr").ok_or_else(|| missing("queue_ptr"))?;
+        self.queue_ptr = p.to_vec1::<i64>()?[0] as usize;
+        Ok(())
+    }
+
+    fn momentum_update(&mut self) -> Result<()> {
+        let m = self.loss_cfg.momentum;
+        let data = self.vars.map.data().lock().unwrap();
+        for (k, v) in self.momentum.iter_mut() {
+            let p = data[k].as_tensor().detach();
+            *v = ((&*v * m)? + (p * (1.0 - m))?)?;
+        }
+        Ok(())
+    }
+
+    fn momentum_model(&self) -> Result<BlipForImageTextRetrieval> {
+        let vb = VarBuilder::from_tensors(self.momentum.clone(), DType::F32, &self.device);
+        Ok(BlipForImageTextRetrieval::new(&self.cfg, vb)?)
+    }
+
+    /// The weight of the distilled targets at update `step`.
+    pub fn alpha_at(&self, step: u64) -> f64 {
+        let c = &self.loss_cfg;
+        if c.alpha_warmup_steps == 0 {
+            c.alpha
+        } else {
+            c.alpha * (step as f64 / c.alpha_warmup_steps as f64).min(1.0)
+        }
+    }
+
+    /// One training forward: ITC + ITM + LM. Advances the momentum encoder and the
+    /// queues, as the original code does inside `forward`.
+    ///
+    /// # Shapes
+    /// * `pixel_values`: `[B, 3, S, S]`; `input_ids`, `attention_mask`: `[B, T]` u32
+    pub fn losses(
+        &mut self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        alpha: f64,
+        negatives: Negatives,
+    ) -> Result<BlipLosses> {
+        let b = pixel_values.dim(0)?;
+        let q = self.loss_cfg.queue_size;
+        if q % b != 0 {
+            return Err(Error::Train(format!(
+                "queue_size {q} is not a multiple of the batch size {b}"
+            )));
+        }
+        // temp.clamp_(0.001, 0.5)
+        let t = self.temp.as_tensor().detach().clamp(0.001, 0.5)?;
+        self.temp.set(&t)?;
+        let temp = self.temp.as_tensor().clone();
+        let temp_m = temp.detach();
+        let m = self.model.clone();
+
+        let image_embeds = m.vision_model.forward(pixel_values, true)?; // [B, n, dv]
+        let image_cls = image_embeds.narrow(1, 0, 1)?.squeeze(1)?; // [B, dv]
+        let image_feat = l2_normalize(&m.vision_proj.forward(&image_cls)?)?; // [B, E]
+        let text_embeds = m.text_encoder.forward(
+            input_ids,
+            Some(attention_mask),
+            None,
+            SelfMask::Bidirectional,
+            true,
+        )?; // [B, T, dt]
+        let text_cls = text_embeds.narrow(1, 0, 1)?.squeeze(1)?; // [B, dt]
+        let text_feat = l2_normalize(&m.text_proj.forward(&text_cls)?)?; // [B, E]
+
+        // Momentum features and distilled targets (no gradient).
+        self.momentum_update()?;
+        let mm = self.momentum_model()?;
+        let img_m = mm.vision_model.forward(pixel_values, false)?; // [B, n, dv]
+        let image_feat_m =
+            l2_normalize(&mm.vision_proj.forward(&img_m.narrow(1, 0, 1)?.squeeze(1)?)?)?; // [B, E]
+        let txt_m = mm.text_encoder.forward(
+            input_ids,
+            Some(attention_mask),
+            None,
+            SelfMask::Bidirectional,
+            false,
+        )?;
+        let text_feat_m =
+            l2_normalize(&mm.text_proj.forward(&txt_m.narrow(1, 0, 1)?.squeeze(1)?)?)?; // [B, E]
+        let image_feat_all = Tensor::cat(&[&image_feat_m.t()?, &self.image_queue], 1)?; // [E, B+Q]
+        let text_feat_all = Tensor::cat(&[&text_feat_m.t()?, &self.text_queue], 1)?; // [E, B+Q]
+        let eye = eye_padded(b, b + q, &self.device)?; // [B, B+Q]
+        let targets = |sim_m: Tensor| -> Result<Tensor> {
+            let soft = candle_nn::ops::softmax(&sim_m, D::Minus1)?;
+            Ok(((soft * alpha)? + (&eye * (1.0 - alpha))?)?)
+        };
+        let sim_i2t_m = image_feat_m.matmul(&text_feat_all)?.broadcast_div(&temp_m)?;
+        let sim_t2i_m = text_feat_m.matmul(&image_feat_all)?.broadcast_div(&temp_m)?;
+        let t_i2t = targets(sim_i2t_m)?.detach();
+        let t_t2i = targets(sim_t2i_m)?.detach();
+
+        let sim_i2t = image_feat.matmul(&text_feat_all)?.broadcast_div(&temp)?; // [B, B+Q]
+        let sim_t2i = text_feat.matmul(&image_feat_all)?.broadcast_div(&temp)?; // [B, B+Q]
+        let itc = ((soft_cross_entropy(&sim_i2t, &t_i2t)? + soft_cross_entropy(&sim_t2i, &t_t2i)?)?
+            * 0.5)?;
+
+        // Enqueue the momentum features.
+        let ptr = self.queue_ptr;
+        self.image_queue = self
+            .image_queue
+            .slice_assign(&[0..image_feat_m.dim(1)?, ptr..ptr + b], &image_feat_m.t()?)?;
+        self.text_queue = self
+            .text_queue
+            .slice_assign(&[0..text_feat_m.dim(1)?, ptr..ptr + b], &text_feat_m.t()?)?;
+        self.queue_ptr = (ptr + b) % q;
+
+        // ITM with hard negatives.
+        let encoder = EncoderStates {
+            hidden_states: &image_embeds,
+            attention_mask: None,
+        };
+        let pos = m.text_encoder.forward(
+            input_ids,
+            Some(attention_mask),
+            Some(encoder),
+            SelfMask::Bidirectional,
+            true,
+        )?; // [B, T, dt]
+        let pos = pos.narrow(1, 0, 1)?.squeeze(1)?; // [B, dt]
+        let (neg_image, neg_text) = match negatives {
+            Negatives::Given { image, text } => {
+                if image.len() != b || text.len() != b {
+                    return Err(Error::Train(format!(
+                        "{} / {} negatives for a batch of {b}",
+                        image.len(),
+                        text.len()
+                    )));
+                }
+                (image.to_vec(), text.to_vec())
+            }
+            Negatives::Sample(rng) => {
+                let w_t2i = negative_weights(&sim_t2i.narrow(1, 0, b)?)?;
+                let w_i2t = negative_weights(&sim_i2t.narrow(1, 0, b)?)?;
+                let image: Vec<usize> = w_t2i.iter().map(|w| rng.weighted(w)).collect();
+                let text: Vec<usize> = w_i2t.iter().map(|w| rng.weighted(w)).collect();
+                (image, text)
+            }
+        };
+        let idx = |v: &[usize]| -> Result<Tensor> {
+            let v: Vec<u32> = v.iter().map(|&i| i as u32).collect();
+            Ok(Tensor::new(v.as_slice(), &self.device)?)
+        };
+        let (ni, nt) = (idx(&neg_image)?, idx(&neg_text)?);
+        let ids_all = Tensor::cat(&[input_ids, &input_ids.index_select(&nt, 0)?], 0)?; // [2B, T]
+        let mask_all =
+            Tensor::cat(&[attention_mask, &attention_mask.index_select(&nt, 0)?], 0)?; // [2B, T]
+        let img_all = Tensor::cat(&[&image_embeds.index_select(&ni, 0)?, &image_embeds], 0)?; // [2B, n, dv]
+        let neg = m.text_encoder.forward(
+            &ids_all,
+            Some(&mask_all),
+            Some(EncoderStates {
+                hidden_states: &img_all,
+                attention_mask: None,
+            }),
+            SelfMask::Bidirectional,
+            true,
+        )?;
+        let neg = neg.narrow(1, 0, 1)?.squeeze(1)?; // [2B, dt]
+        let itm_logits = m.itm_head.forward(&Tensor::cat(&[&pos, &neg], 0)?)?; // [3B, 2]
+        let mut labels = vec![1u32; b];
+        labels.extend(std::iter::repeat_n(0u32, 2 * b));
+        let labels = Tensor::new(labels.as_slice(), &self.device)?;
+        let itm = cross_entropy(&itm_logits, &labels)?;
+
+        // LM: the caption after [DEC], label smoothing.
+        let bos = self.cfg.text_config.bos_token_id;
+        let dec_ids = replace_first_column(input_ids, bos)?;
+        let logits = self.decoder.forward(&dec_ids, Some(attention_mask), Some(encoder), true)?; // [B, T, V]
+        let lm = lm_loss(&logits, &dec_ids, attention_mask, self.loss_cfg.label_smoothing)?;
+
+        let c = &self.loss_cfg;
+        let total = (((&itc * c.itc_weight)? + (&itm * c.itm_weight)?)? + (&lm * c.lm_weight)?)?;
+        Ok(BlipLosses {
+            total,
+            itc,
+            itm,
+            lm,
+            sim_i2t,
+            itm_logits,
+            neg_image,
+            neg_text,
+        })
+    }
+
+    /// Validation: normalised-to-be ITC features and the LM loss of a batch, computed
+    /// with the online model without touching the momentum encoder or the queues.
+    ///
+    /// # Shapes
+    /// * returns (`[B, E]` image features, `[B, E]` text features, scalar LM loss)
+    pub fn eval_batch(
+        &self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let m = &self.model;
+        let image_embeds = m.vision_model.forward(pixel_values, false)?.detach();
+        let image_cls = image_embeds.narrow(1, 0, 1)?.squeeze(1)?;
+        let image_feat = m.vision_proj.forward(&image_cls)?.detach();
+        let text = m.text_encoder.forward(input_ids, Some(attention_mask), None, SelfMask::Bidirectional, false)?;
+        let text_feat = m.text_proj.forward(&text.narrow(1, 0, 1)?.squeeze(1)?)?.detach();
+        let dec_ids = replace_first_column(input_ids, self.cfg.text_config.bos_token_id)?;
+        let encoder = EncoderStates { hidden_states: &image_embeds, attention_mask: None };
+        let logits = self.decoder.forward(&dec_ids, Some(attention_mask), Some(encoder), false)?;
+        let lm = lm_loss(&logits, &dec_ids, attention_mask, 0.0)?.detach();
+        Ok((image_feat, text_feat, lm))
+    }
+
+    /// The exported captioning model's tensors (reference names).
+    pub fn caption_tensors(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let rec = Recorder::new(self.vars.clone());
+        BlipForConditionalGeneration::new(&self.cfg, rec.var_builder(&Device::Cpu))?;
+        Ok(rec.take())
+    }
+
+    /// The exported retrieval model's tensors (reference names).
+    pub fn retrieval_tensors(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let rec = Recorder::new(self.vars.clone());
+        BlipForImageTextRetrieval::new(&self.cfg, rec.var_builder(&Device::Cpu))?;
+        Ok(rec.take())
+    }
+
+    /// Inference views on the current weights (validation during training).
+    pub fn caption_model(&self) -> Result<BlipForConditionalGeneration> {
+        let vb = self.vars.var_builder(&self.device);
+        Ok(BlipForConditionalGeneration::new(&self.cfg, vb)?)
+    }
+}
+
+/// `softmax(sim) + 1e-4` with the diagonal zeroed, row by row (BLIP's weights for
+/// drawing hard negatives).
+fn negative_weights(sim: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let w = candle_nn::ops::softmax(&sim.detach(), D::Minus1)?;
+    let mut rows = (w + 1e-4)?.to_vec2::<f32>()?;
+    for (i, r) in rows.iter_mut().enumerate() {
+        r[i] = 0.0;
+    }
+    Ok(rows)
+}
+
+/// `[rows, cols]` with ones on the leading diagonal.
+fn eye_padded(rows: usize, cols: usize, device: &Device) -> Result<Tensor> {
+    let mut v = vec![0f32; rows * cols];
+    for i in 0..rows {
+        v[i * cols + i] = 1.0;
+    }
+    Ok(Tensor::from_vec(v, (rows, cols), device)?)
+}
+
+/// `ids` with every row's first token replaced by `token`.
+pub fn replace_first_column(ids: &Tensor, token: u32) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let first = Tensor::full(token, (b, 1), ids.device())?.to_dtype(ids.dtype())?;
+    if t == 1 {
+        return Ok(first);
+    }
+    Ok(Tensor::cat(&[&first, &ids.narrow(1, 1, t - 1)?], 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoder_rename;
+
+    #[test]
+    fn decoder_shares_everything_but_self_attention() {
+        assert_eq!(
+            decoder_rename("text_decoder.bert.embeddings.word_embeddings.weight"),
+            "text_encoder.embeddings.word_embeddings.weight"
+        );
+        assert_eq!(
+            decoder_rename("text_decoder.bert.encoder.layer.1.crossattention.self.query.weight"),
+            "text_encoder.encoder.layer.1.crossattention.self.query.weight"
+        );
+        assert_eq!(
+            decoder_rename("text_decoder.bert.encoder.layer.1.output.dense.bias"),
+            "text_encoder.encoder.layer.1.output.dense.bias"
+        );
+        assert_eq!(
+            decoder_rename("text_decoder.bert.encoder.layer.0.attention.output.dense.bias"),
+            "text_decoder.bert.encoder.layer.0.attention.output.dense.bias"
+        );
+        assert_eq!(
+            decoder_rename("text_decoder.cls.predictions.bias"),
+            "text_decoder.cls.predictions.bias"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Training for Glimpse: losses, the AdamW optimizer and its schedule, CLIP and BLIP
+//! pretraining, checkpoints that resume bitwise, export to Hugging Face directories,
+//! and the evaluation metrics.
+
+pub mod blip;
+pub mod clip;
+mod error;
+pub mod losses;
+pub mod metrics;
+pub mod optim;
+pub mod params;
+pub mod recipe;
+pub mod rng;
+pub mod trainer;
+pub mod vocab;
+
+pub use error::{Error, Result};

@@ -1,0 +1,192 @@
+//! Trainable parameters: a [`VarMap`] whose names are the checkpoint names, a
+//! VarBuilder backend that lets two modules share variables under different names
+//! (BLIP's text decoder and encoder), deterministic initialisation, and export of a
+//! model's tensors under the names an inference model asks for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
+
+use crate::rng::Rng;
+use crate::Result;
+
+/// How a requested name maps to the stored variable (identity for most models).
+pub type Rename = fn(&str) -> String;
+
+/// A VarBuilder backend over a [`VarMap`] that renames every request first, so
+/// modules built under different prefixes can share one variable.
+#[derive(Clone)]
+pub struct SharedVars {
+    pub map: VarMap,
+    rename: Rename,
+}
+
+impl SharedVars {
+    pub fn new(map: VarMap, rename: Rename) -> Self {
+        Self { map, rename }
+    }
+
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, device.clone())
+    }
+}
+
+impl SimpleBackend for SharedVars {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.map.get(s, &(self.rename)(name), h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        let data = self.map.data().lock().unwrap();
+        match data.get(&(self.rename)(name)) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("no variable {name}"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.map
+            .data()
+            .lock()
+            .unwrap()
+            .contains_key(&(self.rename)(name))
+    }
+}
+
+/// A backend that serves tensors of an existing map (renamed) and records every
+/// name asked for: building an inference model on it yields exactly the tensors, under
+/// exactly the names, that model loads. Asking for an unknown name is an error.
+#[derive(Clone)]
+pub struct Recorder {
+    source: SharedVars,
+    pub recorded: Arc<Mutex<BTreeMap<String, Tensor>>>,
+}
+
+impl Recorder {
+    pub fn new(source: SharedVars) -> Self {
+        Self {
+            source,
+            recorded: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, device.clone())
+    }
+
+    pub fn take(&self) -> BTreeMap<String, Tensor> {
+        std::mem::take(&mut *self.recorded.lock().unwrap())
+    }
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        _: DType,
+        _: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.source.get_unchecked(name, DType::F32, &Device::Cpu)?;
+        if t.shape() != &s {
+            candle_core::bail!("{name}: stored {:?}, the model expects {s:?}", t.shape());
+        }
+        let t = t.detach().to_device(&Device::Cpu)?;
+        self.recorded
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.source.get_unchecked(name, d, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.source.contains_tensor(name)
+    }
+}
+
+/// Every variable of `map`, sorted by name (the optimizer's fixed order).
+pub fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().unwrap();
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Initial values, drawn in name order from `seed`: norm weights 1, biases 0, the
+/// temperatures at their conventional values (`temp` 0.07, `logit_scale` ln(1/0.07)),
+/// everything else N(0, `std`) (BERT/BLIP's `initializer_range`).
+pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
+    let mut rng = Rng::new(seed);
+    for (name, var) in sorted_vars(map) {
+        let shape = var.shape().clone();
+        let leaf = name.rsplit('.').next().unwrap_or(&name);
+        let lower = name.to_lowercase();
+        let is_norm = lower.contains("norm") || lower.contains("layrnorm");
+        let value = if name == "temp" {
+            Tensor::full(0.07f32, shape, var.device())?
+        } else if leaf == "logit_scale" {
+            Tensor::full((1.0f32 / 0.07).ln(), shape, var.device())?
+        } else if is_norm && leaf == "weight" {
+            Tensor::ones(shape, DType::F32, var.device())?
+        } else if leaf == "bias" || (is_norm && leaf == "bias") {
+            Tensor::zeros(shape, DType::F32, var.device())?
+        } else {
+            let n = shape.elem_count();
+            let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+            Tensor::from_vec(data, shape, var.device())?
+        };
+        var.set(&value)?;
+    }
+    Ok(())
+}
+
+/// Copies `tensors` into the variables of `map` with the same names; every variable
+/// must be present with its shape, and every tensor must be used.
+pub fn load_into(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+    let vars = sorted_vars(map);
+    for (name, var) in &vars {
+        let t = tensors.get(name).ok_or_else(|| {
+            crate::Error::Train(format!("{origin}: missing tensor {name}"))
+        })?;
+        if t.shape() != var.shape() {
+            return Err(crate::Error::Train(format!(
+                "{origin}: {name} is {:?}, the model expects {:?}",
+                t.shape(),
+                var.shape()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    if tensors.len() != vars.len() {
+        let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(k.as_str())).collect();
+        extra.sort();
+        return Err(crate::Error::Train(format!(
+            "{origin}: tensors the model does not have: {extra:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The current values of `map` (detached), by name.
+pub fn snapshot(map: &VarMap) -> HashMap<String, Tensor> {
+    sorted_vars(map)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().detach()))
+        .collect()
+}

@@ -1,0 +1,285 @@
+//! Training recipes (TOML): the model config, the data, the schedule, the losses and
+//! where the run lives. Paths are relative to the directory the command runs in.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blip::BlipLossConfig;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Clip,
+    Blip,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub kind: ModelKind,
+    /// A Hugging Face `config.json` (`CLIPConfig` / `BlipConfig`). Its vocabulary size
+    /// and special-token ids are set from the tokenizer.
+    pub config: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    /// Standard deviation of the initial weights.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+
+fn default_init_std() -> f64 {
+    0.02
+}
+
+/// Which text of a sample trains the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextChoice {
+    /// The `caption` field (or the first of `captions`).
+    Caption,
+    /// One of `captions`, drawn per sample and epoch (paraphrase augmentation); the
+    /// `caption` field where there is no list.
+    RandomCaption,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// WebDataset shards (a directory, a glob or a `.tar`), a JSONL or a COCO file.
+    pub train: String,
+    pub val: Option<String>,
+    #[serde(default = "default_text")]
+    pub text: TextChoice,
+    #[serde(default = "default_max_text_len")]
+    pub max_text_len: usize,
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// An existing `tokenizer.json`; without it a WordPiece vocabulary of the
+    /// synthetic world is built.
+    pub tokenizer: Option<PathBuf>,
+}
+
+fn default_text() -> TextChoice {
+    TextChoice::RandomCaption
+}
+fn default_max_text_len() -> usize {
+    32
+}
+fn default_shuffle_buffer() -> usize {
+    2000
+}
+fn default_workers() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    pub batch_size: usize,
+    /// Micro-batches per update (gradient accumulation).
+    #[serde(default = "one")]
+    pub accumulate: usize,
+    /// Passes over the training data; or give `max_steps`.
+    pub epochs: Option<u64>,
+    pub max_steps: Option<u64>,
+    pub lr: f64,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 disables.
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_min_lr_ratio() -> f64 {
+    0.05
+}
+fn default_wd() -> f64 {
+    0.05
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_precision() -> Precision {
+    Precision::F32
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub out: PathBuf,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Validate every N updates (0: only at the end).
+    #[serde(default)]
+    pub val_every: u64,
+    /// Validation samples (the first ones of the val split, in file order).
+    #[serde(default = "default_val_samples")]
+    pub val_samples: usize,
+    #[serde(default = "default_ckpt_every")]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept on disk (the newest).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_log_every() -> u64 {
+    10
+}
+fn default_val_samples() -> usize {
+    256
+}
+fn default_ckpt_every() -> u64 {
+    100
+}
+fn default_keep() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub optim: OptimSection,
+    /// BLIP only.
+    #[serde(default)]
+    pub loss: BlipLossConfig,
+    pub run: RunSection,
+}
+
+impl Recipe {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io_ctx(path, e))?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        let r: Recipe = toml::from_str(text).map_err(|e| Error::Recipe {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        r.validate(origin)?;
+        Ok(r)
+    }
+
+    pub fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |m: String| {
+            Err(Error::Recipe {
+                path: origin.to_path_buf(),
+                message: m,
+            })
+        };
+        let o = &self.optim;
+        if o.batch_size == 0 {
+            return bad("optim.batch_size must be at least 1".into());
+        }
+        if o.accumulate == 0 {
+            return bad("optim.accumulate must be at least 1".into());
+        }
+        if o.epochs.is_none() && o.max_steps.is_none() {
+            return bad("give optim.epochs or optim.max_steps".into());
+        }
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return bad(format!("optim.lr = {} must be positive", o.lr));
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            return bad(format!("optim.min_lr_ratio = {} is outside [0, 1]", o.min_lr_ratio));
+        }
+        if self.data.max_text_len < 3 {
+            return bad("data.max_text_len must be at least 3".into());
+        }
+        if self.model.kind == ModelKind::Blip {
+            let q = self.loss.queue_size;
+            if q == 0 || q % o.batch_size != 0 {
+                return bad(format!(
+                    "loss.queue_size = {q} must be a positive multiple of optim.batch_size = {}",
+                    o.batch_size
+                ));
+            }
+            if !(0.0..=1.0).contains(&self.loss.alpha) || !(0.0..1.0).contains(&self.loss.momentum) {
+                return bad("loss.alpha must be in [0, 1] and loss.momentum in [0, 1)".into());
+            }
+        }
+        if self.run.checkpoint_every == 0 {
+            return bad("run.checkpoint_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[model]
+kind = "blip"
+config = "c.json"
+[data]
+train = "d/train"
+[optim]
+batch_size = 8
+epochs = 1
+lr = 1e-3
+[loss]
+queue_size = 64
+[run]
+out = "runs/x"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let r = Recipe::from_toml(MIN, Path::new("r.toml")).unwrap();
+        assert_eq!(r.optim.accumulate, 1);
+        assert_eq!(r.loss.queue_size, 64);
+        assert_eq!(r.loss.momentum, 0.995);
+        assert_eq!(r.data.text, TextChoice::RandomCaption);
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_them() {
+        let e = Recipe::from_toml(&MIN.replace("queue_size = 64", "queue_size = 60"), Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue_size") && e.contains("r.toml"), "{e}");
+        let e = Recipe::from_toml(&MIN.replace("lr = 1e-3", "lr = 1e-3\nlrr = 2"), Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lrr"), "{e}");
+    }
+}
