@@ -37,6 +37,10 @@ pub enum Command {
     /// Time Glimpse against the reference (transformers on PyTorch) on real-size
     /// architectures with random weights.
     Bench(crate::commands::bench::BenchArgs),
+    /// Train a model from a recipe (CLIP contrastive, BLIP pretraining), or resume a run.
+    Train(crate::commands::train::TrainArgs),
+    /// Turn a training checkpoint into Hugging Face model directories.
+    Export(crate::commands::train::ExportArgs),
 }
 
 #[derive(Debug, Args)]

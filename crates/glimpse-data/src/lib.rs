@@ -8,6 +8,7 @@
 //! - [`ImageProcessor`]: CLIP / BLIP resize, crop, rescale, normalise.
 //! - [`TextTokenizer`]: encode, batch with right padding and truncation, decode.
 
+pub mod dataset;
 mod error;
 mod image_io;
 mod processor;

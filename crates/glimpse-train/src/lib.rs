@@ -4,6 +4,7 @@
 
 pub mod blip;
 pub mod clip;
+pub mod export;
 mod error;
 pub mod losses;
 pub mod metrics;

@@ -7,6 +7,7 @@ mod classify;
 pub mod data;
 mod embed;
 mod matching;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Data(args) => data::run(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Export(args) => train::run_export(args),
     }
 }
 

@@ -149,7 +149,8 @@ fn statements(words: &[String]) -> Vec<Statement> {
             Some(Statement::Position(Some(p)))
         } else if is_position_word(w) {
             Some(Statement::Position(None))
-        } else if let Some((one, many)) = SHAPES.iter().find(|(one, many)| *one == w || *many == w) {
+        } else if let Some((one, many)) = SHAPES.iter().find(|(one, many)| *one == w || *many == w)
+        {
             Some(Statement::Shape(one, w == *many))
         } else if let Some(c) = color_word(w) {
             Some(Statement::Color(c))
@@ -213,9 +214,21 @@ fn parse_record(record: &serde_json::Value) -> Result<Record> {
         ("shape", &o.shape, SHAPES.iter().any(|s| s.0 == o.shape)),
         ("color", &o.color, color_word(&o.color).is_some()),
         ("size", &o.size, SIZES.iter().any(|s| s.0 == o.size)),
-        ("position", &o.position, POSITIONS.contains(&o.position.as_str())),
-        ("background style", &r.background.style, BACKGROUND_STYLES.contains(&r.background.style.as_str())),
-        ("background color", &r.background.color, color_word(&r.background.color).is_some()),
+        (
+            "position",
+            &o.position,
+            POSITIONS.contains(&o.position.as_str()),
+        ),
+        (
+            "background style",
+            &r.background.style,
+            BACKGROUND_STYLES.contains(&r.background.style.as_str()),
+        ),
+        (
+            "background color",
+            &r.background.color,
+            color_word(&r.background.color).is_some(),
+        ),
     ];
     if let Some((what, value, _)) = known.iter().find(|k| !k.2) {
         return Err(invalid(
@@ -258,18 +271,57 @@ pub fn caption_attributes_correct(
     for s in statements(&tokenize_caption(caption)) {
         match s {
             Statement::Shape(name, plural) => {
-                note(&mut shape, name == o.shape, format!("shape: says {name}, the object is a {}", o.shape));
+                note(
+                    &mut shape,
+                    name == o.shape,
+                    format!("shape: says {name}, the object is a {}", o.shape),
+                );
                 if plural {
-                    note(&mut count, r.count > 1, format!("count: says several {name}s, there are {}", r.count));
+                    note(
+                        &mut count,
+                        r.count > 1,
+                        format!("count: says several {name}s, there are {}", r.count),
+                    );
                 }
             }
-            Statement::Color(c) => note(&mut color, c == o.color, format!("color: says {c}, the object is {}", o.color)),
-            Statement::Size(z) => note(&mut size, z == o.size, format!("size: says {z}, the object is {}", o.size)),
-            Statement::Position(Some(p)) => note(&mut position, p == o.position, format!("position: says {p}, the object is in the {}", o.position)),
-            Statement::Position(None) => note(&mut position, false, format!("position: a row or column word that names no cell; the object is in the {}", o.position)),
-            Statement::Count(n) => note(&mut count, n == r.count, format!("count: says {n}, there are {}", r.count)),
-            Statement::BackgroundColor(c) => note(&mut background, c == r.background.color, format!("background: says {c}, it is {}", r.background.color)),
-            Statement::BackgroundStyle(st) => note(&mut background, st == r.background.style, format!("background: says {st}, it is {}", r.background.style)),
+            Statement::Color(c) => note(
+                &mut color,
+                c == o.color,
+                format!("color: says {c}, the object is {}", o.color),
+            ),
+            Statement::Size(z) => note(
+                &mut size,
+                z == o.size,
+                format!("size: says {z}, the object is {}", o.size),
+            ),
+            Statement::Position(Some(p)) => note(
+                &mut position,
+                p == o.position,
+                format!("position: says {p}, the object is in the {}", o.position),
+            ),
+            Statement::Position(None) => note(
+                &mut position,
+                false,
+                format!(
+                    "position: a row or column word that names no cell; the object is in the {}",
+                    o.position
+                ),
+            ),
+            Statement::Count(n) => note(
+                &mut count,
+                n == r.count,
+                format!("count: says {n}, there are {}", r.count),
+            ),
+            Statement::BackgroundColor(c) => note(
+                &mut background,
+                c == r.background.color,
+                format!("background: says {c}, it is {}", r.background.color),
+            ),
+            Statement::BackgroundStyle(st) => note(
+                &mut background,
+                st == r.background.style,
+                format!("background: says {st}, it is {}", r.background.style),
+            ),
         }
     }
     let check = AttributeCheck {

@@ -228,12 +228,13 @@ impl<'a> TfIdf<'a> {
             val[gram.len() - 1] += w.min(r) * r;
         }
         let delta = self.length - reference.length;
-        let penalty = std::f64::consts::E.powf(-(delta * delta) / (2.0 * CIDER_SIGMA * CIDER_SIGMA));
-        for n in 0..MAX_N {
-            if self.norms[n] != 0.0 && reference.norms[n] != 0.0 {
-                val[n] /= self.norms[n] * reference.norms[n];
+        let penalty =
+            std::f64::consts::E.powf(-(delta * delta) / (2.0 * CIDER_SIGMA * CIDER_SIGMA));
+        for ((v, &a), &b) in val.iter_mut().zip(&self.norms).zip(&reference.norms) {
+            if a != 0.0 && b != 0.0 {
+                *v /= a * b;
             }
-            val[n] *= penalty;
+            *v *= penalty;
         }
         val
     }
@@ -242,7 +243,10 @@ impl<'a> TfIdf<'a> {
 fn cider(corpus: &Corpus) -> CiderScores {
     let mut df: HashMap<&[String], f64> = HashMap::new();
     for refs in &corpus.references {
-        let grams: HashSet<&[String]> = refs.iter().flat_map(|r| ngram_counts(r).into_keys()).collect();
+        let grams: HashSet<&[String]> = refs
+            .iter()
+            .flat_map(|r| ngram_counts(r).into_keys())
+            .collect();
         for gram in grams {
             *df.entry(gram).or_insert(0.0) += 1.0;
         }
@@ -370,8 +374,9 @@ mod tests {
                 self.at = what.clone();
             }
             if d > 1e-12 + 1e-9 * want.abs() || !got.is_finite() {
-                self.failures
-                    .push(format!("{what}: got {got:.12}, pycocoevalcap {want:.12} (diff {d:.3e})"));
+                self.failures.push(format!(
+                    "{what}: got {got:.12}, pycocoevalcap {want:.12} (diff {d:.3e})"
+                ));
             }
         }
     }
@@ -380,20 +385,36 @@ mod tests {
     fn matches_pycocoevalcap() {
         let mut cmp = Compare::new();
         for c in fixture().corpora {
-            let toks: Vec<String> = c.candidates.iter().map(|s| tokenize_caption(s).join(" ")).collect();
+            let toks: Vec<String> = c
+                .candidates
+                .iter()
+                .map(|s| tokenize_caption(s).join(" "))
+                .collect();
             assert_eq!(toks, c.candidates_tokenized, "{}: candidate tokens", c.name);
             let rtoks: Vec<Vec<String>> = c
                 .references
                 .iter()
                 .map(|r| r.iter().map(|s| tokenize_caption(s).join(" ")).collect())
                 .collect();
-            assert_eq!(rtoks, c.references_tokenized, "{}: reference tokens", c.name);
+            assert_eq!(
+                rtoks, c.references_tokenized,
+                "{}: reference tokens",
+                c.name
+            );
 
             let s = caption_scores(&c.candidates, &c.references).unwrap();
             for n in 0..4 {
-                cmp.check(format!("{} BLEU-{}", c.name, n + 1), s.bleu.bleu[n], c.bleu[n]);
+                cmp.check(
+                    format!("{} BLEU-{}", c.name, n + 1),
+                    s.bleu.bleu[n],
+                    c.bleu[n],
+                );
                 for (i, (got, want)) in s.bleu.per_image.iter().zip(&c.bleu_per_image).enumerate() {
-                    cmp.check(format!("{} image {i} BLEU-{}", c.name, n + 1), got[n], want[n]);
+                    cmp.check(
+                        format!("{} image {i} BLEU-{}", c.name, n + 1),
+                        got[n],
+                        want[n],
+                    );
                 }
             }
             cmp.check(format!("{} CIDEr-D", c.name), s.cider.cider, c.cider);

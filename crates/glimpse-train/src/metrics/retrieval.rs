@@ -74,7 +74,10 @@ pub fn retrieval_ranks(
             what: "text_to_image",
         });
     }
-    check_len("sim (n_images x n_texts)", n_images * n_texts, sim.len())?;
+    let cells = n_images
+        .checked_mul(n_texts)
+        .ok_or_else(|| invalid("n_images", "n_images x n_texts overflows"))?;
+    check_len("sim (n_images x n_texts)", cells, sim.len())?;
     if let Some(at) = sim.iter().position(|v| v.is_nan()) {
         return Err(invalid(
             "sim",
@@ -242,15 +245,23 @@ mod tests {
     fn matches_sorting_on_random_scores() {
         let mut state = 7u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             // Few distinct values, so ties are frequent.
             ((state >> 33) % 17) as f32 / 4.0 - 2.0
         };
         for (n_images, per) in [(1, 1), (5, 1), (7, 3), (20, 5)] {
-            let t2img: Vec<usize> = (0..n_images * per).map(|t| (t * 3 + 1) % n_images).collect();
+            let t2img: Vec<usize> = (0..n_images * per)
+                .map(|t| (t * 3 + 1) % n_images)
+                .collect();
             let sim: Vec<f32> = (0..n_images * t2img.len()).map(|_| next()).collect();
             let got = retrieval_ranks(&sim, n_images, &t2img).unwrap();
-            assert_eq!(got, ranks_by_sorting(&sim, n_images, &t2img), "{n_images}x{per}");
+            assert_eq!(
+                got,
+                ranks_by_sorting(&sim, n_images, &t2img),
+                "{n_images}x{per}"
+            );
         }
     }
 
@@ -268,7 +279,11 @@ mod tests {
         ));
         assert!(matches!(
             recall_at_k(&[0.0; 5], 2, &[0, 1, 1]),
-            Err(MetricsError::Length { expected: 6, got: 5, .. })
+            Err(MetricsError::Length {
+                expected: 6,
+                got: 5,
+                ..
+            })
         ));
         let e = recall_at_k(&[0.0; 4], 2, &[0, 2]).unwrap_err();
         assert!(e.to_string().contains("text 1 names image 2"), "{e}");

@@ -70,7 +70,11 @@ pub fn zero_shot_accuracy(
     if n_labels == 0 {
         return Err(MetricsError::Empty { what: "n_labels" });
     }
-    check_len("logits (images x labels)", labels.len() * n_labels, logits.len())?;
+    let cells = labels
+        .len()
+        .checked_mul(n_labels)
+        .ok_or_else(|| invalid("n_labels", "images x labels overflows"))?;
+    check_len("logits (images x labels)", cells, logits.len())?;
     if let Some(at) = logits.iter().position(|v| v.is_nan()) {
         return Err(invalid(
             "logits",

@@ -55,7 +55,11 @@ fn vocabularies_agree_with_the_generator() {
 #[test]
 fn every_clean_caption_of_the_generator_is_correct() {
     let records = single_object_records(0.0, 1500);
-    assert!(records.len() > 400, "only {} single-object samples", records.len());
+    assert!(
+        records.len() > 400,
+        "only {} single-object samples",
+        records.len()
+    );
     let mut seen = std::collections::HashSet::new();
     for r in &records {
         for c in captions(r) {
@@ -87,7 +91,10 @@ fn every_clean_caption_of_the_generator_is_correct() {
         "one",
         "",
     ] {
-        assert!(seen.contains(form), "caption form {form:?} never generated: {seen:?}");
+        assert!(
+            seen.contains(form),
+            "caption form {form:?} never generated: {seen:?}"
+        );
     }
 }
 
@@ -106,7 +113,10 @@ fn swaps(w: &str) -> Vec<(String, &'static str)> {
     } else if SIZES.iter().any(|s| s.0 == w) {
         others(SIZES.iter().map(|s| s.0).collect(), "size")
     } else if is_position_word(w) {
-        others(vec!["top", "middle", "bottom", "left", "center", "right"], "position")
+        others(
+            vec!["top", "middle", "bottom", "left", "center", "right"],
+            "position",
+        )
     } else if let Some(style) = style_word(w) {
         STYLE_WORDS
             .iter()
@@ -152,8 +162,18 @@ fn a_caption_with_one_attribute_swapped_is_wrong() {
             }
         }
     }
-    for what in ["shape", "color or background", "size", "position", "background", "count"] {
-        assert!(tried.get(what).copied().unwrap_or(0) > 20, "few {what} swaps: {tried:?}");
+    for what in [
+        "shape",
+        "color or background",
+        "size",
+        "position",
+        "background",
+        "count",
+    ] {
+        assert!(
+            tried.get(what).copied().unwrap_or(0) > 20,
+            "few {what} swaps: {tried:?}"
+        );
     }
 }
 
@@ -191,17 +211,26 @@ fn hand_written_cases() {
     );
 
     let c = ok("a red circle on a checkered blue background");
-    assert_eq!((c.color, c.background), (Judgement::Correct, Judgement::Correct));
+    assert_eq!(
+        (c.color, c.background),
+        (Judgement::Correct, Judgement::Correct)
+    );
     let c = ok("a red circle on a blue background");
     assert_eq!(c.background, Judgement::Correct);
     let c = ok("a red circle on a red background");
-    assert_eq!((c.color, c.background), (Judgement::Correct, Judgement::Wrong));
+    assert_eq!(
+        (c.color, c.background),
+        (Judgement::Correct, Judgement::Wrong)
+    );
     assert_eq!(c.mistakes, ["background: says red, it is blue"]);
     let c = ok("a red circle on a gradient blue background");
     assert_eq!(c.background, Judgement::Wrong);
     // A colour outside the background phrase is the object's.
     let c = ok("a blue circle on a background");
-    assert_eq!((c.color, c.background), (Judgement::Wrong, Judgement::NotMentioned));
+    assert_eq!(
+        (c.color, c.background),
+        (Judgement::Wrong, Judgement::NotMentioned)
+    );
 
     let c = ok("red circles");
     assert_eq!((c.shape, c.count), (Judgement::Correct, Judgement::Wrong));

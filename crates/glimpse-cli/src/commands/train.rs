@@ -1,0 +1,92 @@
+//! `glimpse train` and `glimpse export`: thin wrappers over `glimpse_train`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use glimpse_train::trainer::{train, TrainOptions};
+
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Recipe (TOML): model config, data, schedule, losses, run directory.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Continue a run: its directory (latest checkpoint) or one checkpoint directory.
+    /// Without --recipe, the run's own recipe is used.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Run directory (overrides the recipe's run.out).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Stop after this many updates in this process (the run stays resumable).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    if args.recipe.is_none() && args.resume.is_none() {
+        anyhow::bail!("give --recipe FILE (a new run) or --resume RUN (continue one)");
+    }
+    let opts = TrainOptions {
+        recipe: args.recipe,
+        resume: args.resume,
+        out: args.out,
+        stop_after: args.stop_after,
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = train(&opts).context("training failed")?;
+    if args.json {
+        return output::print_json(&report);
+    }
+    println!(
+        "{} after {}/{} updates: loss {:.4}, {:.1} samples/s",
+        report.out.display(),
+        report.steps,
+        report.total_steps,
+        report.last_loss,
+        report.samples_per_second
+    );
+    if let Some(v) = &report.validation {
+        println!("validation: {v}");
+    }
+    if report.skipped_samples > 0 {
+        println!("skipped {} samples:", report.skipped_samples);
+        for r in &report.skipped_reasons {
+            println!("  {r}");
+        }
+    }
+    if let Some(c) = &report.checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A training run directory (its latest checkpoint) or a checkpoint directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output directory. CLIP: a `CLIPModel` directory; BLIP: `caption/` and
+    /// `retrieval/` inside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_export(args: ExportArgs) -> Result<()> {
+    let done = glimpse_train::export::export(&args.run, &args.out)
+        .with_context(|| format!("cannot export {}", args.run.display()))?;
+    if args.json {
+        return output::print_json(&done);
+    }
+    for e in done {
+        println!("{}: {} ({} tensors)", e.dir.display(), e.architecture, e.tensors);
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Streaming training data: WebDataset shards, JSONL and COCO captions, shuffled
+//! reproducibly and decoded on worker threads.
+//!
+//! Design choices:
+//!
+//! - **One position axis.** Each epoch is a sequence of raw samples (after source and
+//!   buffer shuffling) that depends only on `(seed, epoch, sources)`. Samples that turn
+//!   out unusable keep their position and are counted as skipped, so
+//!   [`EpochIter::position`] after any item is an exact resume point and
+//!   `yielded + skipped_corrupt` equals [`Loader::count`] for a full epoch.
+//! - **Bad data is counted, not fatal.** A corrupt image, a missing or malformed JSON,
+//!   a truncated shard tail or an unreadable source costs its samples and leaves a
+//!   message in [`LoaderStats`]; the only error an epoch yields is "no sources".
+//!   [`Loader::count`], run before training, does fail on a source it cannot open.
+//! - **Cheap resume.** `epoch(e, skip)` replays the shuffle but drops the first `skip`
+//!   positions before any image is read from disk (JSONL/COCO) or decoded.
+//! - **Order independent of threads.** Workers decode out of order; results are handed
+//!   back in position order with bounded memory (see `pipeline.rs`).
+
+mod pipeline;
+mod read;
+mod source;
+
+#[cfg(test)]
+mod tests;
+
+use image::RgbImage;
+use serde_json::Value;
+
+pub use pipeline::EpochIter;
+pub use source::{resolve_sources, Source};
+
+use crate::{Error, Result};
+
+/// One raw sample before decoding.
+#[derive(Debug, Clone)]
+pub struct RawSample {
+    pub key: String,
+    /// The shard, JSONL or COCO file it came from, for messages.
+    pub source: String,
+    /// The entry or file name of the image (also the format fallback by extension).
+    pub image_name: String,
+    pub image_bytes: Vec<u8>,
+    /// The sample's metadata: the `.json` entry (with a `.txt` entry as `caption`),
+    /// the JSONL record, or the COCO image record with `captions` and `caption`.
+    pub meta: Value,
+}
+
+/// A decoded sample.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub key: String,
+    pub image: RgbImage,
+    pub meta: Value,
+}
+
+/// How a [`Loader`] reads; missing fields take their [`Default`] values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LoaderConfig {
+    /// Size of the shuffle buffer; 0 or 1 keep the file order.
+    pub shuffle_buffer: usize,
+    /// Decode threads (0 is taken as 1).
+    pub workers: usize,
+    pub seed: u64,
+    /// Shuffle the order of the sources each epoch.
+    pub shuffle_sources: bool,
+    /// Most decoded samples alive at once, waiting or being decoded (0 is taken as 1).
+    pub prefetch: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            shuffle_buffer: 1000,
+            workers: 4,
+            seed: 0,
+            shuffle_sources: true,
+            prefetch: 64,
+        }
+    }
+}
+
+/// Counters of an epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LoaderStats {
+    pub yielded: u64,
+    pub skipped_corrupt: u64,
+    /// The first 20 skip messages, each `SOURCE: sample KEY: REASON`.
+    pub skipped_reasons: Vec<String>,
+}
+
+/// SplitMix64, as in the synthetic generator: fixed forever, so an order recorded in
+/// a checkpoint stays reproducible across dependency upgrades.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// An independent stream for `(seed, epoch, stream)`.
+    fn for_epoch(seed: u64, epoch: u64, stream: u64) -> Self {
+        let mut r = SplitMix64(seed ^ 0x5851_f42d_4c95_7f2d);
+        let a = r.next_u64();
+        let mut r = SplitMix64(a ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let b = r.next_u64();
+        SplitMix64(b ^ stream.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+const SOURCE_STREAM: u64 = 1;
+const BUFFER_STREAM: u64 = 2;
+
+/// Reads the samples of a list of sources, one epoch at a time.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    sources: Vec<Source>,
+    cfg: LoaderConfig,
+}
+
+impl Loader {
+    pub fn new(sources: Vec<Source>, cfg: LoaderConfig) -> Self {
+        Loader { sources, cfg }
+    }
+
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
+    /// The sources in the order epoch `epoch` reads them.
+    pub fn epoch_sources(&self, epoch: u64) -> Vec<Source> {
+        let mut sources = self.sources.clone();
+        if self.cfg.shuffle_sources {
+            SplitMix64::for_epoch(self.cfg.seed, epoch, SOURCE_STREAM).shuffle(&mut sources);
+        }
+        sources
+    }
+
+    /// All samples of epoch `epoch`, in an order that depends only on the seed, the
+    /// epoch and the sources; the first `skip` positions are dropped undecoded.
+    pub fn epoch(&self, epoch: u64, skip: u64) -> EpochIter {
+        if self.sources.is_empty() {
+            return EpochIter::failed(no_sources());
+        }
+        let plan = pipeline::Plan {
+            sources: self.epoch_sources(epoch),
+            shuffle_buffer: self.cfg.shuffle_buffer,
+            buffer_rng: SplitMix64::for_epoch(self.cfg.seed, epoch, BUFFER_STREAM),
+            skip,
+        };
+        EpochIter::start(plan, self.cfg.workers, self.cfg.prefetch)
+    }
+
+    /// The number of positions in an epoch (usable samples plus those that will be
+    /// skipped for their metadata), without decoding; shards are read through once.
+    /// Fails on a source that cannot be opened or parsed.
+    pub fn count(&self) -> Result<u64> {
+        if self.sources.is_empty() {
+            return Err(no_sources());
+        }
+        let mut n = 0u64;
+        for s in &self.sources {
+            n += read::open(s)?.count() as u64;
+        }
+        Ok(n)
+    }
+}
+
+fn no_sources() -> Error {
+    Error::config("data loader", "no sources to read")
+}
