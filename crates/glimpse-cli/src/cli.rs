@@ -46,8 +46,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Model: a local directory in the Hugging Face layout, or a hub id (org/name).
+    /// Without it, the bundled model for the command (under `models/`) is used.
     #[arg(long, short = 'm')]
-    pub model: String,
+    pub model: Option<String>,
     /// Device to run on: `cpu`, or `cuda` / `cuda:N` in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,

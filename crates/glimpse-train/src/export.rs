@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::blip::BlipPretrain;
 use crate::clip::ClipTrain;
+use crate::vqa::BlipVqaTrain;
 use crate::params::load_into;
 use crate::recipe::{ModelKind, Recipe};
 use crate::trainer::resolve_checkpoint;
@@ -93,6 +94,27 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
             let m = ClipTrain::new(&cfg, &device)?;
             load_into(&m.vars.map, &weights, &origin)?;
             Ok(vec![write_model(out, &model_dir, &config, "CLIPModel", m.export_tensors()?, &[])?])
+        }
+        ModelKind::BlipVqa => {
+            let cfg: BlipConfig = serde_json::from_value(config.clone())
+                .map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let m = BlipVqaTrain::new(&cfg, 0.0, &device)?;
+            load_into(&m.vars.map, &weights, &origin)?;
+            let t = &cfg.text_config;
+            let gen = serde_json::json!({
+                "bos_token_id": t.bos_token_id,
+                "eos_token_id": t.sep_token_id,
+                "pad_token_id": t.pad_token_id,
+                "max_length": 10,
+            });
+            Ok(vec![write_model(
+                out,
+                &model_dir,
+                &config,
+                "BlipForQuestionAnswering",
+                m.export_tensors()?,
+                &[("generation_config.json", gen)],
+            )?])
         }
         ModelKind::Blip => {
             let cfg: BlipConfig = serde_json::from_value(config.clone())

@@ -4,6 +4,7 @@
 
 pub mod blip;
 pub mod clip;
+pub mod eval;
 pub mod export;
 mod error;
 pub mod losses;
@@ -13,6 +14,7 @@ pub mod params;
 pub mod recipe;
 pub mod rng;
 pub mod trainer;
+pub mod vqa;
 pub mod vocab;
 
 pub use error::{Error, Result};

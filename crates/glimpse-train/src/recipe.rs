@@ -9,10 +9,13 @@ use crate::blip::BlipLossConfig;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ModelKind {
     Clip,
+    /// BLIP pretraining: ITC + ITM + LM.
     Blip,
+    /// BLIP VQA fine-tuning (`BlipForQuestionAnswering`) on the samples' `qa` pairs.
+    BlipVqa,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +27,10 @@ pub struct ModelSection {
     pub config: PathBuf,
     #[serde(default)]
     pub seed: u64,
+    /// Start from this run (directory or checkpoint) instead of random weights:
+    /// `blip_vqa` starts from a `blip` pretraining run and uses its tokenizer and
+    /// config.
+    pub init: Option<PathBuf>,
     /// Standard deviation of the initial weights.
     #[serde(default = "default_init_std")]
     pub init_std: f64,

@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use crate::blip::{BlipPretrain, Negatives};
 use crate::clip::ClipTrain;
+use crate::vqa::BlipVqaTrain;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::params::{init_weights, load_into, snapshot, sorted_vars};
 use crate::recipe::{ModelKind, Precision, Recipe, TextChoice};
@@ -83,6 +84,7 @@ pub struct TrainerState {
 enum Model {
     Clip(ClipTrain),
     Blip(Box<BlipPretrain>),
+    Vqa(BlipVqaTrain),
 }
 
 impl Model {
@@ -90,6 +92,7 @@ impl Model {
         match self {
             Model::Clip(m) => &m.vars.map,
             Model::Blip(m) => &m.vars.map,
+            Model::Vqa(m) => &m.vars.map,
         }
     }
 }
@@ -99,6 +102,46 @@ struct Batch {
     pixel_values: Tensor,
     input_ids: Tensor,
     attention_mask: Tensor,
+    /// VQA: answer ids and mask.
+    answer: Option<(Tensor, Tensor)>,
+}
+
+/// One training sample: the decoded example, its text (caption or question) and,
+/// for VQA, the answer.
+type Item = (Example, String, Option<String>);
+
+/// A question/answer pair of `meta` (`qa: [{question, answer}]`, or top-level
+/// `question` + `answer`), drawn per sample and epoch.
+pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String, String)> {
+    let pair = |v: &Value| -> Option<(String, String)> {
+        let q = v.get("question")?.as_str()?.trim();
+        let a = v.get("answer")?.as_str()?.trim();
+        (!q.is_empty() && !a.is_empty()).then(|| (q.to_string(), a.to_string()))
+    };
+    let list: Vec<(String, String)> = meta
+        .get("qa")
+        .and_then(|q| q.as_array())
+        .map(|a| a.iter().filter_map(pair).collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        return pair(meta);
+    }
+    let h = key.bytes().fold(0x84222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let mut rng = Rng::derive(seed ^ 0x9a, epoch, h);
+    Some(list[rng.below(list.len())].clone())
+}
+
+fn item_of(ex: Example, kind: ModelKind, choice: TextChoice, seed: u64, epoch: u64) -> std::result::Result<Item, Example> {
+    match kind {
+        ModelKind::BlipVqa => match pick_qa(&ex.meta, &ex.key, seed, epoch) {
+            Some((q, a)) => Ok((ex, q, Some(a))),
+            None => Err(ex),
+        },
+        _ => match pick_text(&ex.meta, &ex.key, choice, seed, epoch) {
+            Some(t) => Ok((ex, t, None)),
+            None => Err(ex),
+        },
+    }
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
@@ -187,7 +230,7 @@ fn image_size_of(kind: ModelKind, config: &Value) -> Result<usize> {
         .or_else(|| size.as_array().and_then(|a| a.first()).and_then(|v| v.as_u64()))
         .unwrap_or(match kind {
             ModelKind::Clip => 224,
-            ModelKind::Blip => 384,
+            _ => 384,
         });
     Ok(s as usize)
 }
@@ -196,6 +239,19 @@ fn image_size_of(kind: ModelKind, config: &Value) -> Result<usize> {
 /// tokenizer's vocabulary size and special ids, and the preprocessor config.
 fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io_ctx(dir, e))?;
+    if let (ModelKind::BlipVqa, Some(init)) = (recipe.model.kind, &recipe.model.init) {
+        let (run, _) = resolve_checkpoint(init)?;
+        let src = run.join("model");
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "preprocessor_config.json", "config.json"] {
+            let p = src.join(f);
+            if p.is_file() {
+                std::fs::copy(&p, dir.join(f)).map_err(|e| Error::io_ctx(&p, e))?;
+            }
+        }
+        let mut config: Value = read_json(&dir.join("config.json"))?;
+        config["architectures"] = serde_json::json!(["BlipForQuestionAnswering"]);
+        return write_json(&dir.join("config.json"), &config);
+    }
     let max_len = recipe.data.max_text_len;
     let vocab_size = match &recipe.data.tokenizer {
         Some(path) => {
@@ -231,11 +287,15 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
             text.insert("eos_token_id".into(), vocab::SEP_ID.into());
             "CLIPModel"
         }
-        ModelKind::Blip => {
+        ModelKind::Blip | ModelKind::BlipVqa => {
             text.insert("bos_token_id".into(), vocab::DEC_ID.into());
             text.insert("sep_token_id".into(), vocab::SEP_ID.into());
             text.insert("eos_token_id".into(), vocab::SEP_ID.into());
-            "BlipForImageTextRetrieval"
+            if recipe.model.kind == ModelKind::Blip {
+                "BlipForImageTextRetrieval"
+            } else {
+                "BlipForQuestionAnswering"
+            }
         }
     };
     let mpe = text
@@ -271,7 +331,7 @@ pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
             "do_normalize": true, "image_mean": mean, "image_std": std,
             "do_convert_rgb": true,
         }),
-        ModelKind::Blip => serde_json::json!({
+        ModelKind::Blip | ModelKind::BlipVqa => serde_json::json!({
             "image_processor_type": "BlipImageProcessor",
             "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
             "do_rescale": true, "rescale_factor": 1.0 / 255.0,
@@ -304,6 +364,11 @@ fn build_model(kind: ModelKind, recipe: &Recipe, config: &Value, device: &Device
             let cfg: BlipConfig =
                 serde_json::from_value(config.clone()).map_err(|e| Error::Train(format!("{origin}: {e}")))?;
             Model::Blip(Box::new(BlipPretrain::new(&cfg, recipe.loss, recipe.model.seed, device)?))
+        }
+        ModelKind::BlipVqa => {
+            let cfg: BlipConfig =
+                serde_json::from_value(config.clone()).map_err(|e| Error::Train(format!("{origin}: {e}")))?;
+            Model::Vqa(BlipVqaTrain::new(&cfg, recipe.loss.label_smoothing, device)?)
         }
     })
 }
@@ -378,6 +443,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let kind = recipe.model.kind;
     let mut model = build_model(kind, &recipe, &files.config, &device)?;
     init_weights(model.vars(), recipe.model.seed, recipe.model.init_std)?;
+    if let (Some(init), None) = (&recipe.model.init, &resume) {
+        let (_, ckpt) = resolve_checkpoint(init)?;
+        let p = ckpt.join("model.safetensors");
+        let pre = load_tensors(&p, &device)?;
+        match &model {
+            Model::Vqa(m) => m.init_from_pretraining(&pre, &p.display().to_string())?,
+            _ => load_into(model.vars(), &pre, &p.display().to_string())?,
+        }
+        eprintln!("initialised from {}", ckpt.display());
+    }
     if let Model::Blip(b) = &mut model {
         b.reset_momentum();
     }
@@ -495,17 +570,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             let mut loss_sum = 0.0;
             let mut parts: Vec<(String, f64)> = Vec::new();
             for micro in 0..accum {
-                let mut examples: Vec<(Example, String)> = Vec::with_capacity(b);
+                let mut examples: Vec<Item> = Vec::with_capacity(b);
                 while examples.len() < b {
                     match it.next() {
                         None => break,
                         Some(Err(e)) => return Err(e.into()),
-                        Some(Ok(ex)) => match pick_text(&ex.meta, &ex.key, recipe.data.text, seed, state.epoch) {
-                            Some(t) => examples.push((ex, t)),
-                            None => {
+                        Some(Ok(ex)) => match item_of(ex, kind, recipe.data.text, seed, state.epoch) {
+                            Ok(item) => examples.push(item),
+                            Err(ex) => {
                                 skipped += 1;
                                 if reasons.len() < 20 {
-                                    reasons.push(format!("sample {}: no caption", ex.key));
+                                    let what = if kind == ModelKind::BlipVqa { "question/answer" } else { "caption" };
+                                    reasons.push(format!("sample {}: no {what}", ex.key));
                                 }
                             }
                         },
@@ -597,15 +673,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     })
 }
 
-fn make_batch(examples: &[(Example, String)], files: &RunFiles, max_len: usize, device: &Device) -> Result<Batch> {
-    let imgs: Vec<image::RgbImage> = examples.iter().map(|(e, _)| e.image.clone()).collect();
+fn make_batch(examples: &[Item], files: &RunFiles, max_len: usize, device: &Device) -> Result<Batch> {
+    let imgs: Vec<image::RgbImage> = examples.iter().map(|(e, _, _)| e.image.clone()).collect();
     let pixel_values = files.processor.preprocess_batch(&imgs, device)?;
-    let texts: Vec<String> = examples.iter().map(|(_, t)| t.clone()).collect();
+    let texts: Vec<String> = examples.iter().map(|(_, t, _)| t.clone()).collect();
     let (input_ids, attention_mask) = encode_texts(&files.tokenizer, &texts, max_len, device)?;
+    let answers: Option<Vec<String>> = examples.iter().map(|(_, _, a)| a.clone()).collect();
+    let answer = match answers {
+        Some(a) => Some(encode_texts(&files.tokenizer, &a, max_len, device)?),
+        None => None,
+    };
     Ok(Batch {
         pixel_values,
         input_ids,
         attention_mask,
+        answer,
     })
 }
 
@@ -628,6 +710,11 @@ fn forward_loss(model: &mut Model, b: &Batch, seed: u64, step: u64, micro: u64) 
             ];
             Ok((l.total, parts))
         }
+        Model::Vqa(m) => {
+            let (a, am) = b.answer.as_ref().ok_or_else(|| Error::Train("VQA batch without answers".into()))?;
+            let l = m.loss(&b.pixel_values, &b.input_ids, &b.attention_mask, a, am, true)?;
+            Ok((l, vec![]))
+        }
     }
 }
 
@@ -649,9 +736,8 @@ fn load_val(spec: &str, recipe: &Recipe, files: &RunFiles, seed: u64, device: &D
     );
     let mut examples = Vec::new();
     for ex in loader.epoch(0, 0) {
-        let ex = ex?;
-        if let Some(t) = pick_text(&ex.meta, &ex.key, TextChoice::Caption, seed, 0) {
-            examples.push((ex, t));
+        if let Ok(item) = item_of(ex?, recipe.model.kind, TextChoice::Caption, seed, 0) {
+            examples.push(item);
         }
         if examples.len() >= recipe.run.val_samples {
             break;
@@ -668,6 +754,15 @@ fn load_val(spec: &str, recipe: &Recipe, files: &RunFiles, seed: u64, device: &D
 /// Retrieval recall@1 (both directions) over the validation samples, and the mean
 /// validation loss (CLIP) or LM loss (BLIP), without changing any state.
 fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
+    if let Model::Vqa(m) = model {
+        let mut loss = 0.0;
+        for b in &val.batches {
+            let (a, am) = b.answer.as_ref().ok_or_else(|| Error::Train("VQA batch without answers".into()))?;
+            let l = m.loss(&b.pixel_values, &b.input_ids, &b.attention_mask, a, am, false)?;
+            loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? / val.batches.len() as f64;
+        }
+        return Ok(serde_json::json!({"answer_loss": loss}));
+    }
     let mut img = Vec::new();
     let mut txt = Vec::new();
     let mut loss = 0.0;
@@ -680,6 +775,7 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
                 (i, t, l)
             }
             Model::Blip(m) => m.eval_batch(&b.pixel_values, &b.input_ids, &b.attention_mask)?,
+            Model::Vqa(_) => unreachable!("handled above"),
         };
         img.push(crate::losses::l2_normalize(&i.detach())?);
         txt.push(crate::losses::l2_normalize(&t.detach())?);
@@ -694,7 +790,7 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
     let r1 = |v: &[u32]| v.iter().enumerate().filter(|(i, &j)| *i as u32 == j).count() as f64 / n.max(1) as f64;
     let name = match model {
         Model::Clip(_) => "loss",
-        Model::Blip(_) => "lm_loss",
+        _ => "lm_loss",
     };
     Ok(serde_json::json!({"samples": n, "i2t_r1": r1(&i2t), "t2i_r1": r1(&t2i), name: loss}))
 }

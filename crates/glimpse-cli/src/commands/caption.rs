@@ -20,7 +20,7 @@ struct AskOutput {
 pub fn run_caption(args: CaptionArgs) -> Result<()> {
     let gen = args.decode.generation_config()?;
     check_batch_size(args.batch_size)?;
-    let pipeline = load(&args.common)?;
+    let pipeline = load(&args.common, super::Bundled::Caption)?;
     let gen = pipeline.generation_config(gen);
 
     let bar = progress(args.images.len(), args.batch_size, "captioning");
@@ -56,7 +56,7 @@ pub fn run_ask(args: AskArgs) -> Result<()> {
     }
     let gen = args.decode.generation_config()?;
     let image = read_image(&args.image)?;
-    let pipeline = load(&args.common)?;
+    let pipeline = load(&args.common, super::Bundled::Vqa)?;
     let gen = pipeline.generation_config(gen);
     let out = pipeline.ask(&image, &args.question, &gen)?;
     if args.common.json {

@@ -59,7 +59,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
     };
     let image = read_image(&args.image)?;
     let device = device(&args.common.device)?;
-    let model_name = &args.common.model;
+    let Some(model_name) = &args.common.model else {
+        anyhow::bail!("chat needs --model: a LLaVA checkpoint (there is no bundled chat model)");
+    };
     let files = ModelFiles::resolve(model_name).with_context(|| format!("--model {model_name}"))?;
     // LLaVA's own load checks the memory plan; print it first, as every command does.
     eprintln!("{}", plan_load(&files, &device)?);

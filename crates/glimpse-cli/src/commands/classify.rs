@@ -23,7 +23,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         );
     }
     let image = read_image(&args.image)?;
-    let pipeline = load(&args.common)?;
+    let pipeline = load(&args.common, super::Bundled::Clip)?;
     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
     let probs = pipeline.classify(&image, &refs, &args.template)?;
     if args.common.json {

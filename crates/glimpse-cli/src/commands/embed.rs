@@ -17,7 +17,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     }
     check_texts(&args.texts, "--text")?;
     check_batch_size(args.batch_size)?;
-    let pipeline = load(&args.common)?;
+    let pipeline = load(&args.common, super::Bundled::Clip)?;
 
     let bar = progress(args.images.len(), args.batch_size, "embedding images");
     let mut image_embeds = Vec::with_capacity(args.images.len());

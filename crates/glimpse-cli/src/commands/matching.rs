@@ -15,7 +15,7 @@ struct MatchOutput {
 pub fn run(args: MatchArgs) -> Result<()> {
     check_texts(&args.texts, "--text")?;
     let image = read_image(&args.image)?;
-    let pipeline = load(&args.common)?;
+    let pipeline = load(&args.common, super::Bundled::Retrieval)?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let scores = pipeline.match_scores(&image, &texts)?;
     if args.common.json {

@@ -54,16 +54,69 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
-/// Loads the model named by `--model` on `--device`, after printing (on stderr) what
-/// it will take and refusing when it cannot fit in memory.
-pub fn load(args: &ModelArgs) -> Result<Pipeline> {
+/// The small models trained by Glimpse on the synthetic world and committed under
+/// `models/` (see README, "The bundled models"): what a command uses without `--model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bundled {
+    /// `models/clip-synth`: embed, classify.
+    Clip,
+    /// `models/blip-synth/caption`: caption.
+    Caption,
+    /// `models/blip-synth/retrieval`: match (ITC and ITM).
+    Retrieval,
+    /// `models/blip-synth/vqa`: ask.
+    Vqa,
+}
+
+impl Bundled {
+    pub fn relative_path(self) -> &'static str {
+        match self {
+            Bundled::Clip => "models/clip-synth",
+            Bundled::Caption => "models/blip-synth/caption",
+            Bundled::Retrieval => "models/blip-synth/retrieval",
+            Bundled::Vqa => "models/blip-synth/vqa",
+        }
+    }
+
+    /// The directory: under the current directory, else in the source tree this binary
+    /// was built from.
+    pub fn path(self) -> Result<String> {
+        let rel = self.relative_path();
+        let local = Path::new(rel);
+        if local.join("config.json").is_file() {
+            return Ok(rel.to_string());
+        }
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+        if built.join("config.json").is_file() {
+            return Ok(built.display().to_string());
+        }
+        bail!(
+            "no --model given, and the bundled model {rel} is not there (neither under the \
+             current directory nor in {}); pass --model DIR",
+            built.display()
+        )
+    }
+}
+
+/// `--model`, or the bundled model of the command.
+pub fn model_name(args: &ModelArgs, default: Bundled) -> Result<String> {
+    match &args.model {
+        Some(m) => Ok(m.clone()),
+        None => default.path(),
+    }
+}
+
+/// Loads the model named by `--model` (or the bundled `default`) on `--device`, after
+/// printing (on stderr) what it will take and refusing when it cannot fit in memory.
+pub fn load(args: &ModelArgs, default: Bundled) -> Result<Pipeline> {
     let device = device(&args.device)?;
-    let context = || format!("loading model `{}`", args.model);
-    let files = ModelFiles::resolve(&args.model).with_context(context)?;
+    let model = model_name(args, default)?;
+    let context = || format!("loading model `{model}`");
+    let files = ModelFiles::resolve(&model).with_context(context)?;
     let plan = plan_load(&files, &device).with_context(context)?;
     eprintln!("{plan}");
     plan.check().with_context(context)?;
-    Pipeline::load(&args.model, &device).with_context(context)
+    Pipeline::load(&model, &device).with_context(context)
 }
 
 /// Reads and decodes image files; the error names the file.
