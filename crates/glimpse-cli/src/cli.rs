@@ -41,6 +41,9 @@ pub enum Command {
     Train(crate::commands::train::TrainArgs),
     /// Turn a training checkpoint into Hugging Face model directories.
     Export(crate::commands::train::ExportArgs),
+    /// Evaluate a model on a dataset: retrieval recall@K, zero-shot accuracy, caption
+    /// BLEU-4/CIDEr-D with attribute accuracy, or VQA accuracy.
+    Eval(crate::commands::eval::EvalArgs),
 }
 
 #[derive(Debug, Args)]

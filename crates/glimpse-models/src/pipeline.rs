@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use glimpse_data::{ImageProcessor, TextTokenizer};
 use glimpse_generate::GenerationConfig;
+use glimpse_nn::quant::{Quant, QuantReport};
 use image::RgbImage;
 use serde::Deserialize;
 
@@ -198,6 +199,18 @@ impl Pipeline {
 
     pub fn processor(&self) -> &ImageProcessor {
         &self.processor
+    }
+
+    /// Quantises the language model of a BLIP-2 (OPT) or LLaVA model for decoding.
+    pub fn quantize_language_model(&mut self, quant: Quant) -> Result<QuantReport> {
+        match &mut self.model {
+            Loaded::Blip2Generation(m) => m.quantize_language_model(quant),
+            Loaded::Llava(m, _) => m.quantize_language_model(quant),
+            _ => Err(self.unsupported(
+                "quantize",
+                "a Blip2ForConditionalGeneration (with OPT) or LlavaForConditionalGeneration",
+            )),
+        }
     }
 
     fn unsupported(&self, task: &str, needs: &str) -> Error {

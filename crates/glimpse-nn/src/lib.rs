@@ -8,6 +8,8 @@
 //! * [`bert`]: the BERT-style text encoder/decoder with optional cross-attention (BLIP).
 //! * [`opt`], [`llama`]: decoder-only language models (BLIP-2 with OPT, LLaVA).
 //! * [`t5`]: the T5 / Flan-T5 encoder-decoder (BLIP-2 with Flan-T5).
+//! * [`quant`]: linear layers that can be quantised after loading (8-bit, 4-bit) for
+//!   decoding with the OPT and LLaMA language models.
 //!
 //! Modules are built with `fn new(cfg, vb: VarBuilder)` where the `VarBuilder` prefix
 //! equals the checkpoint key, so a port reads like the reference's parameter list.
@@ -17,6 +19,7 @@ pub mod bert;
 pub mod layers;
 pub mod llama;
 pub mod opt;
+pub mod quant;
 pub mod t5;
 pub mod vit;
 

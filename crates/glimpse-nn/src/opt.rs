@@ -10,6 +10,9 @@
 //! The core entry point takes input *embeddings* ([`OptForCausalLM::forward_embeds`]) so
 //! BLIP-2 can prepend projected Q-Former outputs. The cache is an argument
 //! ([`DecoderCache`], shared with [`crate::llama`]).
+//!
+//! For decoding, [`OptForCausalLM::quantize`] turns the attention projections and
+//! feed-forward of every layer into 8- or 4-bit weights (see [`crate::quant`]).
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
@@ -19,6 +22,7 @@ use crate::attention::{merge_heads, sdpa, split_heads, AttnMask, KvCache};
 use crate::layers::{Activation, LayerNorm};
 pub use crate::llama::cache::{DecoderCache, Positions};
 use crate::llama::TokenIds;
+use crate::quant::{Quant, QuantLinear, QuantReport};
 
 /// Fairseq reserved position ids 0 and 1; the table has `max_position_embeddings + 2` rows.
 const POSITION_OFFSET: f64 = 2.0;
@@ -81,12 +85,8 @@ impl OptConfig {
     }
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(in_dim, out_dim, vb)
-    } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)
-    }
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<QuantLinear> {
+    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
 }
 
 /// A layer norm that has no parameters when `layer_norm_elementwise_affine` is false.
@@ -113,10 +113,10 @@ fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
 /// `self_attn`: multi-head attention, queries scaled before the product as the reference.
 #[derive(Debug, Clone)]
 pub struct OptAttention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub out_proj: Linear,
+    pub q_proj: QuantLinear,
+    pub k_proj: QuantLinear,
+    pub v_proj: QuantLinear,
+    pub out_proj: QuantLinear,
     num_heads: usize,
     scaling: f64,
 }
@@ -164,8 +164,8 @@ impl OptAttention {
 pub struct OptDecoderLayer {
     pub self_attn: OptAttention,
     pub self_attn_layer_norm: LayerNorm,
-    pub fc1: Linear,
-    pub fc2: Linear,
+    pub fc1: QuantLinear,
+    pub fc2: QuantLinear,
     pub final_layer_norm: LayerNorm,
     activation_fn: Activation,
     do_layer_norm_before: bool,
@@ -185,6 +185,26 @@ impl OptDecoderLayer {
             do_layer_norm_before: cfg.do_layer_norm_before,
             dropout: cfg.dropout,
         })
+    }
+
+    /// The layer's weight matrices, named as in the checkpoint under `layers.{i}`.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut QuantLinear); 6] {
+        let a = &mut self.self_attn;
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.out_proj", &mut a.out_proj),
+            ("fc1", &mut self.fc1),
+            ("fc2", &mut self.fc2),
+        ]
+    }
+
+    fn is_quantized(&self) -> bool {
+        let a = &self.self_attn;
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &self.fc1, &self.fc2]
+            .iter()
+            .any(|l| l.is_quantized())
     }
 
     /// `[b, t, d]` -> `[b, t, d]`.
@@ -231,7 +251,8 @@ pub struct OptForCausalLM {
     pub project_out: Option<Linear>,
     pub layers: Vec<OptDecoderLayer>,
     pub final_layer_norm: Option<LayerNorm>,
-    pub lm_head: Linear,
+    /// Float unless quantised on purpose: [`Self::quantize`] leaves it alone.
+    pub lm_head: QuantLinear,
 }
 
 impl OptForCausalLM {
@@ -284,7 +305,8 @@ impl OptForCausalLM {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
             candle_nn::linear_no_bias(w, cfg.vocab_size, vb_head)?
-        };
+        }
+        .into();
         Ok(Self {
             embed_tokens,
             embed_positions,
@@ -304,6 +326,25 @@ impl OptForCausalLM {
     /// An empty cache for this model.
     pub fn new_cache(&self) -> DecoderCache {
         DecoderCache::new(self.layers.len())
+    }
+
+    /// Quantises the attention projections and feed-forward weights of every layer for
+    /// inference (embeddings, norms, `project_in`/`project_out` and the head stay float);
+    /// the float weights are dropped. The report names any layer whose width fits no
+    /// block (kept float). Afterwards a `train = true` forward is an error.
+    pub fn quantize(&mut self, quant: Quant) -> Result<QuantReport> {
+        let mut report = QuantReport::new(quant);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, linear) in layer.linears_mut() {
+                report.quantize(format!("layers.{i}.{name}"), linear)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether any weight is quantised (the model is then inference-only).
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized() || self.layers.iter().any(|l| l.is_quantized())
     }
 
     /// Learned position embeddings for the new positions: `[1, t, d]` or `[b, t, d]`.
@@ -338,6 +379,11 @@ impl OptForCausalLM {
         cache: &mut DecoderCache,
         train: bool,
     ) -> Result<Tensor> {
+        if train && self.is_quantized() {
+            candle_core::bail!(
+                "this OPT model has quantised weights, which have no gradient: train a float model"
+            );
+        }
         let (b, t, _) = embeds.dims3()?;
         let step = cache.begin_step(attention_mask, b, t, embeds.dtype(), embeds.device())?;
         let pos = self.positions(&step.positions)?; // [1 or b, t, d]

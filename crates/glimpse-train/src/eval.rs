@@ -170,7 +170,10 @@ impl EvalOptions {
             return bad("--rerank must be at least 1".into());
         }
         if self.rerank.is_some() && self.task != Task::Retrieval {
-            return bad(format!("--rerank applies to --task retrieval, not {}", self.task));
+            return bad(format!(
+                "--rerank applies to --task retrieval, not {}",
+                self.task
+            ));
         }
         if !self.template.contains("{}") {
             return bad(format!(
@@ -648,10 +651,18 @@ pub fn evaluate(
 }
 
 fn nothing_usable(reader: &Reader, what: &str) -> Error {
-    let first = reader.iter.stats().skipped_reasons.into_iter().chain(reader.reasons.clone()).next();
+    let first = reader
+        .iter
+        .stats()
+        .skipped_reasons
+        .into_iter()
+        .chain(reader.reasons.clone())
+        .next();
     Error::Train(format!(
         "no usable sample: {what}{}",
-        first.map(|r| format!(" (first skipped: {r})")).unwrap_or_default()
+        first
+            .map(|r| format!(" (first skipped: {r})"))
+            .unwrap_or_default()
     ))
 }
 
@@ -719,8 +730,12 @@ fn retrieval(
         Some(k) => {
             let (i2t, t2i) = rerank(p, data, opts, &keys, &texts, &sim, k)?;
             metrics::RetrievalRanks {
-                i2t: metrics::retrieval_ranks(&i2t, n, &text_to_image).map_err(&err)?.i2t,
-                t2i: metrics::retrieval_ranks(&t2i, n, &text_to_image).map_err(&err)?.t2i,
+                i2t: metrics::retrieval_ranks(&i2t, n, &text_to_image)
+                    .map_err(&err)?
+                    .i2t,
+                t2i: metrics::retrieval_ranks(&t2i, n, &text_to_image)
+                    .map_err(&err)?
+                    .t2i,
             }
         }
     };
@@ -778,7 +793,9 @@ fn rerank(
     let mut i = 0;
     loop {
         let batch = again.batch(opts.batch_size, |meta| {
-            (!retrieval_texts(meta).is_empty()).then_some(()).ok_or(String::new())
+            (!retrieval_texts(meta).is_empty())
+                .then_some(())
+                .ok_or(String::new())
         })?;
         if batch.is_empty() {
             break;
@@ -862,11 +879,16 @@ fn zero_shot(p: &Pipeline, reader: &mut Reader, opts: &EvalOptions) -> Result<(u
     for (row, (key, (label, _))) in keys.iter().zip(&found).enumerate() {
         match index.get(label.as_str()) {
             Some(&c) => kept.push((row, c)),
-            None => reader.skip(format!("sample {key}: label {label:?} is not in the label set")),
+            None => reader.skip(format!(
+                "sample {key}: label {label:?} is not in the label set"
+            )),
         }
     }
     if kept.is_empty() {
-        return Err(nothing_usable(reader, "no image's label is in the label set"));
+        return Err(nothing_usable(
+            reader,
+            "no image's label is in the label set",
+        ));
     }
     let prompts: Vec<String> = label_set
         .iter()
@@ -879,7 +901,8 @@ fn zero_shot(p: &Pipeline, reader: &mut Reader, opts: &EvalOptions) -> Result<(u
         .flat_map(|&(row, _)| sim[row * nl..(row + 1) * nl].iter().copied())
         .collect();
     let truth: Vec<usize> = kept.iter().map(|&(_, c)| c).collect();
-    let s = metrics::zero_shot_accuracy(&logits, nl, &truth).map_err(metric_error(Task::ZeroShot))?;
+    let s =
+        metrics::zero_shot_accuracy(&logits, nl, &truth).map_err(metric_error(Task::ZeroShot))?;
     let per_class = s
         .per_class
         .iter()
@@ -955,7 +978,8 @@ fn caption(p: &Pipeline, reader: &mut Reader, opts: &EvalOptions) -> Result<(usi
     if candidates.is_empty() {
         return Err(nothing_usable(reader, "no image with a reference caption"));
     }
-    let s = metrics::caption_scores(&candidates, &references).map_err(metric_error(Task::Caption))?;
+    let s =
+        metrics::caption_scores(&candidates, &references).map_err(metric_error(Task::Caption))?;
     Ok((
         candidates.len(),
         Metrics::Caption(CaptionMetrics {
@@ -1007,7 +1031,8 @@ fn vqa(p: &Pipeline, reader: &mut Reader, opts: &EvalOptions) -> Result<(usize, 
     if n_images == 0 {
         return Err(nothing_usable(reader, "no image with a question"));
     }
-    let accuracy = metrics::vqa_accuracy(&predictions, &accepted).map_err(metric_error(Task::Vqa))?;
+    let accuracy =
+        metrics::vqa_accuracy(&predictions, &accepted).map_err(metric_error(Task::Vqa))?;
     Ok((
         n_images,
         Metrics::Vqa(VqaMetrics {
@@ -1031,8 +1056,14 @@ mod tests {
 
     #[test]
     fn prompt_is_stripped_before_scoring() {
-        assert_eq!(strip_prompt("A picture of a red circle", Some("a picture of")), "a red circle");
-        assert_eq!(strip_prompt(" a red circle ", Some("a photo of")), "a red circle");
+        assert_eq!(
+            strip_prompt("A picture of a red circle", Some("a picture of")),
+            "a red circle"
+        );
+        assert_eq!(
+            strip_prompt(" a red circle ", Some("a photo of")),
+            "a red circle"
+        );
         assert_eq!(strip_prompt("a red circle", None), "a red circle");
     }
 }

@@ -6,6 +6,7 @@ pub mod chat;
 mod classify;
 pub mod data;
 mod embed;
+pub mod eval;
 mod matching;
 pub mod train;
 
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run_train(args),
         Command::Export(args) => train::run_export(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use glimpse_nn::layers::{linear, Linear, Module};
 use glimpse_nn::opt::OptForCausalLM;
+use glimpse_nn::quant::{Quant, QuantReport};
 use glimpse_nn::t5::T5ForConditionalGeneration;
 
 use super::config::{Blip2Config, Blip2TextConfig};
@@ -137,6 +138,22 @@ impl Blip2ForConditionalGeneration {
 
     pub fn config(&self) -> &Blip2Config {
         &self.config
+    }
+
+    /// Quantises the language model's decoder layers for inference (see
+    /// [`OptForCausalLM::quantize`]); vision tower, Q-Former, projection, embeddings and
+    /// head stay as loaded. OPT only: a T5 language model is an error.
+    pub fn quantize_language_model(&mut self, quant: Quant) -> Result<QuantReport> {
+        match &mut self.language_model {
+            LanguageModel::Opt(lm) => Ok(lm.quantize(quant)?),
+            LanguageModel::T5(_) => Err(Error::Model {
+                model: "blip-2".into(),
+                msg: format!(
+                    "cannot quantise to {quant}: quantised weights are supported for OPT \
+                     language models, and this checkpoint's is T5"
+                ),
+            }),
+        }
     }
 
     /// Vision tower output (what the queries cross-attend to).

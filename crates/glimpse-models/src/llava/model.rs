@@ -5,6 +5,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use glimpse_generate::{Decoder, GenerationConfig};
 use glimpse_nn::layers::{linear_b, Activation};
 use glimpse_nn::llama::{DecoderCache, LlamaForCausalLM};
+use glimpse_nn::quant::{Quant, QuantReport};
 use glimpse_nn::vit::VisionTransformer;
 
 use super::config::{FeatureSelect, LlavaConfig};
@@ -137,6 +138,13 @@ impl LlavaForConditionalGeneration {
 
     pub fn config(&self) -> &LlavaConfig {
         &self.config
+    }
+
+    /// Quantises the language model's decoder layers for inference (see
+    /// [`LlamaForCausalLM::quantize`]); vision tower, projector, embeddings and head
+    /// stay as loaded.
+    pub fn quantize_language_model(&mut self, quant: Quant) -> Result<QuantReport> {
+        Ok(self.language_model.quantize(quant)?)
     }
 
     /// The reference's `get_image_features`: the selected vision hidden states (CLS

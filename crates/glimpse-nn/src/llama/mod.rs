@@ -9,6 +9,9 @@
 //! Positions come from the attention mask (`cumsum(mask) - 1`, 0 at padding), which is
 //! what the reference's `generate` passes; the reference's plain forward uses `0..len`
 //! instead, which agrees whenever there is no padding.
+//!
+//! For decoding, [`LlamaForCausalLM::quantize`] turns the attention projections and
+//! the MLP of every layer into 8- or 4-bit weights (see [`crate::quant`]).
 
 pub mod cache;
 pub mod rope;
@@ -22,6 +25,7 @@ use serde::Deserialize;
 
 use crate::attention::{merge_heads, sdpa, split_heads, AttnMask, KvCache};
 use crate::layers::Activation;
+use crate::quant::{Quant, QuantLinear, QuantReport};
 
 /// `LlamaConfig` in the reference's schema and defaults (Llama-2-7B).
 #[derive(Debug, Clone, Deserialize)]
@@ -147,21 +151,17 @@ impl RmsNorm {
     }
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(in_dim, out_dim, vb)
-    } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)
-    }
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<QuantLinear> {
+    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
 }
 
 /// `self_attn`: grouped-query attention with rotary positions.
 #[derive(Debug, Clone)]
 pub struct LlamaAttention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub q_proj: QuantLinear,
+    pub k_proj: QuantLinear,
+    pub v_proj: QuantLinear,
+    pub o_proj: QuantLinear,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -210,9 +210,9 @@ impl LlamaAttention {
 /// `mlp`: `down_proj(act(gate_proj(x)) * up_proj(x))`.
 #[derive(Debug, Clone)]
 pub struct LlamaMlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub gate_proj: QuantLinear,
+    pub up_proj: QuantLinear,
+    pub down_proj: QuantLinear,
     act: Activation,
 }
 
@@ -255,6 +255,35 @@ impl LlamaDecoderLayer {
         })
     }
 
+    /// The layer's weight matrices, named as in the checkpoint under `layers.{i}`.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut QuantLinear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+
+    fn is_quantized(&self) -> bool {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+        .iter()
+        .any(|l| l.is_quantized())
+    }
+
     /// `[b, t, hidden]` -> `[b, t, hidden]`.
     pub fn forward(
         &self,
@@ -279,7 +308,8 @@ pub struct LlamaForCausalLM {
     pub embed_tokens: Embedding,
     pub layers: Vec<LlamaDecoderLayer>,
     pub norm: RmsNorm,
-    pub lm_head: Linear,
+    /// Float unless quantised on purpose: [`Self::quantize`] leaves it alone.
+    pub lm_head: QuantLinear,
     pub rotary_emb: RotaryEmbedding,
 }
 
@@ -308,7 +338,8 @@ impl LlamaForCausalLM {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb_head)?
-        };
+        }
+        .into();
         let rotary_emb = RotaryEmbedding::new(
             scaling,
             theta,
@@ -334,6 +365,25 @@ impl LlamaForCausalLM {
     /// An empty cache for this model.
     pub fn new_cache(&self) -> DecoderCache {
         DecoderCache::new(self.layers.len())
+    }
+
+    /// Quantises the attention projections and MLP weights of every layer for inference
+    /// (embeddings, norms and the head stay float); the float weights are dropped. The
+    /// report names any layer whose width fits no block (kept float). Afterwards a
+    /// `train = true` forward is an error.
+    pub fn quantize(&mut self, quant: Quant) -> Result<QuantReport> {
+        let mut report = QuantReport::new(quant);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, linear) in layer.linears_mut() {
+                report.quantize(format!("layers.{i}.{name}"), linear)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether any weight is quantised (the model is then inference-only).
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized() || self.layers.iter().any(|l| l.is_quantized())
     }
 
     /// Final hidden states (after `norm`), before the LM head.
@@ -364,6 +414,11 @@ impl LlamaForCausalLM {
         cache: &mut DecoderCache,
         train: bool,
     ) -> Result<Tensor> {
+        if train && self.is_quantized() {
+            candle_core::bail!(
+                "this LLaMA model has quantised weights, which have no gradient: train a float model"
+            );
+        }
         let (b, t, _) = embeds.dims3()?;
         let step = cache.begin_step(attention_mask, b, t, embeds.dtype(), embeds.device())?;
         let positions = match position_ids {

@@ -1,0 +1,193 @@
+//! `glimpse eval`: a thin wrapper over `glimpse_train::eval`. Validates the flags and
+//! the data path before the model is loaded, then evaluates and prints.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use glimpse_train::eval::{evaluate, EvalOptions, EvalReport, Metrics, Tally, Task};
+
+use super::{load, model_name, Bundled};
+use crate::cli::{DecodeArgs, ModelArgs};
+use crate::output::print_json;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    // Without --model: the bundled model of the task (CLIP for zeroshot, the BLIP
+    // retrieval, caption or VQA model for the others).
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Dataset: a directory of WebDataset shards (e.g. `data/synth/val`), a JSONL
+    /// file, a COCO captions `.json`, or a glob.
+    #[arg(long)]
+    pub data: String,
+    /// What to measure: image-text retrieval recall, zero-shot accuracy, caption
+    /// BLEU-4/CIDEr-D (and attribute accuracy on synthetic data), or VQA accuracy.
+    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa"])]
+    pub task: String,
+    /// Evaluate at most N usable images (in file order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images (and texts) per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// zeroshot: comma-separated label set (default: every colour x shape for
+    /// synthetic data, else the distinct `label` values).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// zeroshot: prompt template; `{}` is replaced by each label.
+    #[arg(long, default_value = "a {}.")]
+    pub template: String,
+    /// retrieval: re-rank each query's top K candidates by ITM probability
+    /// (BlipForImageTextRetrieval).
+    #[arg(long, value_name = "K")]
+    pub rerank: Option<usize>,
+    /// caption: text every caption starts with; removed before scoring.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let task: Task = args.task.parse()?;
+    let opts = EvalOptions {
+        limit: args.limit,
+        batch_size: args.batch_size,
+        labels: args.labels.clone(),
+        template: args.template.clone(),
+        rerank: args.rerank,
+        prompt: args.prompt.clone(),
+        generation: args.decode.generation_config()?,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+        progress: !args.common.json && std::io::stderr().is_terminal(),
+        ..EvalOptions::new(task)
+    };
+    opts.validate()?;
+    // A wrong --data should not cost a model load first.
+    glimpse_data::dataset::resolve_sources(&args.data).context("--data")?;
+    let bundled = match task {
+        Task::Retrieval => Bundled::Retrieval,
+        Task::ZeroShot => Bundled::Clip,
+        Task::Caption => Bundled::Caption,
+        Task::Vqa => Bundled::Vqa,
+    };
+    let model = model_name(&args.common, bundled)?;
+    let pipeline = load(&args.common, bundled)?;
+    let report = evaluate(&pipeline, &model, &args.data, &opts)
+        .with_context(|| format!("evaluating `{model}` on {}", args.data))?;
+    if args.common.json {
+        return print_json(&report);
+    }
+    print_report(&report);
+    Ok(())
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", 100.0 * x)
+}
+
+fn print_report(r: &EvalReport) {
+    println!(
+        "{} of {} on {}: {} images, {} skipped",
+        r.task, r.model, r.data, r.samples, r.skipped
+    );
+    match &r.metrics {
+        Metrics::Retrieval(m) => {
+            if let Some(k) = m.rerank {
+                println!("  top {k} re-ranked by ITM");
+            }
+            for (name, d) in [("image->text", &m.i2t), ("text->image", &m.t2i)] {
+                println!(
+                    "  {name}  R@1 {:>7}  R@5 {:>7}  R@10 {:>7}  mean rank {:.1}  median rank {:.1}",
+                    pct(d.r1),
+                    pct(d.r5),
+                    pct(d.r10),
+                    d.mean_rank,
+                    d.median_rank
+                );
+            }
+            println!(
+                "  mean recall {} ({} images, {} texts)",
+                pct(m.r_mean),
+                m.n_images,
+                m.n_texts
+            );
+        }
+        Metrics::ZeroShot(m) => {
+            println!(
+                "  top-1 accuracy {} (mean per class {}) on {} images, {} labels, template {:?}",
+                pct(m.accuracy),
+                pct(m.mean_per_class_accuracy),
+                m.n_images,
+                m.n_labels,
+                m.template
+            );
+        }
+        Metrics::Caption(m) => {
+            println!(
+                "  BLEU-4 {:.4} (BLEU-1..3 {:.4} {:.4} {:.4})  CIDEr-D {:.4}  on {} images",
+                m.bleu4, m.bleu[0], m.bleu[1], m.bleu[2], m.cider, m.n_images
+            );
+            if let Some(a) = &m.attributes {
+                println!(
+                    "  attributes on {} single-object images: all correct {}",
+                    a.n_images,
+                    pct(a.all_correct)
+                );
+                let rows: [(&str, &Tally); 6] = [
+                    ("shape", &a.shape),
+                    ("color", &a.color),
+                    ("size", &a.size),
+                    ("position", &a.position),
+                    ("count", &a.count),
+                    ("background", &a.background),
+                ];
+                for (name, t) in rows {
+                    println!(
+                        "    {name:<10} correct {:>5}  wrong {:>5}  not mentioned {:>5}",
+                        t.correct, t.wrong, t.not_mentioned
+                    );
+                }
+            }
+            for e in &m.examples {
+                let mark = match e.all_correct {
+                    Some(true) => "  [all correct]",
+                    Some(false) => "  [wrong or incomplete]",
+                    None => "",
+                };
+                println!(
+                    "  {}: {:?} (reference {:?}){mark}",
+                    e.key, e.caption, e.reference
+                );
+            }
+        }
+        Metrics::Vqa(m) => {
+            println!(
+                "  exact-match accuracy {} on {} questions about {} images",
+                pct(m.accuracy),
+                m.n_questions,
+                m.n_images
+            );
+            for e in &m.examples {
+                println!(
+                    "  {}: {:?} -> {:?} (accepted {:?}){}",
+                    e.key,
+                    e.question,
+                    e.prediction,
+                    e.answers,
+                    if e.correct { "  [correct]" } else { "" }
+                );
+            }
+        }
+    }
+    if r.skipped > 0 {
+        println!("  skipped {}:", r.skipped);
+        for s in &r.skipped_reasons {
+            println!("    {s}");
+        }
+        if r.skipped > r.skipped_reasons.len() {
+            println!("    ...");
+        }
+    }
+}
