@@ -21,6 +21,7 @@ pins=(
     "scikit-image==0.26.0"
     "pillow==13.0.0"
     "numpy==2.4.6"
+    "pycocoevalcap==1.2"
 )
 
 # Skip pip entirely when every pin is already installed (keeps re-runs offline and fast).
