@@ -152,3 +152,64 @@ fn llava_scripted_chat_reuses_the_conversation() {
     ]);
     assert!(err.contains("turns.json"), "{err}");
 }
+
+/// `--quantize` decodes with a quantised language model (BLIP-2 with OPT, LLaVA) and
+/// says on stderr what it quantised; other models are refused before loading, naming
+/// their class, and an unknown precision is a usage error.
+#[test]
+fn quantize_runs_blip2_and_llava_and_refuses_other_models() {
+    let image = photo("cat");
+    let cases: [(&str, &[&str]); 3] = [
+        ("blip2_opt", &["caption"]),
+        ("blip2_opt", &["ask", "--question", "what is it?"]),
+        ("llava", &["ask", "--question", "what is it?"]),
+    ];
+    for (name, command) in cases {
+        let model = fixture(name);
+        let mut args = command.to_vec();
+        args.extend([
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &image,
+            "--max-new-tokens",
+            "4",
+            "--quantize",
+            "q8",
+            "--json",
+        ]);
+        let out = glimpse(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name} {command:?}: {stderr}");
+        assert!(stderr.contains("q8: ") && stderr.contains("Q8_0"), "{stderr}");
+    }
+
+    let blip = fixture("blip_caption");
+    let err = fails(&[
+        "caption",
+        "--model",
+        blip.to_str().unwrap(),
+        "--image",
+        &image,
+        "--quantize",
+        "q4",
+    ]);
+    assert!(
+        err.contains("--quantize q4") && err.contains("BlipForConditionalGeneration"),
+        "{err}"
+    );
+    assert!(!err.contains("loading"), "refused before loading: {err}");
+    let t5 = fixture("blip2_t5");
+    let err = fails(&[
+        "caption",
+        "--model",
+        t5.to_str().unwrap(),
+        "--image",
+        &image,
+        "--quantize",
+        "q8",
+    ]);
+    assert!(err.contains("OPT") && err.contains("T5"), "{err}");
+    let err = fails(&["caption", "--image", &image, "--quantize", "q3"]);
+    assert!(err.contains("q3") && err.contains("q8"), "{err}");
+}

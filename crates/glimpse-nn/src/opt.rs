@@ -202,9 +202,16 @@ impl OptDecoderLayer {
 
     fn is_quantized(&self) -> bool {
         let a = &self.self_attn;
-        [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &self.fc1, &self.fc2]
-            .iter()
-            .any(|l| l.is_quantized())
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.out_proj,
+            &self.fc1,
+            &self.fc2,
+        ]
+        .iter()
+        .any(|l| l.is_quantized())
     }
 
     /// `[b, t, d]` -> `[b, t, d]`.

@@ -48,7 +48,7 @@ impl Quant {
         candidates
             .iter()
             .copied()
-            .find(|f| in_dim > 0 && in_dim % f.block_size() == 0)
+            .find(|f| in_dim > 0 && in_dim.is_multiple_of(f.block_size()))
     }
 
     pub fn name(self) -> &'static str {
@@ -372,7 +372,10 @@ mod tests {
         );
         assert!(report.bytes_after < report.bytes_before);
         let text = report.to_string();
-        assert!(text.starts_with("q4: 2 of 3 linear layers quantised"), "{text}");
+        assert!(
+            text.starts_with("q4: 2 of 3 linear layers quantised"),
+            "{text}"
+        );
         assert!(text.contains("c (width 48)"), "{text}");
         assert!(report.quantize("a".into(), &mut a).is_err());
     }

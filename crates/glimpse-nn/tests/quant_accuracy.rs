@@ -55,7 +55,9 @@ impl CausalLm for OptForCausalLM {
         self.quantize(quant).unwrap()
     }
     fn quantize_head(&mut self, report: &mut QuantReport) {
-        report.quantize("lm_head".into(), &mut self.lm_head).unwrap();
+        report
+            .quantize("lm_head".into(), &mut self.lm_head)
+            .unwrap();
     }
 }
 
@@ -70,7 +72,9 @@ impl CausalLm for LlamaForCausalLM {
         self.quantize(quant).unwrap()
     }
     fn quantize_head(&mut self, report: &mut QuantReport) {
-        report.quantize("lm_head".into(), &mut self.lm_head).unwrap();
+        report
+            .quantize("lm_head".into(), &mut self.lm_head)
+            .unwrap();
     }
 }
 
@@ -93,7 +97,10 @@ fn cases(json: &serde_json::Value) -> Vec<Case> {
 }
 
 fn row(ids: &[u32]) -> Tensor {
-    Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+    Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
 }
 
 /// `[t, V]` logits of `ids` in one forward.
@@ -112,7 +119,11 @@ fn greedy<M: CausalLm>(m: &M, prompt: &[u32], n: usize, eos: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for _ in 0..n {
         let logits = m.logits(&input, &mut cache); // [1, t, V]
-        let last = logits.get(0).unwrap().get(logits.dim(1).unwrap() - 1).unwrap();
+        let last = logits
+            .get(0)
+            .unwrap()
+            .get(logits.dim(1).unwrap() - 1)
+            .unwrap();
         let next = last.argmax(0).unwrap().to_scalar::<u32>().unwrap();
         out.push(next);
         if next == eos {
@@ -166,7 +177,12 @@ impl Cost {
 fn measure<M: CausalLm>(float: &M, quantized: &M, cases: &[Case], eos: u32) -> Cost {
     let mut cost = Cost::default();
     for case in cases {
-        let ids: Vec<u32> = case.prompt.iter().chain(&case.continuation).copied().collect();
+        let ids: Vec<u32> = case
+            .prompt
+            .iter()
+            .chain(&case.continuation)
+            .copied()
+            .collect();
         let (f, q) = (full_logits(float, &ids), full_logits(quantized, &ids)); // [t, V]
         let diff = (&f - &q).unwrap().abs().unwrap().max_all().unwrap();
         cost.max_abs_diff = cost.max_abs_diff.max(diff.to_scalar::<f32>().unwrap());
@@ -238,10 +254,26 @@ fn load_fixture<C: serde::de::DeserializeOwned, M>(
 /// 60% and under 20%.
 fn check_bounds(name: &str, costs: &[Cost]) {
     let (q8, q4) = (&costs[0], &costs[2]);
-    assert!(q8.agreement() >= 0.9, "{name} q8 agreement {}", q8.agreement());
-    assert!(q8.rel_diff() < 0.05, "{name} q8 relative diff {}", q8.rel_diff());
-    assert!(q4.agreement() >= 0.6, "{name} q4 agreement {}", q4.agreement());
-    assert!(q4.rel_diff() < 0.20, "{name} q4 relative diff {}", q4.rel_diff());
+    assert!(
+        q8.agreement() >= 0.9,
+        "{name} q8 agreement {}",
+        q8.agreement()
+    );
+    assert!(
+        q8.rel_diff() < 0.05,
+        "{name} q8 relative diff {}",
+        q8.rel_diff()
+    );
+    assert!(
+        q4.agreement() >= 0.6,
+        "{name} q4 agreement {}",
+        q4.agreement()
+    );
+    assert!(
+        q4.rel_diff() < 0.20,
+        "{name} q4 relative diff {}",
+        q4.rel_diff()
+    );
 }
 
 #[test]
@@ -263,7 +295,9 @@ fn llama_fixture_q8_and_q4_against_f32() {
     // 48-wide inputs fit no block: only down_proj (96 wide) is quantised.
     assert_eq!(report.quantized.len(), 2, "{report}");
     assert_eq!(report.kept.len(), 12, "{report}");
-    assert!(report.to_string().contains("layers.0.self_attn.q_proj (width 48)"));
+    assert!(report
+        .to_string()
+        .contains("layers.0.self_attn.q_proj (width 48)"));
     let costs = measure_all("llama", &model, &cases, eos);
     check_bounds("llama", &costs);
 }

@@ -34,7 +34,8 @@ use crate::params::{Recorder, SharedVars};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// BLIP pretraining hyper-parameters (the original code's defaults).
+/// Loss settings of a recipe's `[loss]` section: BLIP pretraining hyper-parameters
+/// (the original code's defaults), and the CLIP hard-negative switch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BlipLossConfig {
@@ -51,6 +52,9 @@ pub struct BlipLossConfig {
     pub itc_weight: f64,
     pub itm_weight: f64,
     pub lm_weight: f64,
+    /// CLIP only: add one hard negative caption per image (an attribute word swapped,
+    /// see [`crate::negatives`]) to the image→text softmax.
+    pub hard_negative_captions: bool,
 }
 
 impl Default for BlipLossConfig {
@@ -65,6 +69,7 @@ impl Default for BlipLossConfig {
             itc_weight: 1.0,
             itm_weight: 1.0,
             lm_weight: 1.0,
+            hard_negative_captions: false,
         }
     }
 }

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use glimpse_models::clip::{ClipConfig, ClipModel};
 
-use crate::losses::clip_loss;
+use crate::losses::{clip_loss, clip_loss_with_negatives};
 use crate::params::{Recorder, SharedVars};
 use crate::Result;
 
@@ -54,6 +54,34 @@ impl ClipTrain {
             .model
             .text_features(input_ids, Some(attention_mask), true)?; // [B, p]
         let (total, logits_per_image) = clip_loss(&img, &txt, &self.model.logit_scale)?;
+        Ok(ClipLosses {
+            total,
+            logits_per_image,
+        })
+    }
+
+    /// [`Self::losses`] with one hard negative caption per image (NegCLIP).
+    ///
+    /// # Shapes
+    /// * negatives: ids/mask `[B, Tn]` u32, `valid` `[B]` f32 0/1
+    pub fn losses_with_negatives(
+        &self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        negative_ids: &Tensor,
+        negative_mask: &Tensor,
+        valid: &Tensor,
+    ) -> Result<ClipLosses> {
+        let img = self.model.image_features(pixel_values, true)?; // [B, p]
+        let txt = self
+            .model
+            .text_features(input_ids, Some(attention_mask), true)?; // [B, p]
+        let neg = self
+            .model
+            .text_features(negative_ids, Some(negative_mask), true)?; // [B, p]
+        let (total, logits_per_image) =
+            clip_loss_with_negatives(&img, &txt, &neg, valid, &self.model.logit_scale)?;
         Ok(ClipLosses {
             total,
             logits_per_image,

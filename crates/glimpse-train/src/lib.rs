@@ -9,6 +9,7 @@ pub mod export;
 mod error;
 pub mod losses;
 pub mod metrics;
+pub mod negatives;
 pub mod optim;
 pub mod params;
 pub mod recipe;

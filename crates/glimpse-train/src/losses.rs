@@ -112,6 +112,37 @@ pub fn clip_loss(
     Ok((((l_i + l_t)? * 0.5)?, logits))
 }
 
+/// CLIP's loss with one hard negative caption per image (NegCLIP): image→text
+/// cross-entropy over the batch's captions and the negatives (a negative whose `valid`
+/// is 0 is left out), text→image over the batch's images.
+///
+/// # Shapes
+/// * `image_embeds`, `text_embeds`, `negative_embeds`: `[n, p]`; `valid`: `[n]` f32 0/1;
+///   `logit_scale`: scalar -> (loss, logits_per_image `[n, n]`)
+pub fn clip_loss_with_negatives(
+    image_embeds: &Tensor,
+    text_embeds: &Tensor,
+    negative_embeds: &Tensor,
+    valid: &Tensor,
+    logit_scale: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let n = image_embeds.dim(0)?;
+    let scale = logit_scale.exp()?;
+    let img = l2_normalize(image_embeds)?; // [n, p]
+    let txt = l2_normalize(text_embeds)?; // [n, p]
+    let neg = l2_normalize(negative_embeds)?; // [n, p]
+    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&scale)?; // [n, n]
+    let neg_logits = img.matmul(&neg.t()?)?.broadcast_mul(&scale)?; // [n, n]
+    // Invalid negatives get -1e4 (no weight after the softmax).
+    let penalty = ((valid - 1.0)? * 1e4)?.unsqueeze(0)?; // [1, n]
+    let neg_logits = neg_logits.broadcast_add(&penalty)?;
+    let all = Tensor::cat(&[&logits, &neg_logits], 1)?; // [n, 2n]
+    let labels = Tensor::arange(0u32, n as u32, logits.device())?;
+    let l_i = cross_entropy(&all, &labels)?;
+    let l_t = cross_entropy(&logits.t()?, &labels)?;
+    Ok((((l_i + l_t)? * 0.5)?, logits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +168,30 @@ mod tests {
         }
         want /= 2.0;
         assert!((got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        Ok(())
+    }
+
+    #[test]
+    fn negatives_raise_the_loss_only_when_they_compete() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev)?;
+        let scale = Tensor::new(2.0f32, &dev)?;
+        let (plain, _) = clip_loss(&x, &x, &scale)?;
+        let far = Tensor::new(&[[-1f32, 0.], [0., -1.]], &dev)?;
+        let ones = Tensor::new(&[1f32, 1.], &dev)?;
+        let zeros = Tensor::new(&[0f32, 0.], &dev)?;
+        let (with_far, _) = clip_loss_with_negatives(&x, &x, &far, &ones, &scale)?;
+        let (with_same, _) = clip_loss_with_negatives(&x, &x, &x, &ones, &scale)?;
+        let (masked, _) = clip_loss_with_negatives(&x, &x, &x, &zeros, &scale)?;
+        let (p, f, s, m) = (
+            plain.to_scalar::<f32>()?,
+            with_far.to_scalar::<f32>()?,
+            with_same.to_scalar::<f32>()?,
+            masked.to_scalar::<f32>()?,
+        );
+        assert!((m - p).abs() < 1e-6, "masked negatives change nothing: {m} vs {p}");
+        assert!(f > p && f < p + 0.05, "{f} vs {p}");
+        assert!(s > p + 0.2, "{s} vs {p}");
         Ok(())
     }
 

@@ -143,7 +143,7 @@ pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
             Tensor::full((1.0f32 / 0.07).ln(), shape, var.device())?
         } else if is_norm && leaf == "weight" {
             Tensor::ones(shape, DType::F32, var.device())?
-        } else if leaf == "bias" || (is_norm && leaf == "bias") {
+        } else if leaf == "bias" {
             Tensor::zeros(shape, DType::F32, var.device())?
         } else {
             let n = shape.elem_count();

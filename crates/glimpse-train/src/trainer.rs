@@ -104,6 +104,8 @@ struct Batch {
     attention_mask: Tensor,
     /// VQA: answer ids and mask.
     answer: Option<(Tensor, Tensor)>,
+    /// CLIP with hard negatives: ids, mask, and which negatives exist (`[B]` f32).
+    negatives: Option<(Tensor, Tensor, Tensor)>,
 }
 
 /// One training sample: the decoded example, its text (caption or question) and,
@@ -596,7 +598,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     state.position = 0;
                     continue 'epochs;
                 }
-                let batch = make_batch(&examples, &files, recipe.data.max_text_len, &device)?;
+                let mut batch = make_batch(&examples, &files, recipe.data.max_text_len, &device)?;
+                if kind == ModelKind::Clip && recipe.loss.hard_negative_captions {
+                    let (texts, valid) = negative_texts(&examples, seed, state.epoch);
+                    let (ids, mask) = encode_texts(&files.tokenizer, &texts, recipe.data.max_text_len, &device)?;
+                    let n = valid.len();
+                    batch.negatives = Some((ids, mask, Tensor::from_vec(valid, n, &device)?));
+                }
                 let (loss, named) = forward_loss(&mut model, &batch, seed, state.step, micro as u64)?;
                 let loss = if accum > 1 { (loss / accum as f64)? } else { loss };
                 let g = opt.gradients(&loss.backward()?)?;
@@ -673,6 +681,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     })
 }
 
+/// Hard negative captions for a batch, drawn per sample and epoch.
+fn negative_texts(examples: &[Item], seed: u64, epoch: u64) -> (Vec<String>, Vec<f32>) {
+    examples
+        .iter()
+        .map(|(ex, text, _)| {
+            let h = ex.key.bytes().fold(0x1f3du64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            let mut rng = Rng::derive(seed ^ 0x4e47, epoch, h);
+            match crate::negatives::swap_attribute(&text.to_lowercase(), &mut rng) {
+                Some(n) => (n, 1.0),
+                None => (text.clone(), 0.0),
+            }
+        })
+        .unzip()
+}
+
 fn make_batch(examples: &[Item], files: &RunFiles, max_len: usize, device: &Device) -> Result<Batch> {
     let imgs: Vec<image::RgbImage> = examples.iter().map(|(e, _, _)| e.image.clone()).collect();
     let pixel_values = files.processor.preprocess_batch(&imgs, device)?;
@@ -688,6 +711,7 @@ fn make_batch(examples: &[Item], files: &RunFiles, max_len: usize, device: &Devi
         input_ids,
         attention_mask,
         answer,
+        negatives: None,
     })
 }
 
@@ -696,7 +720,17 @@ fn forward_loss(model: &mut Model, b: &Batch, seed: u64, step: u64, micro: u64) 
     let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     match model {
         Model::Clip(m) => {
-            let l = m.losses(&b.pixel_values, &b.input_ids, &b.attention_mask)?;
+            let l = match &b.negatives {
+                Some((ids, mask, valid)) => m.losses_with_negatives(
+                    &b.pixel_values,
+                    &b.input_ids,
+                    &b.attention_mask,
+                    ids,
+                    mask,
+                    valid,
+                )?,
+                None => m.losses(&b.pixel_values, &b.input_ids, &b.attention_mask)?,
+            };
             Ok((l.total, vec![]))
         }
         Model::Blip(m) => {

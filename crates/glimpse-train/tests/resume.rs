@@ -63,6 +63,7 @@ warmup_steps = 3
 [loss]
 queue_size = 16
 alpha_warmup_steps = 4
+hard_negative_captions = true
 [run]
 out = "{out}"
 log_every = 1

@@ -16,6 +16,9 @@
 //!   reference through a streamer passed to `generate`. They report the time to the
 //!   first token (vision and prefill included) and the median gap between tokens; the
 //!   prompt ids are the same fixed ids on both sides.
+//! * `--quantize q8|q4` runs Glimpse's side of the streaming workloads with the language
+//!   model's decoder layers quantised after loading (the reference stays f32), to show
+//!   what quantisation buys per token; `load_s` then includes the quantisation.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +33,7 @@ use glimpse_models::blip2::Blip2ForConditionalGeneration;
 use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::clip::ClipModel;
 use glimpse_models::llava::LlavaForConditionalGeneration;
+use glimpse_nn::quant::Quant;
 use serde::{Deserialize, Serialize};
 
 use crate::output::print_json;
@@ -68,6 +72,11 @@ pub struct BenchArgs {
     /// Machine-readable JSON on stdout instead of a table for people.
     #[arg(long)]
     pub json: bool,
+    /// Run Glimpse's side with the language model quantised (`q8` or `q4`); streaming
+    /// workloads only (blip2-opt, llava-llama, the default selection with this flag).
+    /// The reference stays f32.
+    #[arg(long, value_name = "q8|q4")]
+    pub quantize: Option<Quant>,
     /// Internal: run one workload on the Glimpse side and print one JSON line.
     #[arg(long, hide = true)]
     pub worker: Option<String>,
@@ -226,6 +235,9 @@ pub struct SideResult {
     pub per_token_median_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_implementation: Option<String>,
+    /// Glimpse side: the language model's weight quantisation (`q8`, `q4`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<serde_json::Value>,
 }
@@ -255,6 +267,9 @@ struct Report {
     new_tokens: usize,
     cpus: usize,
     glimpse_build: &'static str,
+    /// Glimpse's language-model quantisation (streaming workloads), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantize: Option<String>,
     models: PathBuf,
     results: Vec<WorkloadReport>,
 }
@@ -277,17 +292,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.reps,
             args.warmup,
             args.new_tokens,
+            args.quantize,
         );
     }
 
+    let streaming = |w: &Workload| matches!(w.task, Task::Stream(_));
     let selected: Vec<Workload> = if args.workloads.is_empty() {
-        WORKLOADS.to_vec()
+        WORKLOADS
+            .iter()
+            .filter(|w| args.quantize.is_none() || streaming(w))
+            .copied()
+            .collect()
     } else {
         args.workloads
             .iter()
             .map(|n| workload(n.trim()))
             .collect::<Result<_>>()?
     };
+    if let Some(q) = args.quantize {
+        if let Some(w) = selected.iter().find(|w| !streaming(w)) {
+            bail!(
+                "--quantize {q}: {} has no language model to quantise; \
+                 --quantize applies to blip2-opt and llava-llama",
+                w.name
+            );
+        }
+    }
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; timings are not meaningful \
@@ -350,6 +380,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "--new-tokens",
                 &args.new_tokens.to_string(),
             ]);
+        if let Some(q) = args.quantize {
+            worker.args(["--quantize", q.name()]);
+        }
         let glimpse = run_child(worker, "glimpse worker")
             .map_err(|e| errors.push(format!("glimpse: {e:#}")))
             .ok();
@@ -405,6 +438,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             "release"
         },
+        quantize: args.quantize.map(|q| q.name().to_string()),
         models,
         results,
     };
@@ -540,6 +574,7 @@ fn run_worker(
     reps: usize,
     warmup: usize,
     new_tokens: usize,
+    quantize: Option<Quant>,
 ) -> Result<()> {
     let dir = models.join(w.model_dir);
     if !has_checkpoint(&dir) {
@@ -549,7 +584,7 @@ fn run_worker(
         );
     }
     let start = Instant::now();
-    let mut step = build_step(w, &dir, new_tokens)?;
+    let mut step = build_step(w, &dir, new_tokens, quantize)?;
     let load_s = start.elapsed().as_secs_f64();
 
     let mut reps_s = Vec::with_capacity(reps);
@@ -596,6 +631,7 @@ fn run_worker(
         per_token_median_s: median_of(&per_token_reps_s),
         per_token_reps_s,
         attn_implementation: None,
+        quantize: quantize.map(|q| q.name().to_string()),
         versions: Some(serde_json::json!({
             "glimpse": env!("CARGO_PKG_VERSION"),
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -637,8 +673,14 @@ fn token_times(start: Instant, stamps: &[Instant]) -> Option<(f64, f64)> {
 /// One timed call.
 type Step = Box<dyn FnMut() -> Result<Measured>>;
 
-/// Loads the workload's model and builds its inputs; only the returned closure is timed.
-fn build_step(w: &Workload, dir: &Path, new_tokens: usize) -> Result<Step> {
+/// Loads the workload's model (quantising its language model when asked) and builds its
+/// inputs; only the returned closure is timed.
+fn build_step(
+    w: &Workload,
+    dir: &Path,
+    new_tokens: usize,
+    quantize: Option<Quant>,
+) -> Result<Step> {
     let device = Device::Cpu;
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("config.json"))
@@ -718,7 +760,11 @@ fn build_step(w: &Workload, dir: &Path, new_tokens: usize) -> Result<Step> {
             };
             match kind {
                 StreamModel::Blip2Opt => {
-                    let model = Blip2ForConditionalGeneration::load(&files, &device)?;
+                    let mut model = Blip2ForConditionalGeneration::load(&files, &device)?;
+                    if let Some(q) = quantize {
+                        let report = model.quantize_language_model(q)?;
+                        eprintln!("  glimpse {}: {report}", w.name);
+                    }
                     // The processor's ids: 32 query placeholders, then the text ids.
                     let ids = model.processor_ids(BLIP2_TEXT_IDS);
                     let ids = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?; // [1, t]
@@ -742,7 +788,11 @@ fn build_step(w: &Workload, dir: &Path, new_tokens: usize) -> Result<Step> {
                     }))
                 }
                 StreamModel::LlavaLlama => {
-                    let model = LlavaForConditionalGeneration::load(&files, &device)?;
+                    let mut model = LlavaForConditionalGeneration::load(&files, &device)?;
+                    if let Some(q) = quantize {
+                        let report = model.quantize_language_model(q)?;
+                        eprintln!("  glimpse {}: {report}", w.name);
+                    }
                     let cfg = model.config();
                     let mut ids = LLAVA_IDS_BEFORE.to_vec();
                     ids.extend(std::iter::repeat_n(
@@ -842,10 +892,14 @@ fn print_table(report: &Report) {
         report.results.iter().find_map(pick).map(|s| s.threads)
     };
     println!(
-        "glimpse ({} build, {} threads) vs reference (transformers on PyTorch, {} threads); \
+        "glimpse ({} build, {} threads{}) vs reference (transformers on PyTorch, {} threads); \
          {} cpus; median of {} reps after {} warm-up",
         report.glimpse_build,
         fmt_opt(threads(|r| r.glimpse.as_ref())),
+        report
+            .quantize
+            .as_ref()
+            .map_or(String::new(), |q| format!(", {q} language model")),
         fmt_opt(threads(|r| r.reference.as_ref())),
         report.cpus,
         report.reps,

@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{check_batch_size, load, read_image, read_images};
+use super::{check_batch_size, load_quantized, read_image, read_images};
 use crate::cli::{AskArgs, CaptionArgs};
 use crate::output::{print_json, progress};
 
@@ -20,7 +20,7 @@ struct AskOutput {
 pub fn run_caption(args: CaptionArgs) -> Result<()> {
     let gen = args.decode.generation_config()?;
     check_batch_size(args.batch_size)?;
-    let pipeline = load(&args.common, super::Bundled::Caption)?;
+    let pipeline = load_quantized(&args.common, super::Bundled::Caption, args.quantize)?;
     let gen = pipeline.generation_config(gen);
 
     let bar = progress(args.images.len(), args.batch_size, "captioning");
@@ -56,7 +56,7 @@ pub fn run_ask(args: AskArgs) -> Result<()> {
     }
     let gen = args.decode.generation_config()?;
     let image = read_image(&args.image)?;
-    let pipeline = load(&args.common, super::Bundled::Vqa)?;
+    let pipeline = load_quantized(&args.common, super::Bundled::Vqa, args.quantize)?;
     let gen = pipeline.generation_config(gen);
     let out = pipeline.ask(&image, &args.question, &gen)?;
     if args.common.json {

@@ -36,6 +36,10 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub decode: DecodeArgs,
+    /// Quantise the language model's weights after loading (`q8` or `q4`), for less
+    /// memory and faster decoding at a small accuracy cost.
+    #[arg(long, value_name = "q8|q4")]
+    pub quantize: Option<glimpse_nn::quant::Quant>,
 }
 
 #[derive(Serialize)]
@@ -65,8 +69,11 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let files = ModelFiles::resolve(model_name).with_context(|| format!("--model {model_name}"))?;
     // LLaVA's own load checks the memory plan; print it first, as every command does.
     eprintln!("{}", plan_load(&files, &device)?);
-    let model = LlavaForConditionalGeneration::load(&files, &device)
+    let mut model = LlavaForConditionalGeneration::load(&files, &device)
         .with_context(|| format!("loading model `{model_name}` as LLaVA"))?;
+    if let Some(quant) = args.quantize {
+        eprintln!("{}", model.quantize_language_model(quant)?);
+    }
     let processor = LlavaProcessor::load(&files, model.config())
         .with_context(|| format!("loading the processor of `{model_name}`"))?;
     let pixels = processor

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use glimpse_models::checkpoint::{plan_load, ModelFiles};
-use glimpse_models::pipeline::Pipeline;
+use glimpse_models::pipeline::{detect_architecture, Architecture, Pipeline};
+use glimpse_nn::quant::Quant;
 use image::RgbImage;
 
 use crate::cli::{Cli, Command, ModelArgs};
@@ -119,6 +120,34 @@ pub fn load(args: &ModelArgs, default: Bundled) -> Result<Pipeline> {
     eprintln!("{plan}");
     plan.check().with_context(context)?;
     Pipeline::load(&model, &device).with_context(context)
+}
+
+/// [`load`], then `--quantize` when given. The model must be BLIP-2 or LLaVA, which is
+/// checked from its config before any weight is read; the report goes to stderr.
+pub fn load_quantized(
+    args: &ModelArgs,
+    default: Bundled,
+    quant: Option<Quant>,
+) -> Result<Pipeline> {
+    let Some(quant) = quant else {
+        return load(args, default);
+    };
+    let model = model_name(args, default)?;
+    let files = ModelFiles::resolve(&model).with_context(|| format!("loading model `{model}`"))?;
+    let arch = detect_architecture(&files).with_context(|| format!("loading model `{model}`"))?;
+    if !matches!(arch, Architecture::Blip2Generation | Architecture::Llava) {
+        bail!(
+            "--quantize {quant}: `{model}` is a {}; quantised decoding is for \
+             Blip2ForConditionalGeneration (with OPT) and LlavaForConditionalGeneration models",
+            arch.class_name()
+        );
+    }
+    let mut pipeline = load(args, default)?;
+    let report = pipeline
+        .quantize_language_model(quant)
+        .with_context(|| format!("--quantize {quant}"))?;
+    eprintln!("{report}");
+    Ok(pipeline)
 }
 
 /// Reads and decodes image files; the error names the file.

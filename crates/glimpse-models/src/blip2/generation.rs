@@ -148,10 +148,9 @@ impl Blip2ForConditionalGeneration {
             LanguageModel::Opt(lm) => Ok(lm.quantize(quant)?),
             LanguageModel::T5(_) => Err(Error::Model {
                 model: "blip-2".into(),
-                msg: format!(
-                    "cannot quantise to {quant}: quantised weights are supported for OPT \
-                     language models, and this checkpoint's is T5"
-                ),
+                msg: "quantised weights are supported for OPT language models; this \
+                      checkpoint's is T5"
+                    .into(),
             }),
         }
     }
