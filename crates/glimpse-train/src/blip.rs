@@ -52,8 +52,9 @@ pub struct BlipLossConfig {
     pub itc_weight: f64,
     pub itm_weight: f64,
     pub lm_weight: f64,
-    /// CLIP only: add one hard negative caption per image (an attribute word swapped,
-    /// see [`crate::negatives`]) to the image→text softmax.
+    /// CLIP only: add hard negative captions to the image→text softmax (NegCLIP): per
+    /// image one caption with its shape word swapped, and one with any attribute word
+    /// swapped (see [`crate::negatives`]).
     pub hard_negative_captions: bool,
 }
 

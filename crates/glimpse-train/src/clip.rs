@@ -63,7 +63,7 @@ impl ClipTrain {
     /// [`Self::losses`] with one hard negative caption per image (NegCLIP).
     ///
     /// # Shapes
-    /// * negatives: ids/mask `[B, Tn]` u32, `valid` `[B]` f32 0/1
+    /// * negatives: ids/mask `[k B, Tn]` u32, `valid` `[k B]` f32 0/1
     pub fn losses_with_negatives(
         &self,
         pixel_values: &Tensor,
@@ -79,7 +79,7 @@ impl ClipTrain {
             .text_features(input_ids, Some(attention_mask), true)?; // [B, p]
         let neg = self
             .model
-            .text_features(negative_ids, Some(negative_mask), true)?; // [B, p]
+            .text_features(negative_ids, Some(negative_mask), true)?; // [k B, p]
         let (total, logits_per_image) =
             clip_loss_with_negatives(&img, &txt, &neg, valid, &self.model.logit_scale)?;
         Ok(ClipLosses {

@@ -117,7 +117,8 @@ pub fn clip_loss(
 /// is 0 is left out), text→image over the batch's images.
 ///
 /// # Shapes
-/// * `image_embeds`, `text_embeds`, `negative_embeds`: `[n, p]`; `valid`: `[n]` f32 0/1;
+/// * `image_embeds`, `text_embeds`: `[n, p]`; `negative_embeds`: `[k n, p]` (any number
+///   of negatives; each competes for every image); `valid`: `[k n]` f32 0/1;
 ///   `logit_scale`: scalar -> (loss, logits_per_image `[n, n]`)
 pub fn clip_loss_with_negatives(
     image_embeds: &Tensor,
@@ -132,11 +133,11 @@ pub fn clip_loss_with_negatives(
     let txt = l2_normalize(text_embeds)?; // [n, p]
     let neg = l2_normalize(negative_embeds)?; // [n, p]
     let logits = img.matmul(&txt.t()?)?.broadcast_mul(&scale)?; // [n, n]
-    let neg_logits = img.matmul(&neg.t()?)?.broadcast_mul(&scale)?; // [n, n]
+    let neg_logits = img.matmul(&neg.t()?)?.broadcast_mul(&scale)?; // [n, k n]
     // Invalid negatives get -1e4 (no weight after the softmax).
-    let penalty = ((valid - 1.0)? * 1e4)?.unsqueeze(0)?; // [1, n]
+    let penalty = ((valid - 1.0)? * 1e4)?.unsqueeze(0)?; // [1, k n]
     let neg_logits = neg_logits.broadcast_add(&penalty)?;
-    let all = Tensor::cat(&[&logits, &neg_logits], 1)?; // [n, 2n]
+    let all = Tensor::cat(&[&logits, &neg_logits], 1)?; // [n, n + k n]
     let labels = Tensor::arange(0u32, n as u32, logits.device())?;
     let l_i = cross_entropy(&all, &labels)?;
     let l_t = cross_entropy(&logits.t()?, &labels)?;

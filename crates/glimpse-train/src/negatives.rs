@@ -38,10 +38,19 @@ fn alternatives(word: &str) -> Option<(usize, Vec<&'static str>)> {
     None
 }
 
+/// Kinds of attribute words, as [`swap_attribute_of_kind`] takes them.
+pub const SHAPE: usize = 0;
+
 /// `caption` with one attribute word replaced, or `None` when it names no attribute.
 /// The kind is drawn uniformly among the kinds present, then the word, then its
 /// replacement.
 pub fn swap_attribute(caption: &str, rng: &mut Rng) -> Option<String> {
+    swap_attribute_of_kind(caption, None, rng)
+}
+
+/// [`swap_attribute`], swapping a word of kind `prefer` (e.g. [`SHAPE`]) when the
+/// caption has one.
+pub fn swap_attribute_of_kind(caption: &str, prefer: Option<usize>, rng: &mut Rng) -> Option<String> {
     let words: Vec<&str> = caption.split(' ').collect();
     let found: Vec<(usize, usize, Vec<&'static str>)> = words
         .iter()
@@ -54,7 +63,10 @@ pub fn swap_attribute(caption: &str, rng: &mut Rng) -> Option<String> {
     let mut kinds: Vec<usize> = found.iter().map(|f| f.1).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    let kind = kinds[rng.below(kinds.len())];
+    let kind = match prefer {
+        Some(k) if kinds.contains(&k) => k,
+        _ => kinds[rng.below(kinds.len())],
+    };
     let of_kind: Vec<&(usize, usize, Vec<&'static str>)> = found.iter().filter(|f| f.1 == kind).collect();
     let (at, _, alt) = of_kind[rng.below(of_kind.len())];
     let mut out: Vec<&str> = words.clone();
@@ -84,6 +96,10 @@ mod tests {
         }
         assert_eq!(kinds.len(), 5, "{kinds:?}"); // large, blue, circle, top, left
         assert_eq!(swap_attribute("stock photo", &mut rng), None);
+        for _ in 0..20 {
+            let n = swap_attribute_of_kind(cap, Some(SHAPE), &mut rng).unwrap();
+            assert!(n.starts_with("a large blue ") && !n.contains("circle"), "{n}");
+        }
         let plural = swap_attribute("two red stars", &mut Rng::new(7)).unwrap();
         assert!(plural.split(' ').count() == 3);
     }

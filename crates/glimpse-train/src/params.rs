@@ -127,9 +127,42 @@ pub fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
+/// 2-D sine-cosine position embeddings (as MAE initialises its ViT): row 0 (the class
+/// token) zero, then a `g x g` grid whose first half of the dimensions encodes the
+/// row and the second half the column.
+///
+/// # Shapes
+/// * returns `[g * g + 1, d]` values, row-major
+pub fn sincos_2d(g: usize, d: usize) -> Vec<f32> {
+    let quarter = (d / 4).max(1);
+    let mut out = vec![0f32; (g * g + 1) * d];
+    for r in 0..g {
+        for c in 0..g {
+            let row = &mut out[(1 + r * g + c) * d..(2 + r * g + c) * d];
+            for (half, pos) in [(0usize, r as f64), (1, c as f64)] {
+                for i in 0..quarter {
+                    let omega = 1.0 / 10000f64.powf(i as f64 / quarter as f64);
+                    let base = half * 2 * quarter;
+                    if base + i < d {
+                        row[base + i] = (pos * omega).sin() as f32;
+                    }
+                    if base + quarter + i < d {
+                        row[base + quarter + i] = (pos * omega).cos() as f32;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Initial values, drawn in name order from `seed`: norm weights 1, biases 0, the
 /// temperatures at their conventional values (`temp` 0.07, `logit_scale` ln(1/0.07)),
-/// everything else N(0, `std`) (BERT/BLIP's `initializer_range`).
+/// the vision tower's position embeddings 2-D sine-cosine (with random ones a small
+/// ViT trained from scratch takes very long to relate neighbouring patches: colours
+/// are learned early, shapes and positions were not learned at all in the first
+/// synthetic-world runs), everything else N(0, `std`) (BERT/BLIP's
+/// `initializer_range`).
 pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
     let mut rng = Rng::new(seed);
     for (name, var) in sorted_vars(map) {
@@ -141,6 +174,15 @@ pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
             Tensor::full(0.07f32, shape, var.device())?
         } else if leaf == "logit_scale" {
             Tensor::full((1.0f32 / 0.07).ln(), shape, var.device())?
+        } else if name.starts_with("vision_model.") && name.contains("position_embedding") && {
+            let rows = shape.dims()[shape.rank() - 2];
+            let g = ((rows - 1) as f64).sqrt().round() as usize;
+            g * g + 1 == rows
+        } {
+            let dims = shape.dims();
+            let (rows, d) = (dims[shape.rank() - 2], dims[shape.rank() - 1]);
+            let g = ((rows - 1) as f64).sqrt().round() as usize;
+            Tensor::from_vec(sincos_2d(g, d), shape, var.device())?
         } else if is_norm && leaf == "weight" {
             Tensor::ones(shape, DType::F32, var.device())?
         } else if leaf == "bias" {
@@ -153,6 +195,25 @@ pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
         var.set(&value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sincos_2d;
+
+    #[test]
+    fn sincos_grid_is_distinct_per_position() {
+        let (g, d) = (4, 16);
+        let v = sincos_2d(g, d);
+        assert!(v[..d].iter().all(|&x| x == 0.0), "class token row is zero");
+        let rows: Vec<&[f32]> = v.chunks(d).skip(1).collect();
+        for i in 0..rows.len() {
+            for j in 0..i {
+                let dist: f32 = rows[i].iter().zip(rows[j]).map(|(a, b)| (a - b).powi(2)).sum();
+                assert!(dist > 1e-3, "positions {i} and {j} coincide");
+            }
+        }
+    }
 }
 
 /// Copies `tensors` into the variables of `map` with the same names; every variable

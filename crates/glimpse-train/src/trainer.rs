@@ -271,7 +271,8 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         None => {
             let texts = vocab::synth_texts(5000);
             let v = vocab::vocabulary(texts.iter().map(|s| s.as_str()));
-            vocab::write_tokenizer(dir, &v, max_len)?;
+            let bos = if recipe.model.kind == ModelKind::Clip { "[CLS]" } else { "[DEC]" };
+            vocab::write_tokenizer(dir, &v, max_len, bos)?;
             v.len()
         }
     };
@@ -600,7 +601,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 }
                 let mut batch = make_batch(&examples, &files, recipe.data.max_text_len, &device)?;
                 if kind == ModelKind::Clip && recipe.loss.hard_negative_captions {
-                    let (texts, valid) = negative_texts(&examples, seed, state.epoch);
+                    let (mut texts, mut valid) = negative_texts(&examples, seed, state.epoch, 0);
+                    let (t1, v1) = negative_texts(&examples, seed, state.epoch, 1);
+                    texts.extend(t1);
+                    valid.extend(v1);
                     let (ids, mask) = encode_texts(&files.tokenizer, &texts, recipe.data.max_text_len, &device)?;
                     let n = valid.len();
                     batch.negatives = Some((ids, mask, Tensor::from_vec(valid, n, &device)?));
@@ -681,14 +685,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     })
 }
 
-/// Hard negative captions for a batch, drawn per sample and epoch.
-fn negative_texts(examples: &[Item], seed: u64, epoch: u64) -> (Vec<String>, Vec<f32>) {
+/// Hard negative captions for a batch, drawn per sample and epoch: `round` 0 swaps
+/// the shape word where there is one, other rounds any attribute word.
+fn negative_texts(examples: &[Item], seed: u64, epoch: u64, round: u64) -> (Vec<String>, Vec<f32>) {
     examples
         .iter()
         .map(|(ex, text, _)| {
             let h = ex.key.bytes().fold(0x1f3du64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-            let mut rng = Rng::derive(seed ^ 0x4e47, epoch, h);
-            match crate::negatives::swap_attribute(&text.to_lowercase(), &mut rng) {
+            let mut rng = Rng::derive(seed ^ 0x4e47 ^ (round << 32), epoch, h);
+            let prefer = (round == 0).then_some(crate::negatives::SHAPE);
+            match crate::negatives::swap_attribute_of_kind(&text.to_lowercase(), prefer, &mut rng) {
                 Some(n) => (n, 1.0),
                 None => (text.clone(), 0.0),
             }

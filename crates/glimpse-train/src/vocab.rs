@@ -89,8 +89,10 @@ pub fn synth_texts(n: u64) -> Vec<String> {
     out
 }
 
-/// Writes the tokenizer files for `vocab` into `dir`.
-pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize) -> Result<()> {
+/// Writes the tokenizer files for `vocab` into `dir`. `bos_token` is what the model's
+/// config calls its start token: `[DEC]` for BLIP (the decoder starts there), `[CLS]`
+/// for CLIP (every text starts there).
+pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize, bos_token: &str) -> Result<()> {
     let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::io_ctx(&dir.join("tokenizer.json"), e);
     std::fs::create_dir_all(dir).map_err(|e| Error::io_ctx(dir, e))?;
     let vocab_path = dir.join("vocab.txt");
@@ -123,6 +125,7 @@ pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize) ->
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io_ctx(&p, e))
     };
+    let extra: Vec<&str> = ["[DEC]", "[ENC]"].into_iter().filter(|t| *t != bos_token).collect();
     let cfg = serde_json::json!({
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": true,
@@ -132,15 +135,15 @@ pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize) ->
         "cls_token": "[CLS]",
         "sep_token": "[SEP]",
         "mask_token": "[MASK]",
-        "bos_token": "[DEC]",
-        "extra_special_tokens": ["[ENC]"],
+        "bos_token": bos_token,
+        "extra_special_tokens": extra,
         "strip_accents": null,
         "tokenize_chinese_chars": true,
     });
     write("tokenizer_config.json", serde_json::to_string_pretty(&cfg).unwrap() + "\n")?;
     let special = serde_json::json!({
         "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
-        "sep_token": "[SEP]", "mask_token": "[MASK]", "bos_token": "[DEC]",
+        "sep_token": "[SEP]", "mask_token": "[MASK]", "bos_token": bos_token,
     });
     write("special_tokens_map.json", serde_json::to_string_pretty(&special).unwrap() + "\n")?;
     Ok(())
@@ -156,7 +159,7 @@ mod tests {
         let vocab = vocabulary(texts.iter().map(|s| s.as_str()));
         assert!(vocab.len() < 400, "{}", vocab.len());
         let dir = tempfile::tempdir().unwrap();
-        write_tokenizer(dir.path(), &vocab, 40)?;
+        write_tokenizer(dir.path(), &vocab, 40, "[DEC]")?;
         let tok = glimpse_data::TextTokenizer::from_file(&dir.path().join("tokenizer.json"))?;
         for t in texts.iter().take(200) {
             let ids = tok.encode(t, true)?;
