@@ -181,7 +181,10 @@ fn quantize_runs_blip2_and_llava_and_refuses_other_models() {
         let out = glimpse(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name} {command:?}: {stderr}");
-        assert!(stderr.contains("q8: ") && stderr.contains("Q8_0"), "{stderr}");
+        assert!(
+            stderr.contains("q8: ") && stderr.contains("Q8_0"),
+            "{stderr}"
+        );
     }
 
     let blip = fixture("blip_caption");

@@ -22,9 +22,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use glimpse_models::blip::{
-    BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval,
-};
+use glimpse_models::blip::{BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval};
 use glimpse_nn::bert::{BertLMHeadModel, EncoderStates, SelfMask};
 use glimpse_nn::layers::Module;
 use serde::{Deserialize, Serialize};
@@ -48,6 +46,10 @@ pub struct BlipLossConfig {
     pub queue_size: usize,
     pub label_smoothing: f64,
     pub temp: f64,
+    /// Whether `temp` is trained. BLIP trains it with a learning rate of 3e-4 or less;
+    /// at the higher rates small models want, the raw temperature races to its floor
+    /// within a hundred updates and ITC stops learning, so it can be held fixed.
+    pub learn_temp: bool,
     /// Weights of the three losses in the total.
     pub itc_weight: f64,
     pub itm_weight: f64,
@@ -67,6 +69,7 @@ impl Default for BlipLossConfig {
             queue_size: 57600,
             label_smoothing: 0.1,
             temp: 0.07,
+            learn_temp: true,
             itc_weight: 1.0,
             itm_weight: 1.0,
             lm_weight: 1.0,
@@ -81,7 +84,10 @@ pub enum Negatives<'a> {
     Sample(&'a mut Rng),
     /// Given: for each text the index of its negative image, for each image the index
     /// of its negative text (replaying a reference run).
-    Given { image: &'a [usize], text: &'a [usize] },
+    Given {
+        image: &'a [usize],
+        text: &'a [usize],
+    },
 }
 
 /// The losses of one forward pass, and what a test or log may want to see.
@@ -141,7 +147,12 @@ impl BlipPretrain {
     /// Builds the model with fresh variables (initialise them with
     /// [`crate::params::init_weights`] or load them), the momentum copy equal to them
     /// and normalised random queues drawn from `seed`.
-    pub fn new(cfg: &BlipConfig, loss_cfg: BlipLossConfig, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &BlipConfig,
+        loss_cfg: BlipLossConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let vars = SharedVars::new(VarMap::new(), decoder_rename);
         let vb = vars.var_builder(device);
         let model = BlipForImageTextRetrieval::new(cfg, vb.clone())?;
@@ -214,7 +225,10 @@ impl BlipPretrain {
             }
             *v = s.to_device(&self.device)?;
         }
-        for (k, q) in [("image_queue", &mut self.image_queue), ("text_queue", &mut self.text_queue)] {
+        for (k, q) in [
+            ("image_queue", &mut self.image_queue),
+            ("text_queue", &mut self.text_queue),
+        ] {
             let s = t.get(k).ok_or_else(|| missing(k))?;
             if s.shape() != q.shape() {
                 return Err(Error::Train(format!(
@@ -299,8 +313,10 @@ impl BlipPretrain {
         self.momentum_update()?;
         let mm = self.momentum_model()?;
         let img_m = mm.vision_model.forward(pixel_values, false)?; // [B, n, dv]
-        let image_feat_m =
-            l2_normalize(&mm.vision_proj.forward(&img_m.narrow(1, 0, 1)?.squeeze(1)?)?)?; // [B, E]
+        let image_feat_m = l2_normalize(
+            &mm.vision_proj
+                .forward(&img_m.narrow(1, 0, 1)?.squeeze(1)?)?,
+        )?; // [B, E]
         let txt_m = mm.text_encoder.forward(
             input_ids,
             Some(attention_mask),
@@ -317,14 +333,19 @@ impl BlipPretrain {
             let soft = candle_nn::ops::softmax(&sim_m, D::Minus1)?;
             Ok(((soft * alpha)? + (&eye * (1.0 - alpha))?)?)
         };
-        let sim_i2t_m = image_feat_m.matmul(&text_feat_all)?.broadcast_div(&temp_m)?;
-        let sim_t2i_m = text_feat_m.matmul(&image_feat_all)?.broadcast_div(&temp_m)?;
+        let sim_i2t_m = image_feat_m
+            .matmul(&text_feat_all)?
+            .broadcast_div(&temp_m)?;
+        let sim_t2i_m = text_feat_m
+            .matmul(&image_feat_all)?
+            .broadcast_div(&temp_m)?;
         let t_i2t = targets(sim_i2t_m)?.detach();
         let t_t2i = targets(sim_t2i_m)?.detach();
 
         let sim_i2t = image_feat.matmul(&text_feat_all)?.broadcast_div(&temp)?; // [B, B+Q]
         let sim_t2i = text_feat.matmul(&image_feat_all)?.broadcast_div(&temp)?; // [B, B+Q]
-        let itc = ((soft_cross_entropy(&sim_i2t, &t_i2t)? + soft_cross_entropy(&sim_t2i, &t_t2i)?)?
+        let itc = ((soft_cross_entropy(&sim_i2t, &t_i2t)?
+            + soft_cross_entropy(&sim_t2i, &t_t2i)?)?
             * 0.5)?;
 
         // Enqueue the momentum features.
@@ -375,8 +396,7 @@ impl BlipPretrain {
         };
         let (ni, nt) = (idx(&neg_image)?, idx(&neg_text)?);
         let ids_all = Tensor::cat(&[input_ids, &input_ids.index_select(&nt, 0)?], 0)?; // [2B, T]
-        let mask_all =
-            Tensor::cat(&[attention_mask, &attention_mask.index_select(&nt, 0)?], 0)?; // [2B, T]
+        let mask_all = Tensor::cat(&[attention_mask, &attention_mask.index_select(&nt, 0)?], 0)?; // [2B, T]
         let img_all = Tensor::cat(&[&image_embeds.index_select(&ni, 0)?, &image_embeds], 0)?; // [2B, n, dv]
         let neg = m.text_encoder.forward(
             &ids_all,
@@ -398,8 +418,15 @@ impl BlipPretrain {
         // LM: the caption after [DEC], label smoothing.
         let bos = self.cfg.text_config.bos_token_id;
         let dec_ids = replace_first_column(input_ids, bos)?;
-        let logits = self.decoder.forward(&dec_ids, Some(attention_mask), Some(encoder), true)?; // [B, T, V]
-        let lm = lm_loss(&logits, &dec_ids, attention_mask, self.loss_cfg.label_smoothing)?;
+        let logits = self
+            .decoder
+            .forward(&dec_ids, Some(attention_mask), Some(encoder), true)?; // [B, T, V]
+        let lm = lm_loss(
+            &logits,
+            &dec_ids,
+            attention_mask,
+            self.loss_cfg.label_smoothing,
+        )?;
 
         let c = &self.loss_cfg;
         let total = (((&itc * c.itc_weight)? + (&itm * c.itm_weight)?)? + (&lm * c.lm_weight)?)?;
@@ -430,11 +457,25 @@ impl BlipPretrain {
         let image_embeds = m.vision_model.forward(pixel_values, false)?.detach();
         let image_cls = image_embeds.narrow(1, 0, 1)?.squeeze(1)?;
         let image_feat = m.vision_proj.forward(&image_cls)?.detach();
-        let text = m.text_encoder.forward(input_ids, Some(attention_mask), None, SelfMask::Bidirectional, false)?;
-        let text_feat = m.text_proj.forward(&text.narrow(1, 0, 1)?.squeeze(1)?)?.detach();
+        let text = m.text_encoder.forward(
+            input_ids,
+            Some(attention_mask),
+            None,
+            SelfMask::Bidirectional,
+            false,
+        )?;
+        let text_feat = m
+            .text_proj
+            .forward(&text.narrow(1, 0, 1)?.squeeze(1)?)?
+            .detach();
         let dec_ids = replace_first_column(input_ids, self.cfg.text_config.bos_token_id)?;
-        let encoder = EncoderStates { hidden_states: &image_embeds, attention_mask: None };
-        let logits = self.decoder.forward(&dec_ids, Some(attention_mask), Some(encoder), false)?;
+        let encoder = EncoderStates {
+            hidden_states: &image_embeds,
+            attention_mask: None,
+        };
+        let logits = self
+            .decoder
+            .forward(&dec_ids, Some(attention_mask), Some(encoder), false)?;
         let lm = lm_loss(&logits, &dec_ids, attention_mask, 0.0)?.detach();
         Ok((image_feat, text_feat, lm))
     }

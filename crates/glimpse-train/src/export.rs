@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use crate::blip::BlipPretrain;
 use crate::clip::ClipTrain;
-use crate::vqa::BlipVqaTrain;
 use crate::params::load_into;
 use crate::recipe::{ModelKind, Recipe};
 use crate::trainer::resolve_checkpoint;
+use crate::vqa::BlipVqaTrain;
 use crate::{Error, Result};
 
 const SIDE_FILES: [&str; 5] = [
@@ -53,8 +53,11 @@ fn write_model(
     candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::io_ctx(&tmp, e))?;
     std::fs::rename(&tmp, out.join("model.safetensors")).map_err(|e| Error::io_ctx(out, e))?;
     let cfg_path = out.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap() + "\n")
-        .map_err(|e| Error::io_ctx(&cfg_path, e))?;
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&cfg).unwrap() + "\n",
+    )
+    .map_err(|e| Error::io_ctx(&cfg_path, e))?;
     for f in SIDE_FILES {
         let src = model_dir.join(f);
         if src.is_file() {
@@ -89,15 +92,22 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
     let device = Device::Cpu;
     match recipe.model.kind {
         ModelKind::Clip => {
-            let cfg: ClipConfig = serde_json::from_value(config.clone())
-                .map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let cfg: ClipConfig =
+                serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
             let m = ClipTrain::new(&cfg, &device)?;
             load_into(&m.vars.map, &weights, &origin)?;
-            Ok(vec![write_model(out, &model_dir, &config, "CLIPModel", m.export_tensors()?, &[])?])
+            Ok(vec![write_model(
+                out,
+                &model_dir,
+                &config,
+                "CLIPModel",
+                m.export_tensors()?,
+                &[],
+            )?])
         }
         ModelKind::BlipVqa => {
-            let cfg: BlipConfig = serde_json::from_value(config.clone())
-                .map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let cfg: BlipConfig =
+                serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
             let m = BlipVqaTrain::new(&cfg, 0.0, &device)?;
             load_into(&m.vars.map, &weights, &origin)?;
             let t = &cfg.text_config;
@@ -117,8 +127,8 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
             )?])
         }
         ModelKind::Blip => {
-            let cfg: BlipConfig = serde_json::from_value(config.clone())
-                .map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let cfg: BlipConfig =
+                serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
             let m = BlipPretrain::new(&cfg, recipe.loss, 0, &device)?;
             load_into(&m.vars.map, &weights, &origin)?;
             let t = &cfg.text_config;

@@ -4,9 +4,9 @@
 
 pub mod blip;
 pub mod clip;
+mod error;
 pub mod eval;
 pub mod export;
-mod error;
 pub mod losses;
 pub mod metrics;
 pub mod negatives;
@@ -15,7 +15,7 @@ pub mod params;
 pub mod recipe;
 pub mod rng;
 pub mod trainer;
-pub mod vqa;
 pub mod vocab;
+pub mod vqa;
 
 pub use error::{Error, Result};

@@ -103,9 +103,7 @@ pub fn clip_loss(
     let n = image_embeds.dim(0)?;
     let img = l2_normalize(image_embeds)?; // [n, p]
     let txt = l2_normalize(text_embeds)?; // [n, p]
-    let logits = img
-        .matmul(&txt.t()?)?
-        .broadcast_mul(&logit_scale.exp()?)?; // [n, n]
+    let logits = img.matmul(&txt.t()?)?.broadcast_mul(&logit_scale.exp()?)?; // [n, n]
     let labels = Tensor::arange(0u32, n as u32, logits.device())?;
     let l_i = cross_entropy(&logits, &labels)?;
     let l_t = cross_entropy(&logits.t()?, &labels)?;
@@ -134,7 +132,7 @@ pub fn clip_loss_with_negatives(
     let neg = l2_normalize(negative_embeds)?; // [n, p]
     let logits = img.matmul(&txt.t()?)?.broadcast_mul(&scale)?; // [n, n]
     let neg_logits = img.matmul(&neg.t()?)?.broadcast_mul(&scale)?; // [n, k n]
-    // Invalid negatives get -1e4 (no weight after the softmax).
+                                                                    // Invalid negatives get -1e4 (no weight after the softmax).
     let penalty = ((valid - 1.0)? * 1e4)?.unsqueeze(0)?; // [1, k n]
     let neg_logits = neg_logits.broadcast_add(&penalty)?;
     let all = Tensor::cat(&[&logits, &neg_logits], 1)?; // [n, n + k n]
@@ -190,7 +188,10 @@ mod tests {
             with_same.to_scalar::<f32>()?,
             masked.to_scalar::<f32>()?,
         );
-        assert!((m - p).abs() < 1e-6, "masked negatives change nothing: {m} vs {p}");
+        assert!(
+            (m - p).abs() < 1e-6,
+            "masked negatives change nothing: {m} vs {p}"
+        );
         assert!(f > p && f < p + 0.05, "{f} vs {p}");
         assert!(s > p + 0.2, "{s} vs {p}");
         Ok(())

@@ -13,10 +13,26 @@ const COLUMNS: [&str; 2] = ["left", "right"];
 /// The kind of a word and the alternatives of the same kind (same number for shapes).
 fn alternatives(word: &str) -> Option<(usize, Vec<&'static str>)> {
     if let Some(i) = SHAPES.iter().position(|s| s.0 == word) {
-        return Some((0, SHAPES.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s.0).collect()));
+        return Some((
+            0,
+            SHAPES
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, s)| s.0)
+                .collect(),
+        ));
     }
     if let Some(i) = SHAPES.iter().position(|s| s.1 == word) {
-        return Some((0, SHAPES.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s.1).collect()));
+        return Some((
+            0,
+            SHAPES
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, s)| s.1)
+                .collect(),
+        ));
     }
     let others = |list: &[&'static str]| -> Vec<&'static str> {
         list.iter().copied().filter(|w| *w != word).collect()
@@ -50,7 +66,11 @@ pub fn swap_attribute(caption: &str, rng: &mut Rng) -> Option<String> {
 
 /// [`swap_attribute`], swapping a word of kind `prefer` (e.g. [`SHAPE`]) when the
 /// caption has one.
-pub fn swap_attribute_of_kind(caption: &str, prefer: Option<usize>, rng: &mut Rng) -> Option<String> {
+pub fn swap_attribute_of_kind(
+    caption: &str,
+    prefer: Option<usize>,
+    rng: &mut Rng,
+) -> Option<String> {
     let words: Vec<&str> = caption.split(' ').collect();
     let found: Vec<(usize, usize, Vec<&'static str>)> = words
         .iter()
@@ -67,7 +87,8 @@ pub fn swap_attribute_of_kind(caption: &str, prefer: Option<usize>, rng: &mut Rn
         Some(k) if kinds.contains(&k) => k,
         _ => kinds[rng.below(kinds.len())],
     };
-    let of_kind: Vec<&(usize, usize, Vec<&'static str>)> = found.iter().filter(|f| f.1 == kind).collect();
+    let of_kind: Vec<&(usize, usize, Vec<&'static str>)> =
+        found.iter().filter(|f| f.1 == kind).collect();
     let (at, _, alt) = of_kind[rng.below(of_kind.len())];
     let mut out: Vec<&str> = words.clone();
     out[*at] = alt[rng.below(alt.len())];
@@ -98,7 +119,10 @@ mod tests {
         assert_eq!(swap_attribute("stock photo", &mut rng), None);
         for _ in 0..20 {
             let n = swap_attribute_of_kind(cap, Some(SHAPE), &mut rng).unwrap();
-            assert!(n.starts_with("a large blue ") && !n.contains("circle"), "{n}");
+            assert!(
+                n.starts_with("a large blue ") && !n.contains("circle"),
+                "{n}"
+            );
         }
         let plural = swap_attribute("two red stars", &mut Rng::new(7)).unwrap();
         assert!(plural.split(' ').count() == 3);

@@ -161,8 +161,7 @@ impl AdamW {
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
         let dev = self.params.first().map(|p| p.var.device().clone());
         let dev = dev.unwrap_or(candle_core::Device::Cpu);
-        let map =
-            candle_core::safetensors::load(path, &dev).map_err(|e| Error::io_ctx(path, e))?;
+        let map = candle_core::safetensors::load(path, &dev).map_err(|e| Error::io_ctx(path, e))?;
         let get = |k: &str, like: &Tensor| -> Result<Tensor> {
             let t = map.get(k).ok_or_else(|| {
                 Error::Train(format!("{}: optimizer state has no {k}", path.display()))
@@ -294,10 +293,7 @@ mod tests {
     #[test]
     fn clipping_scales_to_max_norm() -> Result<()> {
         let dev = Device::Cpu;
-        let mut g = vec![
-            Tensor::new(&[3.0f32], &dev)?,
-            Tensor::new(&[4.0f32], &dev)?,
-        ];
+        let mut g = vec![Tensor::new(&[3.0f32], &dev)?, Tensor::new(&[4.0f32], &dev)?];
         let n = clip_grad_norm(&mut g, 1.0)?;
         assert!((n - 5.0).abs() < 1e-9);
         assert!((global_norm(&g)? - 1.0).abs() < 1e-5);

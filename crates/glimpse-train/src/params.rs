@@ -209,7 +209,11 @@ mod tests {
         let rows: Vec<&[f32]> = v.chunks(d).skip(1).collect();
         for i in 0..rows.len() {
             for j in 0..i {
-                let dist: f32 = rows[i].iter().zip(rows[j]).map(|(a, b)| (a - b).powi(2)).sum();
+                let dist: f32 = rows[i]
+                    .iter()
+                    .zip(rows[j])
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum();
                 assert!(dist > 1e-3, "positions {i} and {j} coincide");
             }
         }
@@ -221,9 +225,9 @@ mod tests {
 pub fn load_into(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
     let vars = sorted_vars(map);
     for (name, var) in &vars {
-        let t = tensors.get(name).ok_or_else(|| {
-            crate::Error::Train(format!("{origin}: missing tensor {name}"))
-        })?;
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| crate::Error::Train(format!("{origin}: missing tensor {name}")))?;
         if t.shape() != var.shape() {
             return Err(crate::Error::Train(format!(
                 "{origin}: {name} is {:?}, the model expects {:?}",
@@ -235,7 +239,10 @@ pub fn load_into(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) 
     }
     if tensors.len() != vars.len() {
         let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(k.as_str())).collect();
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
         extra.sort();
         return Err(crate::Error::Train(format!(
             "{origin}: tensors the model does not have: {extra:?}"

@@ -225,7 +225,10 @@ impl Recipe {
             return bad(format!("optim.lr = {} must be positive", o.lr));
         }
         if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            return bad(format!("optim.min_lr_ratio = {} is outside [0, 1]", o.min_lr_ratio));
+            return bad(format!(
+                "optim.min_lr_ratio = {} is outside [0, 1]",
+                o.min_lr_ratio
+            ));
         }
         if self.data.max_text_len < 3 {
             return bad("data.max_text_len must be at least 3".into());
@@ -238,7 +241,8 @@ impl Recipe {
                     o.batch_size
                 ));
             }
-            if !(0.0..=1.0).contains(&self.loss.alpha) || !(0.0..1.0).contains(&self.loss.momentum) {
+            if !(0.0..=1.0).contains(&self.loss.alpha) || !(0.0..1.0).contains(&self.loss.momentum)
+            {
                 return bad("loss.alpha must be in [0, 1] and loss.momentum in [0, 1)".into());
             }
         }
@@ -280,13 +284,19 @@ out = "runs/x"
 
     #[test]
     fn rejects_bad_values_naming_them() {
-        let e = Recipe::from_toml(&MIN.replace("queue_size = 64", "queue_size = 60"), Path::new("r.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Recipe::from_toml(
+            &MIN.replace("queue_size = 64", "queue_size = 60"),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("queue_size") && e.contains("r.toml"), "{e}");
-        let e = Recipe::from_toml(&MIN.replace("lr = 1e-3", "lr = 1e-3\nlrr = 2"), Path::new("r.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Recipe::from_toml(
+            &MIN.replace("lr = 1e-3", "lr = 1e-3\nlrr = 2"),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("lrr"), "{e}");
     }
 }

@@ -31,12 +31,12 @@ use serde_json::Value;
 
 use crate::blip::{BlipPretrain, Negatives};
 use crate::clip::ClipTrain;
-use crate::vqa::BlipVqaTrain;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::params::{init_weights, load_into, snapshot, sorted_vars};
 use crate::recipe::{ModelKind, Precision, Recipe, TextChoice};
 use crate::rng::Rng;
 use crate::vocab;
+use crate::vqa::BlipVqaTrain;
 use crate::{Error, Result};
 
 /// How to run `train`.
@@ -128,12 +128,20 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
     if list.is_empty() {
         return pair(meta);
     }
-    let h = key.bytes().fold(0x84222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let h = key.bytes().fold(0x84222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
     let mut rng = Rng::derive(seed ^ 0x9a, epoch, h);
     Some(list[rng.below(list.len())].clone())
 }
 
-fn item_of(ex: Example, kind: ModelKind, choice: TextChoice, seed: u64, epoch: u64) -> std::result::Result<Item, Example> {
+fn item_of(
+    ex: Example,
+    kind: ModelKind,
+    choice: TextChoice,
+    seed: u64,
+    epoch: u64,
+) -> std::result::Result<Item, Example> {
     match kind {
         ModelKind::BlipVqa => match pick_qa(&ex.meta, &ex.key, seed, epoch) {
             Some((q, a)) => Ok((ex, q, Some(a))),
@@ -157,13 +165,27 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 /// The text that trains on `meta`, or `None` when the sample has none.
-pub fn pick_text(meta: &Value, key: &str, choice: TextChoice, seed: u64, epoch: u64) -> Option<String> {
+pub fn pick_text(
+    meta: &Value,
+    key: &str,
+    choice: TextChoice,
+    seed: u64,
+    epoch: u64,
+) -> Option<String> {
     let list: Vec<&str> = meta
         .get("captions")
         .and_then(|c| c.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str()).filter(|s| !s.trim().is_empty()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .filter(|s| !s.trim().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
-    let single = meta.get("caption").and_then(|c| c.as_str()).filter(|s| !s.trim().is_empty());
+    let single = meta
+        .get("caption")
+        .and_then(|c| c.as_str())
+        .filter(|s| !s.trim().is_empty());
     match choice {
         TextChoice::Caption => single.or(list.first().copied()).map(String::from),
         TextChoice::RandomCaption => {
@@ -229,7 +251,11 @@ fn image_size_of(kind: ModelKind, config: &Value) -> Result<usize> {
     let size = &config["vision_config"]["image_size"];
     let s = size
         .as_u64()
-        .or_else(|| size.as_array().and_then(|a| a.first()).and_then(|v| v.as_u64()))
+        .or_else(|| {
+            size.as_array()
+                .and_then(|a| a.first())
+                .and_then(|v| v.as_u64())
+        })
         .unwrap_or(match kind {
             ModelKind::Clip => 224,
             _ => 384,
@@ -244,7 +270,14 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     if let (ModelKind::BlipVqa, Some(init)) = (recipe.model.kind, &recipe.model.init) {
         let (run, _) = resolve_checkpoint(init)?;
         let src = run.join("model");
-        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "preprocessor_config.json", "config.json"] {
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+            "preprocessor_config.json",
+            "config.json",
+        ] {
             let p = src.join(f);
             if p.is_file() {
                 std::fs::copy(&p, dir.join(f)).map_err(|e| Error::io_ctx(&p, e))?;
@@ -258,7 +291,12 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     let vocab_size = match &recipe.data.tokenizer {
         Some(path) => {
             let src_dir = path.parent().unwrap_or(Path::new("."));
-            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.txt",
+            ] {
                 let src = src_dir.join(f);
                 if src.is_file() {
                     std::fs::copy(&src, dir.join(f)).map_err(|e| Error::io_ctx(&src, e))?;
@@ -271,7 +309,11 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         None => {
             let texts = vocab::synth_texts(5000);
             let v = vocab::vocabulary(texts.iter().map(|s| s.as_str()));
-            let bos = if recipe.model.kind == ModelKind::Clip { "[CLS]" } else { "[DEC]" };
+            let bos = if recipe.model.kind == ModelKind::Clip {
+                "[CLS]"
+            } else {
+                "[DEC]"
+            };
             vocab::write_tokenizer(dir, &v, max_len, bos)?;
             v.len()
         }
@@ -359,19 +401,28 @@ fn build_model(kind: ModelKind, recipe: &Recipe, config: &Value, device: &Device
     let origin = "model/config.json";
     Ok(match kind {
         ModelKind::Clip => {
-            let cfg: ClipConfig =
-                serde_json::from_value(config.clone()).map_err(|e| Error::Train(format!("{origin}: {e}")))?;
+            let cfg: ClipConfig = serde_json::from_value(config.clone())
+                .map_err(|e| Error::Train(format!("{origin}: {e}")))?;
             Model::Clip(ClipTrain::new(&cfg, device)?)
         }
         ModelKind::Blip => {
-            let cfg: BlipConfig =
-                serde_json::from_value(config.clone()).map_err(|e| Error::Train(format!("{origin}: {e}")))?;
-            Model::Blip(Box::new(BlipPretrain::new(&cfg, recipe.loss, recipe.model.seed, device)?))
+            let cfg: BlipConfig = serde_json::from_value(config.clone())
+                .map_err(|e| Error::Train(format!("{origin}: {e}")))?;
+            Model::Blip(Box::new(BlipPretrain::new(
+                &cfg,
+                recipe.loss,
+                recipe.model.seed,
+                device,
+            )?))
         }
         ModelKind::BlipVqa => {
-            let cfg: BlipConfig =
-                serde_json::from_value(config.clone()).map_err(|e| Error::Train(format!("{origin}: {e}")))?;
-            Model::Vqa(BlipVqaTrain::new(&cfg, recipe.loss.label_smoothing, device)?)
+            let cfg: BlipConfig = serde_json::from_value(config.clone())
+                .map_err(|e| Error::Train(format!("{origin}: {e}")))?;
+            Model::Vqa(BlipVqaTrain::new(
+                &cfg,
+                recipe.loss.label_smoothing,
+                device,
+            )?)
         }
     })
 }
@@ -387,11 +438,17 @@ pub fn resolve_checkpoint(path: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     let latest = path.join("checkpoints").join("latest");
     let name = std::fs::read_to_string(&latest).map_err(|_| {
-        Error::io_ctx(path, "not a run directory with a checkpoint (no checkpoints/latest) nor a checkpoint")
+        Error::io_ctx(
+            path,
+            "not a run directory with a checkpoint (no checkpoints/latest) nor a checkpoint",
+        )
     })?;
     let ckpt = path.join("checkpoints").join(name.trim());
     if !ckpt.join("trainer.json").is_file() {
-        return Err(Error::io_ctx(&ckpt, "checkpoints/latest names a missing or incomplete checkpoint"));
+        return Err(Error::io_ctx(
+            &ckpt,
+            "checkpoints/latest names a missing or incomplete checkpoint",
+        ));
     }
     Ok((path.to_path_buf(), ckpt))
 }
@@ -446,6 +503,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let kind = recipe.model.kind;
     let mut model = build_model(kind, &recipe, &files.config, &device)?;
     init_weights(model.vars(), recipe.model.seed, recipe.model.init_std)?;
+    if let Model::Blip(b) = &model {
+        b.temp
+            .set(&Tensor::new(recipe.loss.temp as f32, &device)?)?;
+    }
     if let (Some(init), None) = (&recipe.model.init, &resume) {
         let (_, ckpt) = resolve_checkpoint(init)?;
         let p = ckpt.join("model.safetensors");
@@ -494,8 +555,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
 
     // Optimizer and schedule.
     let o = &recipe.optim;
+    let frozen_temp = kind == ModelKind::Blip && !recipe.loss.learn_temp;
+    let trainable: Vec<_> = sorted_vars(model.vars())
+        .into_iter()
+        .filter(|(n, _)| !(frozen_temp && n == "temp"))
+        .collect();
     let mut opt = AdamW::new(
-        sorted_vars(model.vars()),
+        trainable,
         AdamWConfig {
             lr: o.lr,
             beta1: o.beta1,
@@ -520,22 +586,37 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     };
     if let Some((_, ckpt)) = &resume {
         let origin = ckpt.display().to_string();
-        load_into(model.vars(), &load_tensors(&ckpt.join("model.safetensors"), &device)?, &origin)?;
+        load_into(
+            model.vars(),
+            &load_tensors(&ckpt.join("model.safetensors"), &device)?,
+            &origin,
+        )?;
         opt.load_state(&ckpt.join("optimizer.safetensors"))?;
         if let Model::Blip(b) = &mut model {
-            b.load_state_tensors(&load_tensors(&ckpt.join("state.safetensors"), &device)?, &origin)?;
+            b.load_state_tensors(
+                &load_tensors(&ckpt.join("state.safetensors"), &device)?,
+                &origin,
+            )?;
         }
         state = read_json(&ckpt.join("trainer.json"))?;
         state.total_steps = total_steps;
         truncate_log(&out.join("log.jsonl"), state.step)?;
-        eprintln!("resuming {} at update {} (epoch {}, sample {})", out.display(), state.step, state.epoch, state.position);
+        eprintln!(
+            "resuming {} at update {} (epoch {}, sample {})",
+            out.display(),
+            state.step,
+            state.epoch,
+            state.position
+        );
     }
 
     let pb = if opts.progress {
         let pb = ProgressBar::new(total_steps);
         pb.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} updates {elapsed_precise} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} updates {elapsed_precise} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb.set_position(state.step);
         pb
@@ -578,23 +659,33 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     match it.next() {
                         None => break,
                         Some(Err(e)) => return Err(e.into()),
-                        Some(Ok(ex)) => match item_of(ex, kind, recipe.data.text, seed, state.epoch) {
-                            Ok(item) => examples.push(item),
-                            Err(ex) => {
-                                skipped += 1;
-                                if reasons.len() < 20 {
-                                    let what = if kind == ModelKind::BlipVqa { "question/answer" } else { "caption" };
-                                    reasons.push(format!("sample {}: no {what}", ex.key));
+                        Some(Ok(ex)) => {
+                            match item_of(ex, kind, recipe.data.text, seed, state.epoch) {
+                                Ok(item) => examples.push(item),
+                                Err(ex) => {
+                                    skipped += 1;
+                                    if reasons.len() < 20 {
+                                        let what = if kind == ModelKind::BlipVqa {
+                                            "question/answer"
+                                        } else {
+                                            "caption"
+                                        };
+                                        reasons.push(format!("sample {}: no {what}", ex.key));
+                                    }
                                 }
                             }
-                        },
+                        }
                     }
                 }
                 if examples.len() < b {
                     // End of the epoch: a partial update is dropped.
                     let st = it.stats();
                     skipped += st.skipped_corrupt;
-                    reasons.extend(st.skipped_reasons.into_iter().take(20usize.saturating_sub(reasons.len())));
+                    reasons.extend(
+                        st.skipped_reasons
+                            .into_iter()
+                            .take(20usize.saturating_sub(reasons.len())),
+                    );
                     state.epoch += 1;
                     state.position = 0;
                     continue 'epochs;
@@ -605,16 +696,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     let (t1, v1) = negative_texts(&examples, seed, state.epoch, 1);
                     texts.extend(t1);
                     valid.extend(v1);
-                    let (ids, mask) = encode_texts(&files.tokenizer, &texts, recipe.data.max_text_len, &device)?;
+                    let (ids, mask) =
+                        encode_texts(&files.tokenizer, &texts, recipe.data.max_text_len, &device)?;
                     let n = valid.len();
                     batch.negatives = Some((ids, mask, Tensor::from_vec(valid, n, &device)?));
                 }
-                let (loss, named) = forward_loss(&mut model, &batch, seed, state.step, micro as u64)?;
-                let loss = if accum > 1 { (loss / accum as f64)? } else { loss };
+                let (loss, named) =
+                    forward_loss(&mut model, &batch, seed, state.step, micro as u64)?;
+                let loss = if accum > 1 {
+                    (loss / accum as f64)?
+                } else {
+                    loss
+                };
                 let g = opt.gradients(&loss.backward()?)?;
                 grads = Some(match grads {
                     None => g,
-                    Some(prev) => prev.iter().zip(&g).map(|(a, b)| a.add(b)).collect::<candle_core::Result<_>>()?,
+                    Some(prev) => prev
+                        .iter()
+                        .zip(&g)
+                        .map(|(a, b)| a.add(b))
+                        .collect::<candle_core::Result<_>>()?,
                 });
                 loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 for (k, v) in named {
@@ -653,20 +754,37 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             if state.step % recipe.run.log_every.max(1) == 0 || state.step == total_steps {
                 writeln!(log, "{line}").map_err(|e| Error::io_ctx(&out.join("log.jsonl"), e))?;
                 if pb.is_hidden() {
-                    eprintln!("update {}/{} epoch {} loss {loss_sum:.4} lr {lr:.2e} {rate:.1} samples/s", state.step, total_steps, state.epoch);
+                    eprintln!(
+                        "update {}/{} epoch {} loss {loss_sum:.4} lr {lr:.2e} {rate:.1} samples/s",
+                        state.step, total_steps, state.epoch
+                    );
                 }
             }
             let want_val = recipe.run.val_every > 0 && state.step % recipe.run.val_every == 0;
             if let (true, Some(v)) = (want_val || state.step == total_steps, &val) {
                 let report = validate(&model, v, &files)?;
                 let msg = format!("validation at update {}: {report}", state.step);
-                if pb.is_hidden() { eprintln!("{msg}") } else { pb.println(msg) }
-                writeln!(log, "{}", serde_json::json!({"step": state.step, "validation": report}))
-                    .map_err(|e| Error::io_ctx(&out.join("log.jsonl"), e))?;
+                if pb.is_hidden() {
+                    eprintln!("{msg}")
+                } else {
+                    pb.println(msg)
+                }
+                writeln!(
+                    log,
+                    "{}",
+                    serde_json::json!({"step": state.step, "validation": report})
+                )
+                .map_err(|e| Error::io_ctx(&out.join("log.jsonl"), e))?;
                 validation = Some(report);
             }
             if state.step % recipe.run.checkpoint_every == 0 || state.step == total_steps {
-                last_ckpt = Some(save_checkpoint(&model, &opt, &state, &ckpt_root, recipe.run.keep_checkpoints)?);
+                last_ckpt = Some(save_checkpoint(
+                    &model,
+                    &opt,
+                    &state,
+                    &ckpt_root,
+                    recipe.run.keep_checkpoints,
+                )?);
             }
         }
     }
@@ -691,7 +809,9 @@ fn negative_texts(examples: &[Item], seed: u64, epoch: u64, round: u64) -> (Vec<
     examples
         .iter()
         .map(|(ex, text, _)| {
-            let h = ex.key.bytes().fold(0x1f3du64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            let h = ex.key.bytes().fold(0x1f3du64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            });
             let mut rng = Rng::derive(seed ^ 0x4e47 ^ (round << 32), epoch, h);
             let prefer = (round == 0).then_some(crate::negatives::SHAPE);
             match crate::negatives::swap_attribute_of_kind(&text.to_lowercase(), prefer, &mut rng) {
@@ -702,7 +822,12 @@ fn negative_texts(examples: &[Item], seed: u64, epoch: u64, round: u64) -> (Vec<
         .unzip()
 }
 
-fn make_batch(examples: &[Item], files: &RunFiles, max_len: usize, device: &Device) -> Result<Batch> {
+fn make_batch(
+    examples: &[Item],
+    files: &RunFiles,
+    max_len: usize,
+    device: &Device,
+) -> Result<Batch> {
     let imgs: Vec<image::RgbImage> = examples.iter().map(|(e, _, _)| e.image.clone()).collect();
     let pixel_values = files.processor.preprocess_batch(&imgs, device)?;
     let texts: Vec<String> = examples.iter().map(|(_, t, _)| t.clone()).collect();
@@ -722,7 +847,13 @@ fn make_batch(examples: &[Item], files: &RunFiles, max_len: usize, device: &Devi
 }
 
 /// The loss of one micro-batch and its named parts.
-fn forward_loss(model: &mut Model, b: &Batch, seed: u64, step: u64, micro: u64) -> Result<(Tensor, Vec<(String, f64)>)> {
+fn forward_loss(
+    model: &mut Model,
+    b: &Batch,
+    seed: u64,
+    step: u64,
+    micro: u64,
+) -> Result<(Tensor, Vec<(String, f64)>)> {
     let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     match model {
         Model::Clip(m) => {
@@ -742,7 +873,13 @@ fn forward_loss(model: &mut Model, b: &Batch, seed: u64, step: u64, micro: u64) 
         Model::Blip(m) => {
             let mut rng = Rng::derive(seed, step, 0x17e + micro);
             let alpha = m.alpha_at(step);
-            let l = m.losses(&b.pixel_values, &b.input_ids, &b.attention_mask, alpha, Negatives::Sample(&mut rng))?;
+            let l = m.losses(
+                &b.pixel_values,
+                &b.input_ids,
+                &b.attention_mask,
+                alpha,
+                Negatives::Sample(&mut rng),
+            )?;
             let parts = vec![
                 ("itc".to_string(), scalar(&l.itc)?),
                 ("itm".to_string(), scalar(&l.itm)?),
@@ -751,8 +888,18 @@ fn forward_loss(model: &mut Model, b: &Batch, seed: u64, step: u64, micro: u64) 
             Ok((l.total, parts))
         }
         Model::Vqa(m) => {
-            let (a, am) = b.answer.as_ref().ok_or_else(|| Error::Train("VQA batch without answers".into()))?;
-            let l = m.loss(&b.pixel_values, &b.input_ids, &b.attention_mask, a, am, true)?;
+            let (a, am) = b
+                .answer
+                .as_ref()
+                .ok_or_else(|| Error::Train("VQA batch without answers".into()))?;
+            let l = m.loss(
+                &b.pixel_values,
+                &b.input_ids,
+                &b.attention_mask,
+                a,
+                am,
+                true,
+            )?;
             Ok((l, vec![]))
         }
     }
@@ -763,7 +910,13 @@ struct ValData {
     batches: Vec<Batch>,
 }
 
-fn load_val(spec: &str, recipe: &Recipe, files: &RunFiles, seed: u64, device: &Device) -> Result<ValData> {
+fn load_val(
+    spec: &str,
+    recipe: &Recipe,
+    files: &RunFiles,
+    seed: u64,
+    device: &Device,
+) -> Result<ValData> {
     let loader = Loader::new(
         resolve_sources(spec)?,
         LoaderConfig {
@@ -797,8 +950,18 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
     if let Model::Vqa(m) = model {
         let mut loss = 0.0;
         for b in &val.batches {
-            let (a, am) = b.answer.as_ref().ok_or_else(|| Error::Train("VQA batch without answers".into()))?;
-            let l = m.loss(&b.pixel_values, &b.input_ids, &b.attention_mask, a, am, false)?;
+            let (a, am) = b
+                .answer
+                .as_ref()
+                .ok_or_else(|| Error::Train("VQA batch without answers".into()))?;
+            let l = m.loss(
+                &b.pixel_values,
+                &b.input_ids,
+                &b.attention_mask,
+                a,
+                am,
+                false,
+            )?;
             loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? / val.batches.len() as f64;
         }
         return Ok(serde_json::json!({"answer_loss": loss}));
@@ -810,7 +973,9 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
         let (i, t, l) = match model {
             Model::Clip(m) => {
                 let i = m.model.image_features(&b.pixel_values, false)?;
-                let t = m.model.text_features(&b.input_ids, Some(&b.attention_mask), false)?;
+                let t = m
+                    .model
+                    .text_features(&b.input_ids, Some(&b.attention_mask), false)?;
                 let (l, _) = crate::losses::clip_loss(&i, &t, &m.model.logit_scale)?;
                 (i, t, l)
             }
@@ -827,7 +992,13 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
     let n = sim.dim(0)?;
     let i2t = sim.argmax(1)?.to_vec1::<u32>()?;
     let t2i = sim.t()?.argmax(1)?.to_vec1::<u32>()?;
-    let r1 = |v: &[u32]| v.iter().enumerate().filter(|(i, &j)| *i as u32 == j).count() as f64 / n.max(1) as f64;
+    let r1 = |v: &[u32]| {
+        v.iter()
+            .enumerate()
+            .filter(|(i, &j)| *i as u32 == j)
+            .count() as f64
+            / n.max(1) as f64
+    };
     let name = match model {
         Model::Clip(_) => "loss",
         _ => "lm_loss",
@@ -835,7 +1006,13 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
     Ok(serde_json::json!({"samples": n, "i2t_r1": r1(&i2t), "t2i_r1": r1(&t2i), name: loss}))
 }
 
-fn save_checkpoint(model: &Model, opt: &AdamW, state: &TrainerState, root: &Path, keep: usize) -> Result<PathBuf> {
+fn save_checkpoint(
+    model: &Model,
+    opt: &AdamW,
+    state: &TrainerState,
+    root: &Path,
+    keep: usize,
+) -> Result<PathBuf> {
     let name = format!("step-{:08}", state.step);
     let tmp = root.join(format!("{name}.tmp"));
     let dst = root.join(&name);
@@ -849,7 +1026,8 @@ fn save_checkpoint(model: &Model, opt: &AdamW, state: &TrainerState, root: &Path
     opt.save_state(&tmp.join("optimizer.safetensors"))?;
     if let Model::Blip(b) = model {
         let p = tmp.join("state.safetensors");
-        candle_core::safetensors::save(&b.state_tensors()?, &p).map_err(|e| Error::io_ctx(&p, e))?;
+        candle_core::safetensors::save(&b.state_tensors()?, &p)
+            .map_err(|e| Error::io_ctx(&p, e))?;
     }
     write_json(&tmp.join("trainer.json"), state)?;
     if dst.exists() {
@@ -865,7 +1043,9 @@ fn save_checkpoint(model: &Model, opt: &AdamW, state: &TrainerState, root: &Path
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_dir()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
         })
         .collect();
     all.sort();

@@ -19,7 +19,9 @@ use crate::{Error, Result};
 
 /// Special tokens, in id order: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4,
 /// `[DEC]` 5 (BLIP's decoder start), `[ENC]` 6.
-pub const SPECIALS: [&str; 7] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"];
+pub const SPECIALS: [&str; 7] = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]",
+];
 pub const PAD_ID: u32 = 0;
 pub const CLS_ID: u32 = 2;
 pub const SEP_ID: u32 = 3;
@@ -55,7 +57,11 @@ pub fn vocabulary<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         words.extend(words_of(t));
     }
     let mut chars: BTreeSet<String> = ('a'..='z').chain('0'..='9').map(String::from).collect();
-    chars.extend("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~".chars().map(String::from));
+    chars.extend(
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+            .chars()
+            .map(String::from),
+    );
     let mut vocab: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     for w in words.iter().chain(chars.iter()) {
         if !vocab.contains(w) {
@@ -92,11 +98,18 @@ pub fn synth_texts(n: u64) -> Vec<String> {
 /// Writes the tokenizer files for `vocab` into `dir`. `bos_token` is what the model's
 /// config calls its start token: `[DEC]` for BLIP (the decoder starts there), `[CLS]`
 /// for CLIP (every text starts there).
-pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize, bos_token: &str) -> Result<()> {
-    let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::io_ctx(&dir.join("tokenizer.json"), e);
+pub fn write_tokenizer(
+    dir: &Path,
+    vocab: &[String],
+    model_max_length: usize,
+    bos_token: &str,
+) -> Result<()> {
+    let err =
+        |e: Box<dyn std::error::Error + Send + Sync>| Error::io_ctx(&dir.join("tokenizer.json"), e);
     std::fs::create_dir_all(dir).map_err(|e| Error::io_ctx(dir, e))?;
     let vocab_path = dir.join("vocab.txt");
-    std::fs::write(&vocab_path, vocab.join("\n") + "\n").map_err(|e| Error::io_ctx(&vocab_path, e))?;
+    std::fs::write(&vocab_path, vocab.join("\n") + "\n")
+        .map_err(|e| Error::io_ctx(&vocab_path, e))?;
     let wp = WordPiece::from_file(&vocab_path.to_string_lossy())
         .unk_token("[UNK]".into())
         .continuing_subword_prefix("##".into())
@@ -117,7 +130,10 @@ pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize, bo
         .map_err(|e| err(e.into()))?;
     tok.with_post_processor(Some(post));
     tok.with_decoder(Some(WordPieceDecoder::default()));
-    let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect();
+    let specials: Vec<AddedToken> = SPECIALS
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
     tok.add_special_tokens(specials).map_err(err)?;
     tok.save(dir.join("tokenizer.json"), true).map_err(err)?;
 
@@ -125,7 +141,10 @@ pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize, bo
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io_ctx(&p, e))
     };
-    let extra: Vec<&str> = ["[DEC]", "[ENC]"].into_iter().filter(|t| *t != bos_token).collect();
+    let extra: Vec<&str> = ["[DEC]", "[ENC]"]
+        .into_iter()
+        .filter(|t| *t != bos_token)
+        .collect();
     let cfg = serde_json::json!({
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": true,
@@ -140,12 +159,18 @@ pub fn write_tokenizer(dir: &Path, vocab: &[String], model_max_length: usize, bo
         "strip_accents": null,
         "tokenize_chinese_chars": true,
     });
-    write("tokenizer_config.json", serde_json::to_string_pretty(&cfg).unwrap() + "\n")?;
+    write(
+        "tokenizer_config.json",
+        serde_json::to_string_pretty(&cfg).unwrap() + "\n",
+    )?;
     let special = serde_json::json!({
         "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
         "sep_token": "[SEP]", "mask_token": "[MASK]", "bos_token": bos_token,
     });
-    write("special_tokens_map.json", serde_json::to_string_pretty(&special).unwrap() + "\n")?;
+    write(
+        "special_tokens_map.json",
+        serde_json::to_string_pretty(&special).unwrap() + "\n",
+    )?;
     Ok(())
 }
 

@@ -47,7 +47,9 @@ impl BlipVqaTrain {
         for (name, var) in sorted_vars(&self.vars.map) {
             let src = decoder_rename(&name);
             let t = pre.get(&src).ok_or_else(|| {
-                Error::Train(format!("{origin}: the pretraining checkpoint has no {src} (for {name})"))
+                Error::Train(format!(
+                    "{origin}: the pretraining checkpoint has no {src} (for {name})"
+                ))
             })?;
             if t.shape() != var.shape() {
                 return Err(Error::Train(format!(
@@ -80,9 +82,9 @@ impl BlipVqaTrain {
             .model
             .encode_question(&image, question_ids, Some(question_mask), train)?; // [B, Tq, d]
         let ans = replace_first_column(answer_ids, self.cfg.text_config.bos_token_id)?;
-        let logits = self
-            .model
-            .answer_logits(&q, Some(question_mask), &ans, Some(answer_mask), train)?; // [B, Ta, V]
+        let logits =
+            self.model
+                .answer_logits(&q, Some(question_mask), &ans, Some(answer_mask), train)?; // [B, Ta, V]
         let eps = if train { self.label_smoothing } else { 0.0 };
         lm_loss(&logits, &ans, answer_mask, eps)
     }

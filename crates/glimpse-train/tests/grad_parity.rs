@@ -19,7 +19,9 @@ use glimpse_train::params::{load_into, sorted_vars};
 use serde_json::Value;
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/train").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/train")
+        .join(name)
 }
 
 fn json(path: PathBuf) -> Value {
@@ -39,20 +41,43 @@ fn scalar(t: &Tensor) -> f64 {
 }
 
 fn max_abs(t: &Tensor) -> f64 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Compares every gradient; returns the worst relative error seen.
-fn check_grads(names: &[String], got: &[Tensor], want: &HashMap<String, Tensor>, zero: &[String]) -> f64 {
-    assert_eq!(names.len(), want.len(), "parameter count differs from the reference");
+fn check_grads(
+    names: &[String],
+    got: &[Tensor],
+    want: &HashMap<String, Tensor>,
+    zero: &[String],
+) -> f64 {
+    assert_eq!(
+        names.len(),
+        want.len(),
+        "parameter count differs from the reference"
+    );
     let global = want.values().map(max_abs).fold(0.0, f64::max);
     let mut worst = 0.0f64;
     for (name, g) in names.iter().zip(got) {
-        let r = want.get(name).unwrap_or_else(|| panic!("reference has no gradient for {name}"));
+        let r = want
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no gradient for {name}"));
         assert_eq!(g.shape(), r.shape(), "{name}");
         let diff = max_abs(&(g - r).unwrap());
         if zero.contains(name) {
-            assert!(diff <= 1e-6 * global, "{name}: {diff} (exact gradient is zero)");
+            assert!(
+                diff <= 1e-6 * global,
+                "{name}: {diff} (exact gradient is zero)"
+            );
             continue;
         }
         let scale = max_abs(r);
@@ -76,7 +101,12 @@ fn clip_loss_gradients_and_adamw_steps_match_reference() {
     let train = json(d.join("train.json"));
     let cfg: ClipConfig = serde_json::from_value(json(d.join("config.json"))).unwrap();
     let model = ClipTrain::new(&cfg, &Device::Cpu).unwrap();
-    load_into(&model.vars.map, &tensors(d.join("weights.safetensors")), "weights").unwrap();
+    load_into(
+        &model.vars.map,
+        &tensors(d.join("weights.safetensors")),
+        "weights",
+    )
+    .unwrap();
     let batch = tensors(d.join("batch.safetensors"));
     let px = &batch["pixel_values"];
     let ids = batch["input_ids"].to_dtype(DType::U32).unwrap();
@@ -85,7 +115,13 @@ fn clip_loss_gradients_and_adamw_steps_match_reference() {
     let vars = sorted_vars(&model.vars.map);
     let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
     let mut opt = AdamW::new(vars, adamw(&train)).unwrap();
-    let zero: Vec<String> = serde_json::from_value(expected["zero_gradients"].get("tensors").cloned().unwrap_or(expected["zero_gradients"].clone())).unwrap_or_default();
+    let zero: Vec<String> = serde_json::from_value(
+        expected["zero_gradients"]
+            .get("tensors")
+            .cloned()
+            .unwrap_or(expected["zero_gradients"].clone()),
+    )
+    .unwrap_or_default();
 
     let l = model.losses(px, &ids, &mask).unwrap();
     assert!(rel(scalar(&l.total), expected["loss"].as_f64().unwrap()) < 1e-5);
@@ -93,7 +129,10 @@ fn clip_loss_gradients_and_adamw_steps_match_reference() {
     for (i, row) in logits.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
             let w = expected["logits_per_image"][i][j].as_f64().unwrap();
-            assert!((v as f64 - w).abs() < 1e-4 * w.abs().max(1.0), "logits[{i}][{j}] {v} vs {w}");
+            assert!(
+                (v as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+                "logits[{i}][{j}] {v} vs {w}"
+            );
         }
     }
     let grads = opt.gradients(&l.total.backward().unwrap()).unwrap();
@@ -109,11 +148,18 @@ fn clip_loss_gradients_and_adamw_steps_match_reference() {
         let mut g = opt.gradients(&l.total.backward().unwrap()).unwrap();
         let norm = clip_grad_norm(&mut g, max_norm).unwrap();
         let want_norm = expected["grad_norms"][step].as_f64().unwrap();
-        assert!(rel(norm, want_norm) < 1e-4, "step {step} norm {norm} vs {want_norm}");
+        assert!(
+            rel(norm, want_norm) < 1e-4,
+            "step {step} norm {norm} vs {want_norm}"
+        );
         opt.step(&g, lr).unwrap();
     }
     let final_loss = scalar(&model.losses(px, &ids, &mask).unwrap().total);
-    for (i, (g, w)) in losses.iter().zip(expected["step_losses"].as_array().unwrap()).enumerate() {
+    for (i, (g, w)) in losses
+        .iter()
+        .zip(expected["step_losses"].as_array().unwrap())
+        .enumerate()
+    {
         assert!(rel(*g, w.as_f64().unwrap()) < 1e-4, "step {i}: {g} vs {w}");
     }
     let w = expected["final_loss"].as_f64().unwrap();
@@ -128,7 +174,12 @@ fn blip_pretraining_losses_gradients_and_adamw_steps_match_reference() {
     let cfg: BlipConfig = serde_json::from_value(json(d.join("config.json"))).unwrap();
     let loss_cfg: BlipLossConfig = serde_json::from_value(train["blip_loss"].clone()).unwrap();
     let mut model = BlipPretrain::new(&cfg, loss_cfg, 0, &Device::Cpu).unwrap();
-    load_into(&model.vars.map, &tensors(d.join("weights.safetensors")), "weights").unwrap();
+    load_into(
+        &model.vars.map,
+        &tensors(d.join("weights.safetensors")),
+        "weights",
+    )
+    .unwrap();
     model.reset_momentum();
     let state = tensors(d.join("state.safetensors"));
     model.image_queue = state["image_queue"].clone();
@@ -148,7 +199,8 @@ fn blip_pretraining_losses_gradients_and_adamw_steps_match_reference() {
             )
         })
         .collect();
-    let zero: Vec<String> = serde_json::from_value(expected["zero_gradients"]["tensors"].clone()).unwrap();
+    let zero: Vec<String> =
+        serde_json::from_value(expected["zero_gradients"]["tensors"].clone()).unwrap();
 
     let vars = sorted_vars(&model.vars.map);
     let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
@@ -160,12 +212,29 @@ fn blip_pretraining_losses_gradients_and_adamw_steps_match_reference() {
     let mut seen = Vec::new();
     for (step, (ni, nt)) in negatives.iter().enumerate() {
         let l = model
-            .losses(px, &ids, &mask, alpha, Negatives::Given { image: ni, text: nt })
+            .losses(
+                px,
+                &ids,
+                &mask,
+                alpha,
+                Negatives::Given {
+                    image: ni,
+                    text: nt,
+                },
+            )
             .unwrap();
-        let parts = [scalar(&l.total), scalar(&l.itc), scalar(&l.itm), scalar(&l.lm)];
+        let parts = [
+            scalar(&l.total),
+            scalar(&l.itc),
+            scalar(&l.itm),
+            scalar(&l.lm),
+        ];
         seen.push(parts);
         if step == 0 {
-            for (k, v) in ["loss", "loss_itc", "loss_itm", "loss_lm"].iter().zip(parts) {
+            for (k, v) in ["loss", "loss_itc", "loss_itm", "loss_lm"]
+                .iter()
+                .zip(parts)
+            {
                 let w = expected[*k].as_f64().unwrap();
                 assert!(rel(v, w) < 1e-5, "{k}: {v} vs {w}");
             }
@@ -173,7 +242,10 @@ fn blip_pretraining_losses_gradients_and_adamw_steps_match_reference() {
             for (i, row) in sim.iter().enumerate() {
                 for (j, &v) in row.iter().enumerate() {
                     let w = expected["sim_i2t"][i][j].as_f64().unwrap();
-                    assert!((v as f64 - w).abs() < 1e-4 * w.abs().max(1.0), "sim_i2t[{i}][{j}] {v} vs {w}");
+                    assert!(
+                        (v as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+                        "sim_i2t[{i}][{j}] {v} vs {w}"
+                    );
                 }
             }
             let grads = opt.gradients(&l.total.backward().unwrap()).unwrap();
@@ -192,7 +264,11 @@ fn blip_pretraining_losses_gradients_and_adamw_steps_match_reference() {
     assert_eq!(seen.len(), 4, "three steps and the final forward");
     let keys = ["total", "itc", "itm", "lm"];
     for (i, parts) in seen.iter().enumerate() {
-        let want = if i < 3 { &expected["step_losses"][i] } else { &expected["final"] };
+        let want = if i < 3 {
+            &expected["step_losses"][i]
+        } else {
+            &expected["final"]
+        };
         for (k, v) in keys.iter().zip(parts) {
             let w = want[*k].as_f64().unwrap();
             assert!(rel(*v, w) < 1e-4, "forward {i} {k}: {v} vs {w}");

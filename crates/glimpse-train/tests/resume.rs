@@ -133,7 +133,10 @@ fn check_resume(kind: &str, config: &str) -> PathBuf {
     let a = tmp.join("full/checkpoints/step-00000014");
     let b = tmp.join("cut/checkpoints/step-00000014");
     for f in ["model.safetensors", "optimizer.safetensors"] {
-        assert!(bytes(a.join(f)) == bytes(b.join(f)), "{kind}: {f} differs after resume");
+        assert!(
+            bytes(a.join(f)) == bytes(b.join(f)),
+            "{kind}: {f} differs after resume"
+        );
     }
     if kind == "blip" {
         assert!(bytes(a.join("state.safetensors")) == bytes(b.join("state.safetensors")));

@@ -89,7 +89,9 @@ impl Bundled {
         if local.join("config.json").is_file() {
             return Ok(rel.to_string());
         }
-        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+        let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel);
         if built.join("config.json").is_file() {
             return Ok(built.display().to_string());
         }

@@ -86,7 +86,12 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
         return output::print_json(&done);
     }
     for e in done {
-        println!("{}: {} ({} tensors)", e.dir.display(), e.architecture, e.tensors);
+        println!(
+            "{}: {} ({} tensors)",
+            e.dir.display(),
+            e.architecture,
+            e.tensors
+        );
     }
     Ok(())
 }
