@@ -20,25 +20,71 @@ fn caption_defaults_to_the_bundled_blip() {
 
 #[test]
 fn classify_embed_match_and_ask_default_to_bundled_models() {
-    let v = json(&["classify", "--image", IMAGE, "--labels", "pink triangle,blue circle,red star", "--template", "a {}", "--json"]);
-    let probs: Vec<f64> = v["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+    let v = json(&[
+        "classify",
+        "--image",
+        IMAGE,
+        "--labels",
+        "pink triangle,blue circle,red star",
+        "--template",
+        "a {}",
+        "--json",
+    ]);
+    let probs: Vec<f64> = v["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
-    let v = json(&["embed", "--image", IMAGE, "--text", "a pink triangle", "--json"]);
+    let v = json(&[
+        "embed",
+        "--image",
+        IMAGE,
+        "--text",
+        "a pink triangle",
+        "--json",
+    ]);
     assert_eq!(v["image_embeds"].as_array().unwrap().len(), 1);
     assert_eq!(v["text_embeds"].as_array().unwrap().len(), 1);
-    let v = json(&["match", "--image", IMAGE, "--text", "a pink triangle", "--text", "a green square", "--json"]);
+    let v = json(&[
+        "match",
+        "--image",
+        IMAGE,
+        "--text",
+        "a pink triangle",
+        "--text",
+        "a green square",
+        "--json",
+    ]);
     assert_eq!(v["itc"].as_array().unwrap().len(), 2);
     assert_eq!(v["itm"].as_array().unwrap().len(), 2);
-    let v = json(&["ask", "--image", IMAGE, "--question", "what color is the triangle?", "--json"]);
+    let v = json(&[
+        "ask",
+        "--image",
+        IMAGE,
+        "--question",
+        "what color is the triangle?",
+        "--json",
+    ]);
     assert!(!v["answer"].as_str().unwrap().is_empty());
 }
 
 #[test]
 fn bundled_models_are_found_from_another_directory() {
     let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(["caption", "--image", &root().join(IMAGE).display().to_string(), "--json"])
+        .args([
+            "caption",
+            "--image",
+            &root().join(IMAGE).display().to_string(),
+            "--json",
+        ])
         .current_dir(std::env::temp_dir())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
