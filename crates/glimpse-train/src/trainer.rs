@@ -495,6 +495,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             ));
         }
         std::fs::create_dir_all(&ckpt_root).map_err(|e| Error::io_ctx(&ckpt_root, e))?;
+        // A run killed before its first checkpoint starts over: drop its log lines.
+        truncate_log(&out.join("log.jsonl"), 0)?;
         let text = toml::to_string(&recipe).map_err(|e| Error::io_ctx(&recipe_path, e))?;
         std::fs::write(out.join("recipe.toml"), text).map_err(|e| Error::io_ctx(&out, e))?;
         prepare_model_dir(&recipe, &model_dir)?;
