@@ -76,6 +76,17 @@ fn write_model(
     })
 }
 
+/// `generation_config.json` of a BLIP decoder: starts at bos, ends at `[SEP]`.
+fn generation_json(cfg: &BlipConfig, max_length: usize) -> Value {
+    let t = &cfg.text_config;
+    serde_json::json!({
+        "bos_token_id": t.bos_token_id,
+        "eos_token_id": t.sep_token_id,
+        "pad_token_id": t.pad_token_id,
+        "max_length": max_length,
+    })
+}
+
 /// Exports the checkpoint that `run` names (a run directory: its latest checkpoint; or
 /// one checkpoint directory) into `out`.
 pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
@@ -110,13 +121,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
                 serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
             let m = BlipVqaTrain::new(&cfg, 0.0, &device)?;
             load_into(&m.vars.map, &weights, &origin)?;
-            let t = &cfg.text_config;
-            let gen = serde_json::json!({
-                "bos_token_id": t.bos_token_id,
-                "eos_token_id": t.sep_token_id,
-                "pad_token_id": t.pad_token_id,
-                "max_length": 10,
-            });
+            let gen = generation_json(&cfg, 10);
             Ok(vec![write_model(
                 out,
                 &model_dir,
@@ -131,13 +136,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
                 serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
             let m = BlipPretrain::new(&cfg, recipe.loss, 0, &device)?;
             load_into(&m.vars.map, &weights, &origin)?;
-            let t = &cfg.text_config;
-            let gen = serde_json::json!({
-                "bos_token_id": t.bos_token_id,
-                "eos_token_id": t.sep_token_id,
-                "pad_token_id": t.pad_token_id,
-                "max_length": recipe.data.max_text_len,
-            });
+            let gen = generation_json(&cfg, recipe.data.max_text_len);
             Ok(vec![
                 write_model(
                     &out.join("caption"),

@@ -128,10 +128,7 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
     if list.is_empty() {
         return pair(meta);
     }
-    let h = key.bytes().fold(0x84222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut rng = Rng::derive(seed ^ 0x9a, epoch, h);
+    let mut rng = Rng::derive(seed ^ 0x9a, epoch, key_hash(key, 0x8422_2325));
     Some(list[rng.below(list.len())].clone())
 }
 
@@ -164,6 +161,14 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::io_ctx(path, e))
 }
 
+/// FNV-1a style hash of a sample key from `basis`: with the seed and the epoch it
+/// picks a sample's random draws (caption, question, negatives) independently of the
+/// order samples arrive in. Each purpose keeps its own basis, so draws stay fixed.
+fn key_hash(key: &str, basis: u64) -> u64 {
+    key.bytes()
+        .fold(basis, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The text that trains on `meta`, or `None` when the sample has none.
 pub fn pick_text(
     meta: &Value,
@@ -192,10 +197,7 @@ pub fn pick_text(
             if list.is_empty() {
                 return single.map(String::from);
             }
-            let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-            });
-            let mut rng = Rng::derive(seed, epoch, h);
+            let mut rng = Rng::derive(seed, epoch, key_hash(key, 0xcbf2_9ce4_8422_2325));
             Some(list[rng.below(list.len())].to_string())
         }
     }
@@ -811,9 +813,7 @@ fn negative_texts(examples: &[Item], seed: u64, epoch: u64, round: u64) -> (Vec<
     examples
         .iter()
         .map(|(ex, text, _)| {
-            let h = ex.key.bytes().fold(0x1f3du64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-            });
+            let h = key_hash(&ex.key, 0x1f3d);
             let mut rng = Rng::derive(seed ^ 0x4e47 ^ (round << 32), epoch, h);
             let prefer = (round == 0).then_some(crate::negatives::SHAPE);
             match crate::negatives::swap_attribute_of_kind(&text.to_lowercase(), prefer, &mut rng) {
