@@ -416,17 +416,72 @@ impl Store {
                 entry.dtype
             )));
         }
-        let bytes = &self.files[entry.file].1[entry.start..entry.end];
-        let view = TensorView::new(entry.dtype, entry.shape.clone(), bytes)
-            .map_err(|e| bad(e.to_string()))?;
-        let tensor = view
-            .load(&Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
+        // Copy the tensor out of the map into memory it owns, in a block so that the
+        // borrowed slice and view end before the mapped pages are released.
+        let stored_tensor = {
+            let bytes = &self.files[entry.file].1[entry.start..entry.end];
+            let view = TensorView::new(entry.dtype, entry.shape.clone(), bytes)
+                .map_err(|e| bad(e.to_string()))?;
+            view.load(&Device::Cpu)?
+        };
+        // Release before converting, so that a bf16/f16 file converted to f32 never
+        // holds the mapped pages, the stored-dtype copy and the converted copy at once.
+        self.release(entry);
+        let tensor = stored_tensor.to_dtype(dtype)?.to_device(device)?;
         if let Ok(mut read) = self.read.lock() {
             read.insert(stored.to_string());
         }
         Ok(tensor)
+    }
+}
+
+/// The granularity of `madvise`. 4 KiB is the page size on x86-64 and the smallest
+/// on every other unix target; where pages are larger, memmap2 aligns the start down to
+/// the real page and the kernel rounds the length up, so at most one page of each
+/// neighbouring tensor is also dropped, which (see [`Store::release`]) is harmless.
+#[cfg(unix)]
+const PAGE: usize = 4096;
+
+/// The whole pages inside `start..end` as (offset, length): the start rounded up, the
+/// end rounded down; `None` when no whole page fits.
+#[cfg(unix)]
+fn inner_pages(start: usize, end: usize) -> Option<(usize, usize)> {
+    let first = start.checked_next_multiple_of(PAGE)?;
+    let last = end - end % PAGE;
+    (last > first).then(|| (first, last - first))
+}
+
+impl Store {
+    /// Tells the kernel that the mapped pages of `entry` are no longer needed, so they
+    /// stop counting in our resident set. Without this, every file page a load touches
+    /// stays resident until the map is dropped, and peak memory while loading is the
+    /// checkpoint twice over (the map plus the tensors copied out of it).
+    ///
+    /// Only a hint: errors are ignored, and on non-unix targets it does nothing.
+    fn release(&self, entry: &Entry) {
+        #[cfg(unix)]
+        if let Some((offset, len)) = inner_pages(entry.start, entry.end) {
+            let mmap = &self.files[entry.file].1;
+            if offset + len <= mmap.len() {
+                // SAFETY: the map is a read-only, shared mapping of a file
+                // (`Mmap::map`). MADV_DONTNEED on such a mapping only removes the pages
+                // from this process's page tables; their contents stay in the file (and
+                // usually the page cache), and a later access faults the same bytes back
+                // in. So reading the range again (a tied weight read through an alias,
+                // a second `get`) sees unchanged data. The caller has already copied the
+                // tensor into memory it owns, and the slice and view borrowed from the
+                // range ended with that copy, so no borrow of this range is alive here;
+                // even a concurrent reader of the same tensor on another thread would
+                // only fault the identical bytes back in. The range is page-aligned and
+                // lies within the tensor's bytes (never the header or another tensor,
+                // for 4 KiB pages) and within the map (checked above).
+                let _ = unsafe {
+                    mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = entry;
     }
 }
 
@@ -464,5 +519,20 @@ impl SimpleBackend for Backend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.store.lookup(name).is_some()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::inner_pages;
+
+    #[test]
+    fn inner_pages_round_inward() {
+        assert_eq!(inner_pages(0, 8192), Some((0, 8192)));
+        assert_eq!(inner_pages(1, 8192), Some((4096, 4096)));
+        assert_eq!(inner_pages(100, 12_000), Some((4096, 4096)));
+        assert_eq!(inner_pages(4096, 8191), None);
+        assert_eq!(inner_pages(100, 4000), None);
+        assert_eq!(inner_pages(5000, 5000), None);
     }
 }
