@@ -14,7 +14,9 @@ Two subcommands:
   one JSON line: per-rep wall seconds, their median, load time, the process's peak RSS
   and the torch thread count; for the streaming workloads (``blip2-opt``,
   ``llava-llama``) also the time to first token and the time per generated token of
-  each rep. Run one process per workload so that each peak RSS is its own.
+  each rep. Run one process per workload so that each peak RSS is its own. The
+  ``matmul`` workload (``torch.matmul`` of two square f32 matrices: the peak matrix
+  rate) needs no model and no ``--model``.
 
 Inputs are random tensors of the shapes that the Rust side uses (see WORKLOADS), and for
 BLIP-2 and LLaVA the same token ids; the timed call is the public API a user would call
@@ -44,8 +46,10 @@ BLIP_DIR = "blip-image-captioning-base"
 BLIP2_DIR = "blip2-vitb16-opt-125m"
 LLAVA_DIR = "llava-clip-b32-llama-1b"
 
-# name -> (model directory, description). Shapes are repeated in bench.rs; keep in step.
+# name -> (model directory or None, description). Shapes are repeated in bench.rs; keep
+# in step.
 WORKLOADS = {
+    "matmul": (None, "f32 square matmul C = A @ B, n = 2048, 4 per call (peak rate)"),
     "clip-image-b1": (CLIP_DIR, "CLIP ViT-B/32 get_image_features, batch 1, 224 px"),
     "clip-image-b8": (CLIP_DIR, "CLIP ViT-B/32 get_image_features, batch 8, 224 px"),
     "clip-text-b32": (CLIP_DIR, "CLIP text get_text_features, batch 32, 16 tokens"),
@@ -61,6 +65,9 @@ WORKLOADS = {
     ),
 }
 CLIP_TEXT_BATCH, CLIP_TEXT_LEN = 32, 16
+# matmul: MATMUL_COUNT products of two MATMUL_N x MATMUL_N f32 matrices per timed call.
+MATMUL_N = 2048
+MATMUL_COUNT = 4
 CAPTION_TOKENS = 20
 # Streaming workloads: new tokens per call (forced: min_new_tokens = max_new_tokens).
 STREAM_TOKENS = 32
@@ -396,12 +403,24 @@ def build_stream_workload(name: str, model_dir: Path, new_tokens: int, gen):
     return model, step, new_tokens
 
 
-def build_workload(name: str, model_dir: Path, new_tokens: int = STREAM_TOKENS):
-    """Loads the model and returns (model, step function, items per step)."""
+def build_workload(name: str, model_dir: Path | None, new_tokens: int = STREAM_TOKENS):
+    """Loads the model and returns (model, step function, items per step); for
+    ``matmul`` the model is None."""
     import torch
     from transformers import BlipForConditionalGeneration, CLIPModel
 
     gen = torch.Generator().manual_seed(SEED)
+    if name == "matmul":
+        # Inputs made once; the call is the kernel behind every linear layer of the models.
+        a = torch.randn(MATMUL_N, MATMUL_N, generator=gen)
+        b = torch.randn(MATMUL_N, MATMUL_N, generator=gen)
+
+        def step():
+            for _ in range(MATMUL_COUNT):
+                c = torch.matmul(a, b)
+            return c
+
+        return None, step, 1
     if name in STREAM_WORKLOADS:
         return build_stream_workload(name, model_dir, new_tokens, gen)
     if name.startswith("clip-"):
@@ -464,7 +483,7 @@ def _features(out):
 
 
 def time_workload(
-    model_dir: Path, name: str, reps: int, warmup: int, new_tokens: int = STREAM_TOKENS
+    model_dir: Path | None, name: str, reps: int, warmup: int, new_tokens: int = STREAM_TOKENS
 ) -> dict:
     import torch
     import transformers
@@ -474,7 +493,11 @@ def time_workload(
 
     if name not in WORKLOADS:
         raise SystemExit(f"--workload {name!r}: unknown; expected one of {', '.join(WORKLOADS)}")
-    if not has_checkpoint(model_dir):
+    if WORKLOADS[name][0] is None:
+        model_dir = None  # no model to load
+    elif model_dir is None:
+        raise SystemExit(f"--workload {name}: needs --model (a directory written by make-models)")
+    elif not has_checkpoint(model_dir):
         raise SystemExit(f"--model {model_dir}: no config.json + model.safetensors (run make-models)")
     if reps < 1:
         raise SystemExit("--reps must be at least 1")
@@ -541,7 +564,9 @@ def time_workload(
 
 def attn_implementation(model):
     """The attention implementation in use; for composite models, per part when the
-    parts differ (e.g. ``vision_config=eager, text_config=sdpa``)."""
+    parts differ (e.g. ``vision_config=eager, text_config=sdpa``); None without a model."""
+    if model is None:
+        return None
     cfg = model.config
     top = getattr(cfg, "_attn_implementation", None)
     parts = {}
@@ -561,7 +586,11 @@ def main() -> None:
     mk = sub.add_parser("make-models", help="write the benchmark checkpoints (random weights)")
     mk.add_argument("--out", type=Path, required=True)
     tm = sub.add_parser("time", help="time one workload, print one JSON line")
-    tm.add_argument("--model", type=Path, required=True, help="a directory written by make-models")
+    tm.add_argument(
+        "--model",
+        type=Path,
+        help="a directory written by make-models (every workload but matmul)",
+    )
     tm.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
     tm.add_argument("--reps", type=int, default=5)
     tm.add_argument("--warmup", type=int, default=1)

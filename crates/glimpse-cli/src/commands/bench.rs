@@ -19,6 +19,11 @@
 //! * `--quantize q8|q4` runs Glimpse's side of the streaming workloads with the language
 //!   model's decoder layers quantised after loading (the reference stays f32), to show
 //!   what quantisation buys per token; `load_s` then includes the quantisation.
+//! * The `matmul` workload (no model) times an f32 square matrix product on each side
+//!   (candle's `Tensor::matmul`, `torch.matmul`): each side's peak matrix rate in this
+//!   run. Every workload's floating-point operations per call are counted from its
+//!   shapes ([`Workload::flops`]), so the table shows each side's achieved GFLOP/s and
+//!   its share of that side's peak.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,9 +45,9 @@ use crate::output::print_json;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Comma-separated workloads to run (default: all). Known: clip-image-b1,
-    /// clip-image-b8, clip-text-b32, blip-caption, blip-caption-beam3, blip2-opt,
-    /// llava-llama.
+    /// Comma-separated workloads to run (default: all). Known: matmul (the peak matrix
+    /// rate, no model), clip-image-b1, clip-image-b8, clip-text-b32, blip-caption,
+    /// blip-caption-beam3, blip2-opt, llava-llama.
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Timed repetitions per workload (the median is reported).
@@ -73,8 +78,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Run Glimpse's side with the language model quantised (`q8` or `q4`); streaming
-    /// workloads only (blip2-opt, llava-llama, the default selection with this flag).
-    /// The reference stays f32.
+    /// workloads only (blip2-opt, llava-llama; with matmul, which is unaffected, the
+    /// default selection with this flag). The reference stays f32.
     #[arg(long, value_name = "q8|q4")]
     pub quantize: Option<Quant>,
     /// Internal: run one workload on the Glimpse side and print one JSON line.
@@ -99,10 +104,18 @@ const BLIP2_TEXT_IDS: &[u32] = &[2, 1000, 2000, 3000, 4000, 5000, 6000, 7000];
 /// LLaVA: these, one `<image>` per image token, then [`LLAVA_IDS_AFTER`].
 const LLAVA_IDS_BEFORE: &[u32] = &[1, 1000, 2000];
 const LLAVA_IDS_AFTER: &[u32] = &[3000, 4000, 5000, 6000, 7000];
+/// The `matmul` workload: `MATMUL_COUNT` products of two `MATMUL_N` square f32 matrices
+/// per timed call (the same in `reference.py`), enough work for a stable rate.
+const MATMUL_N: usize = 2048;
+const MATMUL_COUNT: usize = 4;
+/// The name of the workload whose rate is each side's peak.
+const MATMUL: &str = "matmul";
 
 /// What one workload runs; shapes and names are repeated in `reference.py`.
 #[derive(Debug, Clone, Copy)]
 enum Task {
+    /// `MATMUL_COUNT` times `C = A·B`, `MATMUL_N` square, f32; no model.
+    Matmul,
     ClipImage {
         batch: usize,
     },
@@ -123,7 +136,8 @@ enum StreamModel {
 #[derive(Debug, Clone, Copy)]
 struct Workload {
     name: &'static str,
-    model_dir: &'static str,
+    /// The checkpoint directory under `--models`; `None` for `matmul`.
+    model_dir: Option<&'static str>,
     task: Task,
     /// Units counted by the throughput column, and how many one call produces.
     unit: &'static str,
@@ -131,51 +145,59 @@ struct Workload {
 }
 
 const WORKLOADS: &[Workload] = &[
+    // First, so that the peak is known before the models run.
+    Workload {
+        name: MATMUL,
+        model_dir: None,
+        task: Task::Matmul,
+        unit: "call/s",
+        items: 1,
+    },
     Workload {
         name: "clip-image-b1",
-        model_dir: CLIP_DIR,
+        model_dir: Some(CLIP_DIR),
         task: Task::ClipImage { batch: 1 },
         unit: "img/s",
         items: 1,
     },
     Workload {
         name: "clip-image-b8",
-        model_dir: CLIP_DIR,
+        model_dir: Some(CLIP_DIR),
         task: Task::ClipImage { batch: 8 },
         unit: "img/s",
         items: 8,
     },
     Workload {
         name: "clip-text-b32",
-        model_dir: CLIP_DIR,
+        model_dir: Some(CLIP_DIR),
         task: Task::ClipText,
         unit: "text/s",
         items: CLIP_TEXT_BATCH,
     },
     Workload {
         name: "blip-caption",
-        model_dir: BLIP_DIR,
+        model_dir: Some(BLIP_DIR),
         task: Task::Caption { beams: 1 },
         unit: "tok/s",
         items: CAPTION_TOKENS,
     },
     Workload {
         name: "blip-caption-beam3",
-        model_dir: BLIP_DIR,
+        model_dir: Some(BLIP_DIR),
         task: Task::Caption { beams: 3 },
         unit: "tok/s",
         items: CAPTION_TOKENS,
     },
     Workload {
         name: "blip2-opt",
-        model_dir: BLIP2_DIR,
+        model_dir: Some(BLIP2_DIR),
         task: Task::Stream(StreamModel::Blip2Opt),
         unit: "tok/s",
         items: STREAM_TOKENS,
     },
     Workload {
         name: "llava-llama",
-        model_dir: LLAVA_DIR,
+        model_dir: Some(LLAVA_DIR),
         task: Task::Stream(StreamModel::LlavaLlama),
         unit: "tok/s",
         items: STREAM_TOKENS,
@@ -188,6 +210,347 @@ impl Workload {
         match self.task {
             Task::Stream(_) => new_tokens,
             _ => self.items,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Floating-point operations per call
+//
+// Counted from the architectures' shapes (the `*_config()` functions of `reference.py`;
+// a test checks that the numbers agree): every matrix product, a multiply-add being 2
+// FLOPs: linear layers, attention's QK^T and AV, the patch-embedding convolution (a
+// matrix product over the patches). Elementwise work (activations, biases, residuals,
+// scaling, masking), softmax, layer and RMS norms, embedding lookups and token
+// selection are ignored: they are small next to the products at these sizes. Attention over a causal prompt
+// counts the whole t × t product, as the kernels compute it (masked entries included).
+// Decoding counts what the models run with their caches: a step projects only its new
+// positions and attends over all cached ones; the image's cross-attention keys and
+// values are computed once per call; the vocabulary projection runs on the last
+// position of a step only. The count is the work the result needs: where a side does
+// more (the reference runs LLaVA's 12th vision layer, and expands BLIP's image to the
+// beams before computing its keys/values; Glimpse's BLIP-2 prefill projects every
+// prompt position onto the vocabulary), the extra is not counted and shows as a lower
+// rate.
+
+/// Floating-point operations (a multiply-add is 2) of one workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flops {
+    /// One timed call.
+    call: u64,
+    /// Streaming workloads: one decoding step, the mean over the steps after the first
+    /// token (their attention grows with the context).
+    per_token: Option<u64>,
+}
+
+impl From<u64> for Flops {
+    fn from(call: u64) -> Self {
+        Self {
+            call,
+            per_token: None,
+        }
+    }
+}
+
+/// A linear layer on `rows` positions: `2 · rows · inp · out` (the bias ignored).
+fn linear(rows: usize, inp: usize, out: usize) -> u64 {
+    2 * (rows * inp * out) as u64
+}
+
+/// Attention's two products for `q` queries over `k` keys, `width` = heads × head size:
+/// `QK^T` and `AV`, `2 · q · k · width` each (keys and values shared between heads, as in
+/// grouped-query attention, do not change them).
+fn attention(q: usize, k: usize, width: usize) -> u64 {
+    4 * (q * k * width) as u64
+}
+
+/// A transformer encoder (no cache): width, MLP width, layers.
+#[derive(Debug, Clone, Copy)]
+struct EncoderShape {
+    hidden: usize,
+    mlp: usize,
+    layers: usize,
+}
+
+impl EncoderShape {
+    /// One layer over `t` tokens (`d` wide, MLP `f`): Q, K, V, O (`8·t·d²`), the MLP's
+    /// two matrices (`4·t·d·f`), QK^T and AV (`4·t²·d`).
+    fn layer(&self, t: usize) -> u64 {
+        let (d, f) = (self.hidden, self.mlp);
+        linear(t, d, 3 * d)
+            + linear(t, d, d)
+            + linear(t, d, f)
+            + linear(t, f, d)
+            + attention(t, t, d)
+    }
+}
+
+/// A ViT image tower: square RGB images cut into `patch_size` patches, plus a class token.
+#[derive(Debug, Clone, Copy)]
+struct VitShape {
+    image_size: usize,
+    patch_size: usize,
+    encoder: EncoderShape,
+}
+
+impl VitShape {
+    fn patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// Tokens per image: the patches and the class token.
+    fn tokens(&self) -> usize {
+        self.patches() + 1
+    }
+
+    /// One image through the patch embedding and the first `layers` encoder layers: the
+    /// convolution is `2·N·(3·p²)·d` (N patches of 3·p² values, `d` outputs each), then
+    /// [`EncoderShape::layer`] over `N + 1` tokens per layer.
+    fn flops(&self, layers: usize) -> u64 {
+        let conv = linear(
+            self.patches(),
+            3 * self.patch_size.pow(2),
+            self.encoder.hidden,
+        );
+        conv + layers as u64 * self.encoder.layer(self.tokens())
+    }
+}
+
+/// A decoder language model run with a KV cache, one sequence per row.
+#[derive(Debug, Clone, Copy)]
+struct DecoderShape {
+    hidden: usize,
+    /// Feed-forward width.
+    mlp: usize,
+    /// A gated feed-forward (LLaMA: gate, up, down: 3 matrices; otherwise 2).
+    gated: bool,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    /// BERT's LM head: a `hidden × hidden` transform before the vocabulary projection.
+    head_transform: bool,
+}
+
+impl DecoderShape {
+    /// Keys/values width: `kv_heads × head size`.
+    fn kv_width(&self) -> usize {
+        self.kv_heads * (self.hidden / self.heads)
+    }
+
+    /// One step of `q` new positions over `past` cached ones: per layer Q and O
+    /// (`4·q·d²`), K and V of the new positions (`4·q·d·kv`), attention over `past + q`
+    /// keys, the feed-forward (`2·q·d·f` per matrix) and, with `cross` image tokens,
+    /// cross-attention's Q and O and its attention over them (the image's keys and values
+    /// are cached: [`Self::cross_kv`]); then the LM head on the last position (`2·d·V`,
+    /// and `2·d²` for BERT's transform).
+    fn step(&self, q: usize, past: usize, cross: usize) -> u64 {
+        let (d, kv) = (self.hidden, self.kv_width());
+        let self_attn = 2 * linear(q, d, d) + 2 * linear(q, d, kv) + attention(q, past + q, d);
+        let cross_attn = if cross > 0 {
+            2 * linear(q, d, d) + attention(q, cross, d)
+        } else {
+            0
+        };
+        let matrices: u64 = if self.gated { 3 } else { 2 };
+        let mlp = matrices * linear(q, d, self.mlp);
+        let transform = if self.head_transform {
+            linear(1, d, d)
+        } else {
+            0
+        };
+        self.layers as u64 * (self_attn + cross_attn + mlp) + transform + linear(1, d, self.vocab)
+    }
+
+    /// The cross-attention keys and values of `n` image tokens `width` wide, every
+    /// layer: `layers · 2 · (2·n·width·d)`.
+    fn cross_kv(&self, n: usize, width: usize) -> u64 {
+        self.layers as u64 * 2 * linear(n, width, self.hidden)
+    }
+
+    /// Generating `tokens` new tokens after a `prompt`-position prompt: the prompt in one
+    /// step, then one single-position step per further token (the last token needs
+    /// none), `beams` rows from the second step on (the prompt runs once and its cache is
+    /// copied per beam). Returns the whole and the part after the first step.
+    fn generate(&self, prompt: usize, tokens: usize, beams: usize, cross: usize) -> (u64, u64) {
+        let decode: u64 = (1..tokens)
+            .map(|j| beams as u64 * self.step(1, prompt + j - 1, cross))
+            .sum();
+        (self.step(prompt, 0, cross) + decode, decode)
+    }
+}
+
+/// BLIP-2's Q-Former over its learned queries alone (generation passes no text).
+#[derive(Debug, Clone, Copy)]
+struct QFormerShape {
+    encoder: EncoderShape,
+    queries: usize,
+    /// Layers `0, k, 2k, ...` cross-attend to the image.
+    cross_every: usize,
+}
+
+impl QFormerShape {
+    /// Every layer: [`EncoderShape::layer`] over the queries; the cross-attending ones
+    /// also Q and O on the queries, K and V of the `n` image tokens (`width` wide) and
+    /// attention over them.
+    fn flops(&self, n: usize, width: usize) -> u64 {
+        let (q, d) = (self.queries, self.encoder.hidden);
+        let cross = 2 * linear(q, d, d) + 2 * linear(n, width, d) + attention(q, n, d);
+        let crossing = self.encoder.layers.div_ceil(self.cross_every) as u64;
+        self.encoder.layers as u64 * self.encoder.layer(q) + crossing * cross
+    }
+}
+
+/// The benchmark architectures, as `reference.py`'s `clip_config()`, `blip_config()`,
+/// `blip2_config()` and `llava_config()` write them.
+const VIT_B: EncoderShape = EncoderShape {
+    hidden: 768,
+    mlp: 3072,
+    layers: 12,
+};
+/// CLIP ViT-B/32 at 224 px: 49 patches + class token.
+const CLIP_VISION: VitShape = VitShape {
+    image_size: 224,
+    patch_size: 32,
+    encoder: VIT_B,
+};
+const CLIP_TEXT: EncoderShape = EncoderShape {
+    hidden: 512,
+    mlp: 2048,
+    layers: 12,
+};
+const CLIP_PROJECTION: usize = 512;
+/// BLIP base captioning: ViT-B/16 at 384 px (577 tokens), BERT-base decoder.
+const BLIP_VISION: VitShape = VitShape {
+    image_size: 384,
+    patch_size: 16,
+    encoder: VIT_B,
+};
+const BLIP_TEXT: DecoderShape = DecoderShape {
+    hidden: 768,
+    mlp: 3072,
+    gated: false,
+    layers: 12,
+    heads: 12,
+    kv_heads: 12,
+    vocab: 30524,
+    head_transform: true,
+};
+/// BLIP-2: ViT-B/16 at 224 px (197 tokens), Q-Former, OPT-125M size.
+const BLIP2_VISION: VitShape = VitShape {
+    image_size: 224,
+    patch_size: 16,
+    encoder: VIT_B,
+};
+const QFORMER: QFormerShape = QFormerShape {
+    encoder: VIT_B,
+    queries: 32,
+    cross_every: 2,
+};
+const OPT: DecoderShape = DecoderShape {
+    hidden: 768,
+    mlp: 3072,
+    gated: false,
+    layers: 12,
+    heads: 12,
+    kv_heads: 12,
+    vocab: 50272,
+    head_transform: false,
+};
+/// LLaVA: CLIP ViT-B/32 at 224 px read at layer -2, so 11 of its 12 layers run; LLaMA
+/// 1.1 B (Llama-3.2-1B shape, LLaVA-1.5 vocabulary).
+const LLAVA_VISION: VitShape = CLIP_VISION;
+const LLAVA_VISION_LAYERS: usize = 11;
+const LLAMA: DecoderShape = DecoderShape {
+    hidden: 2048,
+    mlp: 8192,
+    gated: true,
+    layers: 16,
+    heads: 32,
+    kv_heads: 8,
+    vocab: 32064,
+    head_transform: false,
+};
+
+/// `matmul`: `count` products of `n × n` matrices, `2·n³` each (n² outputs of `n`
+/// multiply-adds).
+fn matmul_flops(n: usize, count: usize) -> u64 {
+    count as u64 * 2 * (n as u64).pow(3)
+}
+
+/// `clip-image-b*`: per image the whole ViT-B/32 tower ([`VitShape::flops`], 12 layers
+/// over 50 tokens) and the visual projection of the pooled class token (`2·768·512`).
+fn clip_image_flops(batch: usize) -> u64 {
+    let v = CLIP_VISION;
+    batch as u64 * (v.flops(v.encoder.layers) + linear(1, v.encoder.hidden, CLIP_PROJECTION))
+}
+
+/// `clip-text-b32`: per text the 12 causal layers over `len` tokens
+/// ([`EncoderShape::layer`], 512 wide) and the text projection of the pooled token.
+fn clip_text_flops(batch: usize, len: usize) -> u64 {
+    let t = CLIP_TEXT;
+    batch as u64 * (t.layers as u64 * t.layer(len) + linear(1, t.hidden, CLIP_PROJECTION))
+}
+
+/// `blip-caption*`: the ViT-B/16 tower at 384 px (all 12 layers over 577 tokens), the
+/// decoder's cross-attention keys and values of the 577 image tokens (once), then
+/// [`DecoderShape::generate`] from the one-position prompt (bos): `tokens` steps, each
+/// cross-attending to the image, with `beams` rows after the first.
+fn caption_flops(beams: usize, tokens: usize) -> u64 {
+    let (v, n) = (BLIP_VISION, BLIP_VISION.tokens());
+    let (generate, _) = BLIP_TEXT.generate(1, tokens, beams, n);
+    v.flops(v.encoder.layers) + BLIP_TEXT.cross_kv(n, v.encoder.hidden) + generate
+}
+
+/// `blip2-opt`: the ViT-B/16 tower at 224 px (12 layers, 197 tokens), the Q-Former (32
+/// queries, cross-attention in 6 of 12 layers), `language_projection` of the queries,
+/// then OPT over the 40-position prompt (the queries and [`BLIP2_TEXT_IDS`]) and one
+/// step per further token.
+fn blip2_opt_flops(new_tokens: usize) -> Flops {
+    let v = BLIP2_VISION;
+    let q = QFORMER.queries;
+    let prompt = q + BLIP2_TEXT_IDS.len();
+    let (generate, decode) = OPT.generate(prompt, new_tokens, 1, 0);
+    let call = v.flops(v.encoder.layers)
+        + QFORMER.flops(v.tokens(), v.encoder.hidden)
+        + linear(q, QFORMER.encoder.hidden, OPT.hidden)
+        + generate;
+    streaming_flops(call, decode, new_tokens)
+}
+
+/// `llava-llama`: the CLIP ViT-B/32 tower up to layer -2 (11 layers over 50 tokens), the
+/// projector on the 49 patch features (`2·49·(768·2048 + 2048·2048)`), then LLaMA over
+/// the 57-position prompt ([`LLAVA_IDS_BEFORE`], 49 `<image>`, [`LLAVA_IDS_AFTER`]) and
+/// one step per further token.
+fn llava_llama_flops(new_tokens: usize) -> Flops {
+    let v = LLAVA_VISION;
+    let (n, d) = (v.patches(), LLAMA.hidden);
+    let projector = linear(n, v.encoder.hidden, d) + linear(n, d, d);
+    let prompt = LLAVA_IDS_BEFORE.len() + n + LLAVA_IDS_AFTER.len();
+    let (generate, decode) = LLAMA.generate(prompt, new_tokens, 1, 0);
+    let call = v.flops(LLAVA_VISION_LAYERS) + projector + generate;
+    streaming_flops(call, decode, new_tokens)
+}
+
+/// A streaming call's FLOPs with the mean of its `new_tokens - 1` decoding steps.
+fn streaming_flops(call: u64, decode: u64, new_tokens: usize) -> Flops {
+    Flops {
+        call,
+        per_token: (new_tokens > 1).then(|| decode / (new_tokens as u64 - 1)),
+    }
+}
+
+impl Workload {
+    /// Floating-point operations of one call under `--new-tokens` (see the functions
+    /// above for what each counts).
+    fn flops(&self, new_tokens: usize) -> Flops {
+        match self.task {
+            Task::Matmul => matmul_flops(MATMUL_N, MATMUL_COUNT).into(),
+            Task::ClipImage { batch } => clip_image_flops(batch).into(),
+            Task::ClipText => clip_text_flops(CLIP_TEXT_BATCH, CLIP_TEXT_LEN).into(),
+            Task::Caption { beams } => caption_flops(beams, CAPTION_TOKENS).into(),
+            Task::Stream(StreamModel::Blip2Opt) => blip2_opt_flops(new_tokens),
+            Task::Stream(StreamModel::LlavaLlama) => llava_llama_flops(new_tokens),
         }
     }
 }
@@ -247,6 +610,12 @@ struct WorkloadReport {
     workload: String,
     unit: String,
     items_per_rep: usize,
+    /// Floating-point operations of one call, in 1e9 (see [`Workload::flops`]).
+    gflop_per_call: f64,
+    /// Streaming workloads: those of one decoding step (one new token), the mean over
+    /// the steps after the first token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gflop_per_token: Option<f64>,
     glimpse: Option<SideResult>,
     reference: Option<SideResult>,
     /// Reference median / Glimpse median: above 1 means Glimpse is faster.
@@ -297,10 +666,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let streaming = |w: &Workload| matches!(w.task, Task::Stream(_));
+    // `matmul` has no model to quantise and stays in: the peak that the shares need.
+    let quantizable = |w: &Workload| streaming(w) || w.model_dir.is_none();
     let selected: Vec<Workload> = if args.workloads.is_empty() {
         WORKLOADS
             .iter()
-            .filter(|w| args.quantize.is_none() || streaming(w))
+            .filter(|w| args.quantize.is_none() || quantizable(w))
             .copied()
             .collect()
     } else {
@@ -310,7 +681,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .collect::<Result<_>>()?
     };
     if let Some(q) = args.quantize {
-        if let Some(w) = selected.iter().find(|w| !streaming(w)) {
+        if let Some(w) = selected.iter().find(|w| !quantizable(w)) {
             bail!(
                 "--quantize {q}: {} has no language model to quantise; \
                  --quantize applies to blip2-opt and llava-llama",
@@ -328,7 +699,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("--out {}: cannot create directory", args.out.display()))?;
 
     let missing_models: Vec<&str> = {
-        let mut dirs: Vec<&str> = selected.iter().map(|w| w.model_dir).collect();
+        let mut dirs: Vec<&str> = selected.iter().filter_map(|w| w.model_dir).collect();
         dirs.sort_unstable();
         dirs.dedup();
         dirs.into_iter()
@@ -380,7 +751,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "--new-tokens",
                 &args.new_tokens.to_string(),
             ]);
-        if let Some(q) = args.quantize {
+        if let Some(q) = args.quantize.filter(|_| streaming(w)) {
             worker.args(["--quantize", q.name()]);
         }
         let glimpse = run_child(worker, "glimpse worker")
@@ -388,7 +759,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .ok();
         let reference = reference.as_ref().and_then(|py| {
             py.time(
-                &models.join(w.model_dir),
+                w.model_dir.map(|d| models.join(d)).as_deref(),
                 w.name,
                 args.reps,
                 args.warmup,
@@ -413,10 +784,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             },
             _ => None,
         };
+        let flops = w.flops(args.new_tokens);
         results.push(WorkloadReport {
             workload: w.name.to_string(),
             unit: w.unit.to_string(),
             items_per_rep: items,
+            gflop_per_call: flops.call as f64 * 1e-9,
+            gflop_per_token: flops.per_token.map(|f| f as f64 * 1e-9),
             ratio: ratio_of(|s| Some(s.median_s)),
             ttft_ratio: ratio_of(|s| s.ttft_median_s),
             per_token_ratio: ratio_of(|s| s.per_token_median_s),
@@ -533,19 +907,21 @@ impl Reference {
         Ok(())
     }
 
+    /// Times `workload` in a child; `model` is its checkpoint (`None` for `matmul`).
     fn time(
         &self,
-        model: &Path,
+        model: Option<&Path>,
         workload: &str,
         reps: usize,
         warmup: usize,
         new_tokens: usize,
     ) -> Result<SideResult> {
         let mut cmd = self.command();
-        cmd.arg("time")
-            .arg("--model")
-            .arg(model)
-            .args(["--workload", workload])
+        cmd.arg("time");
+        if let Some(model) = model {
+            cmd.arg("--model").arg(model);
+        }
+        cmd.args(["--workload", workload])
             .args(["--reps", &reps.to_string(), "--warmup", &warmup.to_string()])
             .args(["--new-tokens", &new_tokens.to_string()]);
         run_child(cmd, "reference.py time")
@@ -576,15 +952,15 @@ fn run_worker(
     new_tokens: usize,
     quantize: Option<Quant>,
 ) -> Result<()> {
-    let dir = models.join(w.model_dir);
-    if !has_checkpoint(&dir) {
+    let dir = w.model_dir.map(|d| models.join(d));
+    if let Some(dir) = dir.as_deref().filter(|d| !has_checkpoint(d)) {
         bail!(
             "{}: no benchmark checkpoint (run `glimpse bench` without --worker)",
             dir.display()
         );
     }
     let start = Instant::now();
-    let mut step = build_step(w, &dir, new_tokens, quantize)?;
+    let mut step = build_step(w, dir.as_deref(), new_tokens, quantize)?;
     let load_s = start.elapsed().as_secs_f64();
 
     let mut reps_s = Vec::with_capacity(reps);
@@ -673,15 +1049,31 @@ fn token_times(start: Instant, stamps: &[Instant]) -> Option<(f64, f64)> {
 /// One timed call.
 type Step = Box<dyn FnMut() -> Result<Measured>>;
 
-/// Loads the workload's model (quantising its language model when asked) and builds its
-/// inputs; only the returned closure is timed.
+/// Loads the workload's model from `dir` (quantising its language model when asked) and
+/// builds its inputs; only the returned closure is timed. `matmul` needs no `dir`.
 fn build_step(
     w: &Workload,
-    dir: &Path,
+    dir: Option<&Path>,
     new_tokens: usize,
     quantize: Option<Quant>,
 ) -> Result<Step> {
     let device = Device::Cpu;
+    let mut rng = SplitMix(0x5EED);
+    if let Task::Matmul = w.task {
+        // Inputs made once; the call is the kernel every Glimpse model's layers use.
+        let a = rng.tensor(&[MATMUL_N, MATMUL_N], &device)?;
+        let b = rng.tensor(&[MATMUL_N, MATMUL_N], &device)?;
+        return Ok(Box::new(move || {
+            for _ in 0..MATMUL_COUNT {
+                let c = a.matmul(&b)?; // [n, n]
+                if c.dims() != [MATMUL_N, MATMUL_N] {
+                    bail!("matmul produced {:?}", c.dims());
+                }
+            }
+            Ok(1.into())
+        }));
+    }
+    let dir = dir.with_context(|| format!("{} needs a model directory", w.name))?;
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("reading {}", dir.join("config.json").display()))?,
@@ -695,9 +1087,9 @@ fn build_step(
     };
     let dir_str = dir.to_str().context("model directory is not UTF-8")?;
     let files = ModelFiles::resolve(dir_str)?;
-    let mut rng = SplitMix(0x5EED);
 
     match w.task {
+        Task::Matmul => unreachable!("built above, without a model"),
         Task::ClipImage { batch } => {
             let model = ClipModel::load(&files, &device)?;
             let size = field("vision_config", "image_size")?;
@@ -909,6 +1301,10 @@ fn print_table(report: &Report) {
         "{:<20} {:>24} {:>24} {:>7} {:>12} {:>12}",
         "workload", "glimpse", "reference", "ratio", "rss glimpse", "rss ref"
     );
+    let peaks = [
+        peak_gflops(report, |r| r.glimpse.as_ref()),
+        peak_gflops(report, |r| r.reference.as_ref()),
+    ];
     for r in &report.results {
         let side = |s: &Option<SideResult>| match s {
             Some(s) => format!(
@@ -934,6 +1330,26 @@ fn print_table(report: &Report) {
             r.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
             rss(&r.glimpse),
             rss(&r.reference),
+        );
+        // Achieved GFLOP/s per side (and share of its peak), the FLOPs counted at the end.
+        let flop_line = |label: &str, gflop: f64, secs: fn(&SideResult) -> Option<f64>, per| {
+            let cell = |s: &Option<SideResult>, peak: Option<f64>| {
+                let achieved = s.as_ref().and_then(secs).and_then(|t| rate(gflop, t));
+                rate_cell(achieved, peak, r.workload == MATMUL)
+            };
+            println!(
+                "{:<20} {:>24} {:>24} {:>7}  {gflop:.2} GFLOP/{per}",
+                label,
+                cell(&r.glimpse, peaks[0]),
+                cell(&r.reference, peaks[1]),
+                "",
+            );
+        };
+        flop_line(
+            "  GFLOP/s (% peak)",
+            r.gflop_per_call,
+            |s| Some(s.median_s),
+            "call",
         );
         let streamed = |pick: fn(&SideResult) -> Option<f64>| {
             [&r.glimpse, &r.reference].map(|s| s.as_ref().and_then(pick))
@@ -962,12 +1378,26 @@ fn print_table(report: &Report) {
                 per_tok(per_token[1]),
                 ratio(r.per_token_ratio),
             );
+            if let Some(gflop) = r.gflop_per_token {
+                flop_line(
+                    "  per token GFLOP/s",
+                    gflop,
+                    |s| s.per_token_median_s,
+                    "token",
+                );
+            }
         }
         for e in &r.errors {
             println!("  error: {e}");
         }
     }
     println!("ratio = reference median / glimpse median (above 1: Glimpse is faster)");
+    println!(
+        "GFLOP/s = matrix-product FLOPs of one call (per token: of one decoding step) / median time"
+    );
+    if peaks.iter().any(Option::is_some) {
+        println!("% peak = share of the same side's {MATMUL} rate in this run");
+    }
     if report.results.iter().any(|r| r.ttft_ratio.is_some()) {
         println!(
             "first token: from the call to the first new token (vision and prefill); \
@@ -978,6 +1408,7 @@ fn print_table(report: &Report) {
     if let Some(attn) = report
         .results
         .iter()
+        .filter(|r| r.workload != MATMUL) // no model, no attention
         .filter_map(|r| r.reference.as_ref())
         .map(|s| {
             format!(
@@ -989,6 +1420,28 @@ fn print_table(report: &Report) {
         .reduce(|a, b| format!("{a}, {b}"))
     {
         println!("reference attention: {attn}");
+    }
+}
+
+/// GFLOP/s of `gflop` done in `secs` seconds.
+fn rate(gflop: f64, secs: f64) -> Option<f64> {
+    (secs > 0.0).then_some(gflop / secs)
+}
+
+/// One side's peak GFLOP/s: its rate on the `matmul` workload of this run, if it ran.
+fn peak_gflops(report: &Report, pick: fn(&WorkloadReport) -> Option<&SideResult>) -> Option<f64> {
+    let r = report.results.iter().find(|r| r.workload == MATMUL)?;
+    rate(r.gflop_per_call, pick(r)?.median_s)
+}
+
+/// `R.R (S%)`: an achieved GFLOP/s and its share of the side's peak (`(peak)` on the
+/// peak's own row; the rate alone when the peak is unknown).
+fn rate_cell(achieved: Option<f64>, peak: Option<f64>, is_peak: bool) -> String {
+    match (achieved, peak) {
+        (None, _) => "-".into(),
+        (Some(a), _) if is_peak => format!("{a:.1} (peak)"),
+        (Some(a), Some(p)) if p > 0.0 => format!("{a:.1} ({:.0}%)", 100.0 * a / p),
+        (Some(a), _) => format!("{a:.1}"),
     }
 }
 
@@ -1058,11 +1511,14 @@ mod tests {
                 "{} not in {SCRIPT}",
                 w.name
             );
-            assert!(
-                text.contains(&format!("\"{}\"", w.model_dir)),
-                "{}",
-                w.model_dir
-            );
+            match w.model_dir {
+                Some(dir) => assert!(text.contains(&format!("\"{dir}\"")), "{dir}"),
+                None => assert!(
+                    text.contains(&format!("\"{}\": (None,", w.name)),
+                    "{SCRIPT}: {} should have no model directory",
+                    w.name
+                ),
+            }
         }
         let list = |ids: &[u32]| {
             let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
@@ -1077,6 +1533,258 @@ mod tests {
             assert!(text.contains(&line), "{SCRIPT} lacks `{line}`");
         }
         assert!(text.contains(&format!("STREAM_TOKENS = {STREAM_TOKENS}")));
+        assert!(text.contains(&format!("MATMUL_N = {MATMUL_N}")));
+        assert!(text.contains(&format!("MATMUL_COUNT = {MATMUL_COUNT}")));
+    }
+
+    /// `key=value` of the `name = dict(...)` (or the `name(...)` call) inside
+    /// `reference.py`'s `def function()`.
+    fn config_value(text: &str, function: &str, name: &str, key: &str) -> String {
+        let body = text
+            .split(&format!("\ndef {function}("))
+            .nth(1)
+            .and_then(|rest| rest.split("\ndef ").next())
+            .unwrap_or_else(|| panic!("{SCRIPT}: no def {function}"));
+        let block = body
+            .split(&format!("{name}("))
+            .nth(1)
+            .and_then(|rest| rest.split("\n    )").next())
+            .unwrap_or_else(|| panic!("{SCRIPT} {function}: no {name}("));
+        block
+            .split([',', '\n'])
+            .find_map(|item| {
+                let item = item.trim().trim_end_matches(')');
+                item.strip_prefix(&format!("{key}="))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{SCRIPT} {function}: {name} has no {key}"))
+    }
+
+    /// The shapes the FLOP count uses are those `reference.py` writes into the configs.
+    #[test]
+    fn flop_shapes_agree_with_the_reference_configs() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(SCRIPT);
+        let text = std::fs::read_to_string(&script).unwrap();
+        let check = |function: &str, name: &str, pairs: &[(&str, usize)]| {
+            for &(key, want) in pairs {
+                let got = config_value(&text, function, name, key);
+                assert_eq!(got, want.to_string(), "{function} {name}.{key}");
+            }
+        };
+        let vit = |v: &VitShape| {
+            vec![
+                ("hidden_size", v.encoder.hidden),
+                ("intermediate_size", v.encoder.mlp),
+                ("num_hidden_layers", v.encoder.layers),
+                ("image_size", v.image_size),
+                ("patch_size", v.patch_size),
+            ]
+        };
+        let decoder = |d: &DecoderShape| {
+            let (mlp_key, heads_key) = if d.gated {
+                ("intermediate_size", "num_key_value_heads")
+            } else if d.head_transform {
+                ("intermediate_size", "num_attention_heads")
+            } else {
+                ("ffn_dim", "num_attention_heads")
+            };
+            vec![
+                ("hidden_size", d.hidden),
+                (mlp_key, d.mlp),
+                ("num_hidden_layers", d.layers),
+                ("num_attention_heads", d.heads),
+                (heads_key, d.kv_heads),
+                ("vocab_size", d.vocab),
+            ]
+        };
+        check("clip_config", "vision = dict", &vit(&CLIP_VISION));
+        check(
+            "clip_config",
+            "text = dict",
+            &[
+                ("hidden_size", CLIP_TEXT.hidden),
+                ("intermediate_size", CLIP_TEXT.mlp),
+                ("num_hidden_layers", CLIP_TEXT.layers),
+            ],
+        );
+        check(
+            "clip_config",
+            "return CLIPConfig",
+            &[("projection_dim", CLIP_PROJECTION)],
+        );
+        check("blip_config", "vision = dict", &vit(&BLIP_VISION));
+        check("blip_config", "text = dict", &decoder(&BLIP_TEXT));
+        check(
+            "blip_config",
+            "text = dict",
+            &[("encoder_hidden_size", BLIP_VISION.encoder.hidden)],
+        );
+        check("blip2_config", "vision = dict", &vit(&BLIP2_VISION));
+        check(
+            "blip2_config",
+            "qformer = dict",
+            &[
+                ("hidden_size", QFORMER.encoder.hidden),
+                ("intermediate_size", QFORMER.encoder.mlp),
+                ("num_hidden_layers", QFORMER.encoder.layers),
+                ("cross_attention_frequency", QFORMER.cross_every),
+            ],
+        );
+        check(
+            "blip2_config",
+            "return Blip2Config",
+            &[("num_query_tokens", QFORMER.queries)],
+        );
+        check("blip2_config", "text = dict", &decoder(&OPT));
+        check(
+            "blip2_config",
+            "text = dict",
+            &[("word_embed_proj_dim", OPT.hidden)],
+        );
+        check("llava_config", "vision = dict", &vit(&LLAVA_VISION));
+        check("llava_config", "text = dict", &decoder(&LLAMA));
+        check(
+            "llava_config",
+            "return LlavaConfig",
+            &[("image_seq_length", LLAVA_VISION.patches())],
+        );
+        // Layer -2 of the tower's hidden states: the output of its next-to-last layer.
+        assert_eq!(
+            config_value(
+                &text,
+                "llava_config",
+                "return LlavaConfig",
+                "vision_feature_layer"
+            ),
+            "-2"
+        );
+        assert_eq!(LLAVA_VISION_LAYERS, LLAVA_VISION.encoder.layers - 1);
+        assert_eq!(
+            config_value(&text, "llava_config", "text = dict", "tie_word_embeddings"),
+            "False"
+        );
+    }
+
+    #[test]
+    fn matmul_counts_two_n_cubed_per_product() {
+        assert_eq!(matmul_flops(3, 1), 54);
+        assert_eq!(matmul_flops(2048, 4), 4 * 2 * 2048 * 2048 * 2048);
+        let w = workload(MATMUL).unwrap();
+        assert_eq!(w.model_dir, None);
+        assert_eq!(w.items_per_call(STREAM_TOKENS), 1);
+        assert_eq!(
+            w.flops(STREAM_TOKENS),
+            Flops {
+                call: 68_719_476_736,
+                per_token: None
+            }
+        );
+        assert_eq!(
+            WORKLOADS[0].name, MATMUL,
+            "first: the peak before the models"
+        );
+    }
+
+    /// CLIP ViT-B/32, written out by hand: 50 tokens (49 patches of 32 × 32 × 3 and the
+    /// class token), 12 layers 768 wide with a 3072-wide MLP, projection to 512.
+    #[test]
+    fn clip_image_flops_match_a_hand_count() {
+        let (t, d, f, layers) = (50u64, 768u64, 3072u64, 12u64);
+        let layer = 8 * d * d * t + 4 * d * f * t + 4 * t * t * d;
+        let patch_conv = 49 * 3072 * 768 * 2;
+        let projection = 2 * 768 * 512;
+        let image = layers * layer + patch_conv + projection;
+        assert_eq!(clip_image_flops(1), image);
+        assert_eq!(clip_image_flops(8), 8 * image);
+        assert!((8.7e9..8.9e9).contains(&(image as f64)), "{image}");
+        assert_eq!(workload("clip-image-b8").unwrap().flops(32).call, 8 * image);
+    }
+
+    #[test]
+    fn clip_text_flops_match_a_hand_count() {
+        let (t, d, f) = (16u64, 512u64, 2048u64);
+        let text = 12 * (8 * d * d * t + 4 * d * f * t + 4 * t * t * d) + 2 * d * 512;
+        assert_eq!(clip_text_flops(32, 16), 32 * text);
+    }
+
+    /// A decoding step by hand: LLaMA with a 100-position cache, one new token.
+    #[test]
+    fn decoder_steps_count_the_cache_and_grouped_kv() {
+        let (d, kv, f, v) = (2048u64, 512u64, 8192u64, 32064u64);
+        let keys = 101;
+        let layer = 4 * d * d + 4 * d * kv + 6 * d * f + 4 * keys * d;
+        assert_eq!(LLAMA.step(1, 100, 0), 16 * layer + 2 * d * v);
+        // A prompt step: every position projected, the full t × t attention, one head row.
+        let t = 57;
+        let layer = t * (4 * d * d + 4 * d * kv + 6 * d * f) + 4 * t * t * d;
+        assert_eq!(LLAMA.step(57, 0, 0), 16 * layer + 2 * d * v);
+        // BERT with cross-attention to 577 cached image tokens and the head's transform.
+        let (d, f, v) = (768u64, 3072u64, 30524u64);
+        let layer = 4 * d * d + 4 * d * d + 4 * d * f + 4 * 3 * d + 4 * d * d + 4 * 577 * d;
+        assert_eq!(
+            BLIP_TEXT.step(1, 2, 577),
+            12 * layer + 2 * d * d + 2 * d * v
+        );
+    }
+
+    #[test]
+    fn generation_runs_the_prompt_once_then_a_step_per_token() {
+        let (whole, decode) = OPT.generate(40, 32, 1, 0);
+        let steps: u64 = (0..31).map(|j| OPT.step(1, 40 + j, 0)).sum();
+        assert_eq!(decode, steps);
+        assert_eq!(whole, OPT.step(40, 0, 0) + steps);
+        // Beams: the first step once, the 19 others per beam.
+        let (one, one_decode) = BLIP_TEXT.generate(1, 20, 1, 577);
+        let (three, three_decode) = BLIP_TEXT.generate(1, 20, 3, 577);
+        assert_eq!(three_decode, 3 * one_decode);
+        assert_eq!(three - one, 2 * one_decode);
+        assert!(caption_flops(3, 20) > caption_flops(1, 20));
+    }
+
+    #[test]
+    fn streaming_workloads_report_the_call_and_a_decoding_step() {
+        for (name, lo, hi) in [("blip2-opt", 0.2e9, 0.3e9), ("llava-llama", 2.0e9, 2.2e9)] {
+            let w = workload(name).unwrap();
+            let f = w.flops(STREAM_TOKENS);
+            let per_token = f.per_token.unwrap() as f64;
+            assert!((lo..hi).contains(&per_token), "{name}: {per_token}");
+            assert!(f.call as f64 > STREAM_TOKENS as f64 * per_token, "{name}");
+            // More tokens: more work, the same per-token order.
+            assert!(w.flops(64).call > f.call);
+        }
+        assert!(workload("blip-caption")
+            .unwrap()
+            .flops(8)
+            .per_token
+            .is_none());
+        // LLaVA: 11 of the 12 vision layers, the projector, then the language model.
+        let vision = LLAVA_VISION.flops(11);
+        assert_eq!(
+            vision + LLAVA_VISION.encoder.layer(50),
+            LLAVA_VISION.flops(12)
+        );
+    }
+
+    #[test]
+    fn qformer_cross_attends_in_every_second_layer() {
+        let (q, d, n) = (32u64, 768u64, 197u64);
+        let cross = 4 * q * d * d + 4 * n * d * d + 4 * q * n * d;
+        assert_eq!(
+            QFORMER.flops(197, 768),
+            12 * QFORMER.encoder.layer(32) + 6 * cross
+        );
+    }
+
+    #[test]
+    fn rate_cells_show_the_share_of_the_peak() {
+        assert_eq!(rate(10.0, 0.5), Some(20.0));
+        assert_eq!(rate(10.0, 0.0), None);
+        assert_eq!(rate_cell(Some(20.0), Some(80.0), false), "20.0 (25%)");
+        assert_eq!(rate_cell(Some(80.0), Some(80.0), true), "80.0 (peak)");
+        assert_eq!(rate_cell(Some(20.0), None, false), "20.0");
+        assert_eq!(rate_cell(None, Some(80.0), false), "-");
     }
 
     #[test]
