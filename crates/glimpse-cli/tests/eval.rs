@@ -19,6 +19,7 @@ fn data() -> &'static str {
             seed: 5,
             count: 20,
             image_size: 32,
+            jitter: 0.0,
             val_fraction: 0.0,
             test_fraction: 0.0,
             ..SynthConfig::default()

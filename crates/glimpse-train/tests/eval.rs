@@ -45,6 +45,7 @@ fn data() -> &'static Data {
             seed: 3,
             count: SAMPLES,
             image_size: 32,
+            jitter: 0.0,
             val_fraction: 0.0,
             test_fraction: 0.0,
             ..SynthConfig::default()

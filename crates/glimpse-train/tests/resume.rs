@@ -31,6 +31,7 @@ fn dataset(root: &Path) -> PathBuf {
     let cfg = SynthConfig {
         count: 100,
         image_size: 32,
+        jitter: 0.0,
         shard_size: 30,
         seed: 5,
         val_fraction: 0.15,

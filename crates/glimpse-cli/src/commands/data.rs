@@ -38,9 +38,14 @@ pub struct SynthArgs {
     /// (wrong colour/shape/count, unrelated text, truncation), in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
-    /// Image side in pixels (at least 16).
-    #[arg(long, default_value_t = 64)]
+    /// Image side in pixels (at least 16). The default, 72, makes each of the 3x3 grid
+    /// cells 24 px: three 8 px patches.
+    #[arg(long, default_value_t = 72)]
     pub image_size: u32,
+    /// How far objects may move from their cell's centre, as a share of the free room
+    /// in the cell, in [0, 1]; 0 centres every object in its cell.
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter: f64,
     /// Samples per shard.
     #[arg(long, default_value_t = 1000)]
     pub shard_size: u64,
@@ -67,6 +72,7 @@ fn run_synth(a: SynthArgs) -> Result<()> {
         count: a.count,
         noise: a.noise,
         image_size: a.image_size,
+        jitter: a.jitter,
         shard_size: a.shard_size,
         val_fraction: a.val_fraction,
         test_fraction: a.test_fraction,

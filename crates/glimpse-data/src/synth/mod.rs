@@ -100,6 +100,12 @@ pub struct SynthConfig {
     /// Share of samples whose training caption is corrupted, in [0, 1].
     pub noise: f64,
     pub image_size: u32,
+    /// How far an object may move from the centre of its grid cell, as a share of the
+    /// room it has there, in [0, 1]. At 0 (the default) every object sits at its cell's
+    /// centre; at the default 72 px each cell is 24 px, so for a ViT with 8 px patches
+    /// an object is always centred on a patch and a shape looks the same wherever it is.
+    #[serde(default)]
+    pub jitter: f64,
     pub shard_size: u64,
     /// Expected shares of the validation and test splits (by a hash of the index).
     pub val_fraction: f64,
@@ -112,7 +118,8 @@ impl Default for SynthConfig {
             seed: 0,
             count: 1000,
             noise: 0.0,
-            image_size: 64,
+            image_size: 72,
+            jitter: 0.0,
             shard_size: 1000,
             val_fraction: 0.05,
             test_fraction: 0.05,
@@ -149,6 +156,12 @@ impl SynthConfig {
             return Err(flag_error(
                 "--image-size",
                 format!("{} px is too large (at most 4096)", self.image_size),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(flag_error(
+                "--jitter",
+                format!("{} is outside [0, 1]", self.jitter),
             ));
         }
         if self.shard_size == 0 {
@@ -208,7 +221,7 @@ pub struct Sample {
 pub fn sample(cfg: &SynthConfig, index: u64) -> Sample {
     let mut rng = Rng::for_sample(cfg.seed, index, Stream::Scene);
     let scene = world::sample_scene(&mut rng);
-    let (image, boxes) = render::render(&scene, cfg.image_size);
+    let (image, boxes) = render::render(&scene, cfg.image_size, cfg.jitter as f32);
     let mut trng = Rng::for_sample(cfg.seed, index, Stream::Text);
     let desc = text::Desc::new(&scene, &mut trng);
     let (captions, template_id) = text::captions(&desc, &mut trng);

@@ -9,12 +9,13 @@ use super::world::{Object, Rng, Scene, COLORS, SIZES};
 /// Supersampling per axis for edge coverage.
 const SUB: u32 = 4;
 
-/// Geometry of a placed object: centre and radius in pixels.
-pub(crate) fn placement(obj: &Object, size: u32) -> (f32, f32, f32) {
+/// Geometry of a placed object: centre and radius in pixels. `jitter` in [0, 1] scales
+/// the object's drawn offset from its cell's centre (0: exactly at the centre).
+pub(crate) fn placement(obj: &Object, size: u32, jitter: f32) -> (f32, f32, f32) {
     let cell = size as f32 / 3.0;
     let (row, col) = ((obj.cell / 3) as f32, (obj.cell % 3) as f32);
     let r = SIZES[obj.kind.size].1 * cell;
-    let free = (cell / 2.0 - r - 1.0).max(0.0) * 0.8;
+    let free = (cell / 2.0 - r - 1.0).max(0.0) * jitter;
     let cx = (col + 0.5) * cell + obj.jitter.0 * free;
     let cy = (row + 0.5) * cell + obj.jitter.1 * free;
     (cx, cy, r)
@@ -111,13 +112,13 @@ fn background(img: &mut RgbImage, scene: &Scene) {
 /// Renders `scene` at `size` x `size` pixels. Returns the image and, per object, its
 /// bounding box `[x0, y0, x1, y1]` (pixels at least half covered; `x1`, `y1`
 /// exclusive).
-pub(crate) fn render(scene: &Scene, size: u32) -> (RgbImage, Vec<[u32; 4]>) {
+pub(crate) fn render(scene: &Scene, size: u32, jitter: f32) -> (RgbImage, Vec<[u32; 4]>) {
     let mut img = RgbImage::new(size, size);
     background(&mut img, scene);
     let mut boxes = Vec::with_capacity(scene.objects.len());
     let full = SUB * SUB;
     for obj in &scene.objects {
-        let (cx, cy, r) = placement(obj, size);
+        let (cx, cy, r) = placement(obj, size, jitter);
         let color = COLORS[obj.kind.color].1;
         let x_lo = (cx - r - 1.0).floor().max(0.0) as u32;
         let y_lo = (cy - r - 1.0).floor().max(0.0) as u32;

@@ -9,6 +9,7 @@ fn cfg(count: u64, shard_size: u64) -> SynthConfig {
         count,
         noise: 0.2,
         image_size: 64,
+        jitter: 0.8,
         shard_size,
         val_fraction: 0.1,
         test_fraction: 0.1,
@@ -287,6 +288,45 @@ fn synth_pixel_at_bbox_centre_has_object_colour() {
     }
 }
 
+/// Without jitter every object is centred in its grid cell: at 72 px (24 px cells, three
+/// 8 px patches each) the box of a symmetric shape is centred on the middle patch of
+/// its cell. With jitter, some objects move off the centre.
+#[test]
+fn synth_jitter_zero_centres_objects_in_their_cells() {
+    let centred = SynthConfig {
+        image_size: 72,
+        jitter: 0.0,
+        ..cfg(200, 1000)
+    };
+    let mut checked = 0;
+    for i in 0..centred.count {
+        for o in &sample(&centred, i).record.objects {
+            if !matches!(o.shape.as_str(), "circle" | "square" | "cross" | "diamond") {
+                continue;
+            }
+            let cell = POSITIONS.iter().position(|p| *p == o.position).unwrap() as u32;
+            let (cx, cy) = (24 * (cell % 3) + 12, 24 * (cell / 3) + 12);
+            let [x0, y0, x1, y1] = o.bbox;
+            assert_eq!((x0 + x1, y0 + y1), (2 * cx, 2 * cy), "sample {i}: {o:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked}");
+    let jittered = SynthConfig {
+        jitter: 1.0,
+        ..centred
+    };
+    let moved = (0..jittered.count)
+        .flat_map(|i| sample(&jittered, i).record.objects)
+        .filter(|o| {
+            let cell = POSITIONS.iter().position(|p| *p == o.position).unwrap() as u32;
+            let [x0, _, x1, _] = o.bbox;
+            x0 + x1 != 2 * (24 * (cell % 3) + 12)
+        })
+        .count();
+    assert!(moved > 50, "{moved}");
+}
+
 #[test]
 fn synth_captions_mention_what_they_claim() {
     let c = cfg(400, 1000);
@@ -406,6 +446,13 @@ fn synth_bad_arguments_name_the_flag() {
                 ..cfg(1, 1)
             },
             "--image-size",
+        ),
+        (
+            SynthConfig {
+                jitter: 1.5,
+                ..cfg(1, 1)
+            },
+            "--jitter",
         ),
         (
             SynthConfig {

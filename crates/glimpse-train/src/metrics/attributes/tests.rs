@@ -12,6 +12,7 @@ fn config(noise: f64) -> SynthConfig {
         count: 1_000_000,
         noise,
         image_size: 16,
+        jitter: 0.0,
         ..SynthConfig::default()
     }
 }
