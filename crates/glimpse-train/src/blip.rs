@@ -54,9 +54,10 @@ pub struct BlipLossConfig {
     pub itc_weight: f64,
     pub itm_weight: f64,
     pub lm_weight: f64,
-    /// CLIP only: add hard negative captions to the image→text softmax (NegCLIP): per
-    /// image one caption with its shape word swapped, and one with any attribute word
-    /// swapped (see [`crate::negatives`]).
+    /// Hard negative captions (NegCLIP): per image one caption with its shape word
+    /// swapped and one with any attribute word swapped (see [`crate::negatives`]). CLIP
+    /// adds both to the image→text softmax. BLIP adds both to ITC's image→text softmax
+    /// (target 0) and scores the shape-swapped one as one more ITM negative per image.
     pub hard_negative_captions: bool,
 }
 
@@ -90,6 +91,19 @@ pub enum Negatives<'a> {
     },
 }
 
+/// Rewritten captions that must not match their image (NegCLIP-style): `k` rounds of
+/// one caption per image, round-major (row `r * B + i` belongs to image `i`). Round 0
+/// is the shape-swapped caption, which ITM also scores.
+pub struct CaptionNegatives<'a> {
+    /// `[k B, T]` u32
+    pub ids: &'a Tensor,
+    /// `[k B, T]` u32
+    pub mask: &'a Tensor,
+    /// Whether row `j` holds a real rewrite (a caption without a swappable word has
+    /// none), length `k B`.
+    pub valid: &'a [f32],
+}
+
 /// The losses of one forward pass, and what a test or log may want to see.
 pub struct BlipLosses {
     pub total: Tensor,
@@ -98,7 +112,7 @@ pub struct BlipLosses {
     pub lm: Tensor,
     /// `[B, B + Q]` image-to-text similarities divided by temp.
     pub sim_i2t: Tensor,
-    /// `[3B, 2]`
+    /// `[3B + N, 2]` (N: valid shape-swapped caption negatives, if any)
     pub itm_logits: Tensor,
     pub neg_image: Vec<usize>,
     pub neg_text: Vec<usize>,
@@ -282,6 +296,26 @@ impl BlipPretrain {
         alpha: f64,
         negatives: Negatives,
     ) -> Result<BlipLosses> {
+        self.losses_with_captions(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            alpha,
+            negatives,
+            None,
+        )
+    }
+
+    /// [`Self::losses`] with hard negative captions added to ITC and ITM.
+    pub fn losses_with_captions(
+        &mut self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        alpha: f64,
+        negatives: Negatives,
+        captions: Option<CaptionNegatives>,
+    ) -> Result<BlipLosses> {
         let b = pixel_values.dim(0)?;
         let q = self.loss_cfg.queue_size;
         if q % b != 0 {
@@ -344,9 +378,45 @@ impl BlipPretrain {
 
         let sim_i2t = image_feat.matmul(&text_feat_all)?.broadcast_div(&temp)?; // [B, B+Q]
         let sim_t2i = text_feat.matmul(&image_feat_all)?.broadcast_div(&temp)?; // [B, B+Q]
-        let itc = ((soft_cross_entropy(&sim_i2t, &t_i2t)?
-            + soft_cross_entropy(&sim_t2i, &t_t2i)?)?
-            * 0.5)?;
+        let itc_i2t = match &captions {
+            None => soft_cross_entropy(&sim_i2t, &t_i2t)?,
+            Some(c) => {
+                let kb = c.valid.len();
+                if kb == 0 || kb % b != 0 || c.ids.dim(0)? != kb {
+                    return Err(Error::Train(format!(
+                        "{kb} caption negatives for a batch of {b}"
+                    )));
+                }
+                let neg = m.text_encoder.forward(
+                    c.ids,
+                    Some(c.mask),
+                    None,
+                    SelfMask::Bidirectional,
+                    true,
+                )?;
+                let neg_feat =
+                    l2_normalize(&m.text_proj.forward(&neg.narrow(1, 0, 1)?.squeeze(1)?)?)?; // [kB, E]
+                                                                                             // A missing rewrite gets -1e4: no weight after the softmax.
+                let penalty = Tensor::from_vec(
+                    c.valid
+                        .iter()
+                        .map(|v| (v - 1.0) * 1e4)
+                        .collect::<Vec<f32>>(),
+                    (1, kb),
+                    &self.device,
+                )?;
+                let sim_neg = image_feat
+                    .matmul(&neg_feat.t()?)?
+                    .broadcast_div(&temp)?
+                    .broadcast_add(&penalty)?; // [B, kB]
+                let zeros = Tensor::zeros((b, kb), DType::F32, &self.device)?;
+                soft_cross_entropy(
+                    &Tensor::cat(&[&sim_i2t, &sim_neg], 1)?,
+                    &Tensor::cat(&[&t_i2t, &zeros], 1)?,
+                )?
+            }
+        };
+        let itc = ((itc_i2t + soft_cross_entropy(&sim_t2i, &t_t2i)?)? * 0.5)?;
 
         // Enqueue the momentum features.
         let ptr = self.queue_ptr;
@@ -409,9 +479,32 @@ impl BlipPretrain {
             true,
         )?;
         let neg = neg.narrow(1, 0, 1)?.squeeze(1)?; // [2B, dt]
-        let itm_logits = m.itm_head.forward(&Tensor::cat(&[&pos, &neg], 0)?)?; // [3B, 2]
+        let mut itm_rows = vec![pos, neg];
+        let mut n_neg = 2 * b;
+        if let Some(c) = &captions {
+            // Each image with its shape-swapped caption (round 0), where one exists.
+            let keep: Vec<u32> = (0..b as u32)
+                .filter(|&i| c.valid[i as usize] > 0.5)
+                .collect();
+            if !keep.is_empty() {
+                let keep_t = Tensor::new(keep.as_slice(), &self.device)?;
+                let swapped = m.text_encoder.forward(
+                    &c.ids.index_select(&keep_t, 0)?,
+                    Some(&c.mask.index_select(&keep_t, 0)?),
+                    Some(EncoderStates {
+                        hidden_states: &image_embeds.index_select(&keep_t, 0)?,
+                        attention_mask: None,
+                    }),
+                    SelfMask::Bidirectional,
+                    true,
+                )?;
+                itm_rows.push(swapped.narrow(1, 0, 1)?.squeeze(1)?);
+                n_neg += keep.len();
+            }
+        }
+        let itm_logits = m.itm_head.forward(&Tensor::cat(&itm_rows, 0)?)?; // [B + n_neg, 2]
         let mut labels = vec![1u32; b];
-        labels.extend(std::iter::repeat_n(0u32, 2 * b));
+        labels.extend(std::iter::repeat_n(0u32, n_neg));
         let labels = Tensor::new(labels.as_slice(), &self.device)?;
         let itm = cross_entropy(&itm_logits, &labels)?;
 

@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::blip::{BlipPretrain, Negatives};
+use crate::blip::{BlipPretrain, CaptionNegatives, Negatives};
 use crate::clip::ClipTrain;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::params::{init_weights, load_into, snapshot, sorted_vars};
@@ -695,7 +695,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     continue 'epochs;
                 }
                 let mut batch = make_batch(&examples, &files, recipe.data.max_text_len, &device)?;
-                if kind == ModelKind::Clip && recipe.loss.hard_negative_captions {
+                if matches!(kind, ModelKind::Clip | ModelKind::Blip)
+                    && recipe.loss.hard_negative_captions
+                {
                     let (mut texts, mut valid) = negative_texts(&examples, seed, state.epoch, 0);
                     let (t1, v1) = negative_texts(&examples, seed, state.epoch, 1);
                     texts.extend(t1);
@@ -875,12 +877,22 @@ fn forward_loss(
         Model::Blip(m) => {
             let mut rng = Rng::derive(seed, step, 0x17e + micro);
             let alpha = m.alpha_at(step);
-            let l = m.losses(
+            let valid: Vec<f32> = match &b.negatives {
+                Some((_, _, v)) => v.to_vec1()?,
+                None => Vec::new(),
+            };
+            let captions = b.negatives.as_ref().map(|(ids, mask, _)| CaptionNegatives {
+                ids,
+                mask,
+                valid: &valid,
+            });
+            let l = m.losses_with_captions(
                 &b.pixel_values,
                 &b.input_ids,
                 &b.attention_mask,
                 alpha,
                 Negatives::Sample(&mut rng),
+                captions,
             )?;
             let parts = vec![
                 ("itc".to_string(), scalar(&l.itc)?),

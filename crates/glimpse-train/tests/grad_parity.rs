@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use glimpse_models::blip::BlipConfig;
 use glimpse_models::clip::ClipConfig;
-use glimpse_train::blip::{BlipLossConfig, BlipPretrain, Negatives};
+use glimpse_train::blip::{BlipLossConfig, BlipPretrain, CaptionNegatives, Negatives};
 use glimpse_train::clip::ClipTrain;
 use glimpse_train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use glimpse_train::params::{load_into, sorted_vars};
@@ -274,4 +274,98 @@ fn blip_pretraining_losses_gradients_and_adamw_steps_match_reference() {
             assert!(rel(*v, w) < 1e-4, "forward {i} {k}: {v} vs {w}");
         }
     }
+}
+
+/// Hard negative captions in BLIP (an extension beyond the reference): a missing rewrite
+/// changes nothing; real rewrites join ITC's image→text softmax with target 0 (so ITC
+/// grows) and the shape-swapped ones are scored by ITM with label 0, averaged with the
+/// in-batch pairs.
+#[test]
+fn blip_caption_negatives_extend_itc_and_itm() {
+    let d = dir("blip");
+    let expected = json(d.join("expected.json"));
+    let train = json(d.join("train.json"));
+    let cfg: BlipConfig = serde_json::from_value(json(d.join("config.json"))).unwrap();
+    let loss_cfg: BlipLossConfig = serde_json::from_value(train["blip_loss"].clone()).unwrap();
+    let weights = tensors(d.join("weights.safetensors"));
+    let state = tensors(d.join("state.safetensors"));
+    let batch = tensors(d.join("batch.safetensors"));
+    let px = &batch["pixel_values"];
+    let ids = batch["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = batch["attention_mask"].to_dtype(DType::U32).unwrap();
+    let b = ids.dim(0).unwrap();
+    let n0 = &expected["negatives"][0];
+    let ni: Vec<usize> = serde_json::from_value(n0["image"].clone()).unwrap();
+    let nt: Vec<usize> = serde_json::from_value(n0["text"].clone()).unwrap();
+    // Two rounds of "rewrites": the batch's captions rolled by one and by two.
+    let roll = |t: &Tensor, k: usize| {
+        Tensor::cat(
+            &[&t.narrow(0, k, b - k).unwrap(), &t.narrow(0, 0, k).unwrap()],
+            0,
+        )
+        .unwrap()
+    };
+    let neg_ids = Tensor::cat(&[&roll(&ids, 1), &roll(&ids, 2)], 0).unwrap();
+    let neg_mask = Tensor::cat(&[&roll(&mask, 1), &roll(&mask, 2)], 0).unwrap();
+    let run = |valid: Option<&[f32]>| {
+        let mut model = BlipPretrain::new(&cfg, loss_cfg, 0, &Device::Cpu).unwrap();
+        load_into(&model.vars.map, &weights, "weights").unwrap();
+        model.reset_momentum();
+        model.image_queue = state["image_queue"].clone();
+        model.text_queue = state["text_queue"].clone();
+        let captions = valid.map(|valid| CaptionNegatives {
+            ids: &neg_ids,
+            mask: &neg_mask,
+            valid,
+        });
+        let negatives = Negatives::Given {
+            image: &ni,
+            text: &nt,
+        };
+        model
+            .losses_with_captions(px, &ids, &mask, loss_cfg.alpha, negatives, captions)
+            .unwrap()
+    };
+    let plain = run(None);
+    let none_valid = vec![0f32; 2 * b];
+    let empty = run(Some(&none_valid));
+    assert!(rel(scalar(&empty.itc), scalar(&plain.itc)) < 1e-6);
+    assert!(rel(scalar(&empty.itm), scalar(&plain.itm)) < 1e-6);
+    assert!(rel(scalar(&empty.lm), scalar(&plain.lm)) < 1e-6);
+    assert_eq!(empty.itm_logits.dim(0).unwrap(), 3 * b);
+
+    // Round 0 valid for the first half of the images, round 1 for all.
+    let mut valid = vec![0f32; 2 * b];
+    let half = b.div_ceil(2);
+    valid[..half].fill(1.0);
+    valid[b..].fill(1.0);
+    let with = run(Some(&valid));
+    assert!(scalar(&with.itc) > scalar(&plain.itc) + 1e-4);
+    assert_eq!(with.itm_logits.dim(0).unwrap(), 3 * b + half);
+    assert!(rel(scalar(&with.lm), scalar(&plain.lm)) < 1e-6);
+    // ITM: the mean cross-entropy over the 3B in-batch rows and the `half` new rows,
+    // each new row's label being 0 ("no match").
+    let logits = with
+        .itm_logits
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let ce = |row: &[f64], label: usize| {
+        let m = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        lse - row[label]
+    };
+    let new_rows: f64 = logits[3 * b..].iter().map(|r| ce(r, 0)).sum();
+    let old_rows: f64 = logits[..3 * b]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ce(r, usize::from(i < b)))
+        .sum();
+    let want = (old_rows + new_rows) / (3 * b + half) as f64;
+    assert!(
+        rel(scalar(&with.itm), want) < 1e-5,
+        "{} vs {want}",
+        scalar(&with.itm)
+    );
 }
