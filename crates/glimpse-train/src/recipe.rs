@@ -246,6 +246,12 @@ impl Recipe {
                 return bad("loss.alpha must be in [0, 1] and loss.momentum in [0, 1)".into());
             }
         }
+        if self.model.kind == ModelKind::BlipVqa && self.loss.hard_negative_captions {
+            return bad(
+                "loss.hard_negative_captions applies to clip and blip pretraining, not blip_vqa"
+                    .into(),
+            );
+        }
         if self.run.checkpoint_every == 0 {
             return bad("run.checkpoint_every must be at least 1".into());
         }
@@ -298,5 +304,16 @@ out = "runs/x"
         .unwrap_err()
         .to_string();
         assert!(e.contains("lrr"), "{e}");
+        let e = Recipe::from_toml(
+            &MIN.replace("kind = \"blip\"", "kind = \"blip_vqa\"")
+                .replace(
+                    "queue_size = 64",
+                    "queue_size = 64\nhard_negative_captions = true",
+                ),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hard_negative_captions"), "{e}");
     }
 }
