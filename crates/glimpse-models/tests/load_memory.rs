@@ -3,10 +3,13 @@
 //! instead of two (the map plus the tensors). Released pages must read back unchanged
 //! when a tensor is read again (tied weights, converted dtypes).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use common::max_diff;
 use glimpse_models::checkpoint::{ModelFiles, Weights};
 
 fn model_files(dir: &Path) -> ModelFiles {
@@ -17,19 +20,6 @@ fn model_files(dir: &Path) -> ModelFiles {
         tokenizer: None,
         preprocessor: None,
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Reading a tensor again after its pages were released (directly, through an alias, and

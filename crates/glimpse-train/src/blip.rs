@@ -333,15 +333,7 @@ impl BlipPretrain {
         let image_embeds = m.vision_model.forward(pixel_values, true)?; // [B, n, dv]
         let image_cls = image_embeds.narrow(1, 0, 1)?.squeeze(1)?; // [B, dv]
         let image_feat = l2_normalize(&m.vision_proj.forward(&image_cls)?)?; // [B, E]
-        let text_embeds = m.text_encoder.forward(
-            input_ids,
-            Some(attention_mask),
-            None,
-            SelfMask::Bidirectional,
-            true,
-        )?; // [B, T, dt]
-        let text_cls = text_embeds.narrow(1, 0, 1)?.squeeze(1)?; // [B, dt]
-        let text_feat = l2_normalize(&m.text_proj.forward(&text_cls)?)?; // [B, E]
+        let text_feat = l2_normalize(&text_projection(&m, input_ids, attention_mask, true)?)?; // [B, E]
 
         // Momentum features and distilled targets (no gradient).
         self.momentum_update()?;
@@ -351,15 +343,7 @@ impl BlipPretrain {
             &mm.vision_proj
                 .forward(&img_m.narrow(1, 0, 1)?.squeeze(1)?)?,
         )?; // [B, E]
-        let txt_m = mm.text_encoder.forward(
-            input_ids,
-            Some(attention_mask),
-            None,
-            SelfMask::Bidirectional,
-            false,
-        )?;
-        let text_feat_m =
-            l2_normalize(&mm.text_proj.forward(&txt_m.narrow(1, 0, 1)?.squeeze(1)?)?)?; // [B, E]
+        let text_feat_m = l2_normalize(&text_projection(&mm, input_ids, attention_mask, false)?)?; // [B, E]
         let image_feat_all = Tensor::cat(&[&image_feat_m.t()?, &self.image_queue], 1)?; // [E, B+Q]
         let text_feat_all = Tensor::cat(&[&text_feat_m.t()?, &self.text_queue], 1)?; // [E, B+Q]
         let eye = eye_padded(b, b + q, &self.device)?; // [B, B+Q]
@@ -387,16 +371,8 @@ impl BlipPretrain {
                         "{kb} caption negatives for a batch of {b}"
                     )));
                 }
-                let neg = m.text_encoder.forward(
-                    c.ids,
-                    Some(c.mask),
-                    None,
-                    SelfMask::Bidirectional,
-                    true,
-                )?;
-                let neg_feat =
-                    l2_normalize(&m.text_proj.forward(&neg.narrow(1, 0, 1)?.squeeze(1)?)?)?; // [kB, E]
-                                                                                             // A missing rewrite gets -1e4: no weight after the softmax.
+                let neg_feat = l2_normalize(&text_projection(&m, c.ids, c.mask, true)?)?; // [kB, E]
+                                                                                          // A missing rewrite gets -1e4: no weight after the softmax.
                 let penalty = Tensor::from_vec(
                     c.valid
                         .iter()
@@ -550,17 +526,7 @@ impl BlipPretrain {
         let image_embeds = m.vision_model.forward(pixel_values, false)?.detach();
         let image_cls = image_embeds.narrow(1, 0, 1)?.squeeze(1)?;
         let image_feat = m.vision_proj.forward(&image_cls)?.detach();
-        let text = m.text_encoder.forward(
-            input_ids,
-            Some(attention_mask),
-            None,
-            SelfMask::Bidirectional,
-            false,
-        )?;
-        let text_feat = m
-            .text_proj
-            .forward(&text.narrow(1, 0, 1)?.squeeze(1)?)?
-            .detach();
+        let text_feat = text_projection(m, input_ids, attention_mask, false)?.detach();
         let dec_ids = replace_first_column(input_ids, self.cfg.text_config.bos_token_id)?;
         let encoder = EncoderStates {
             hidden_states: &image_embeds,
@@ -592,6 +558,20 @@ impl BlipPretrain {
         let vb = self.vars.var_builder(&self.device);
         Ok(BlipForConditionalGeneration::new(&self.cfg, vb)?)
     }
+}
+
+/// The unimodal text encoder's [CLS] state through `text_proj`: ITC's text feature before
+/// normalisation, `[N, E]` for ids and mask `[N, T]`.
+fn text_projection(
+    m: &BlipForImageTextRetrieval,
+    ids: &Tensor,
+    mask: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    let h = m
+        .text_encoder
+        .forward(ids, Some(mask), None, SelfMask::Bidirectional, train)?; // [N, T, dt]
+    Ok(m.text_proj.forward(&h.narrow(1, 0, 1)?.squeeze(1)?)?)
 }
 
 /// `softmax(sim) + 1e-4` with the diagonal zeroed, row by row (BLIP's weights for
