@@ -1,5 +1,6 @@
 //! The CLIP and BLIP model families, loaded from Hugging Face checkpoint directories.
 //!
+//! * [`allocator`]: allocator settings for tensor work (called once by the CLI).
 //! * [`checkpoint`]: resolving a `--model` (local directory or hub id), strict weight
 //!   loading (missing, unexpected and mis-shaped tensors are errors that name them),
 //!   sharded files, tied weights, f32/f16/bf16.
@@ -11,6 +12,7 @@
 //! * [`pipeline`]: one entry point (load any supported directory, then embed, match,
 //!   classify, caption, ask) used by the CLI.
 
+pub mod allocator;
 pub mod blip;
 pub mod blip2;
 pub mod checkpoint;
