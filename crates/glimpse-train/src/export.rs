@@ -102,6 +102,10 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
     let origin = weights_path.display().to_string();
     let device = Device::Cpu;
     match recipe.model.kind {
+        ModelKind::VisionAttributes => Err(Error::io_ctx(
+            run,
+            "a vision_attributes run has no Hugging Face architecture to export; start a blip or clip recipe from it with model.init_vision",
+        )),
         ModelKind::Clip => {
             let cfg: ClipConfig =
                 serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;

@@ -2,6 +2,7 @@
 //! pretraining, checkpoints that resume bitwise, export to Hugging Face directories,
 //! and the evaluation metrics.
 
+pub mod attributes;
 pub mod blip;
 pub mod clip;
 mod error;

@@ -43,6 +43,8 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
+    /// Multiplies the schedule's learning rate for this parameter.
+    lr_scale: f64,
     m: Tensor,
     v: Tensor,
 }
@@ -67,6 +69,7 @@ impl AdamW {
                     name,
                     var,
                     decay,
+                    lr_scale: 1.0,
                     m,
                     v,
                 })
@@ -86,6 +89,21 @@ impl AdamW {
     /// Number of updates applied so far.
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Scales the learning rate of every parameter whose name starts with `prefix`
+    /// (e.g. a pretrained tower trained more gently than the rest); returns how many.
+    pub fn scale_lr(&mut self, prefix: &str, scale: f64) -> usize {
+        let mut n = 0;
+        for p in self
+            .params
+            .iter_mut()
+            .filter(|p| p.name.starts_with(prefix))
+        {
+            p.lr_scale = scale;
+            n += 1;
+        }
+        n
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -126,7 +144,9 @@ impl AdamW {
         let t = self.step as i32;
         let bias1 = 1.0 - beta1.powi(t);
         let bias2 = 1.0 - beta2.powi(t);
+        let base_lr = lr;
         for (p, g) in self.params.iter_mut().zip(grads) {
+            let lr = base_lr * p.lr_scale;
             let g = g.to_dtype(p.var.dtype())?;
             let mut theta = p.var.as_tensor().detach();
             if p.decay && weight_decay != 0.0 {
@@ -286,6 +306,36 @@ mod tests {
         let b1 = b.as_tensor().to_vec1::<f32>()?[0];
         // w: 2 * (1 - 0.05) - 0.1 * 3 / (3 + 1e-8) ; b: 2 + 0.1
         assert!((w1 - (1.9 - 0.1)).abs() < 1e-6, "{w1}");
+        assert!((b1 - 2.1).abs() < 1e-6, "{b1}");
+        Ok(())
+    }
+
+    /// The same step with `w`'s learning rate scaled by 0.25: its decay and its update
+    /// both shrink by that factor; `b` moves as before.
+    #[test]
+    fn scaled_learning_rate_scales_decay_and_update() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[[2.0f32]], &dev)?)?;
+        let b = Var::from_tensor(&Tensor::new(&[2.0f32], &dev)?)?;
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(
+            vec![("tower.w".into(), w.clone()), ("b".into(), b.clone())],
+            cfg,
+        )?;
+        assert_eq!(opt.scale_lr("tower.", 0.25), 1);
+        let g = [
+            Tensor::new(&[[3.0f32]], &dev)?,
+            Tensor::new(&[-3.0f32], &dev)?,
+        ];
+        opt.step(&g, 0.1)?;
+        let w1 = w.as_tensor().flatten_all()?.to_vec1::<f32>()?[0];
+        let b1 = b.as_tensor().to_vec1::<f32>()?[0];
+        // w: 2 * (1 - 0.025 * 0.5) - 0.025
+        assert!((w1 - (2.0 * (1.0 - 0.0125) - 0.025)).abs() < 1e-6, "{w1}");
         assert!((b1 - 2.1).abs() < 1e-6, "{b1}");
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::Tower;
 use crate::blip::BlipLossConfig;
 use crate::{Error, Result};
 
@@ -16,6 +17,10 @@ pub enum ModelKind {
     Blip,
     /// BLIP VQA fine-tuning (`BlipForQuestionAnswering`) on the samples' `qa` pairs.
     BlipVqa,
+    /// Supervised pretraining of a vision tower on the samples' attribute records
+    /// (see [`crate::attributes`]); a `blip` or `clip` recipe starts from it with
+    /// `model.init_vision`.
+    VisionAttributes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +36,12 @@ pub struct ModelSection {
     /// `blip_vqa` starts from a `blip` pretraining run and uses its tokenizer and
     /// config.
     pub init: Option<PathBuf>,
+    /// Start the vision tower (`vision_model.*`) from this `vision_attributes` run
+    /// (directory or checkpoint); `clip` and `blip` only.
+    pub init_vision: Option<PathBuf>,
+    /// `vision_attributes` only: the layout of the tower it trains, the BLIP (default)
+    /// or the CLIP one, read from the BLIP or CLIP `config`.
+    pub tower: Option<Tower>,
     /// Standard deviation of the initial weights.
     #[serde(default = "default_init_std")]
     pub init_std: f64,
@@ -118,6 +129,14 @@ pub struct OptimSection {
     pub max_grad_norm: f64,
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// Multiplies the learning rate of the vision tower (`vision_model.*`), e.g. below
+    /// 1 for a tower started from `model.init_vision`.
+    #[serde(default = "one_f64")]
+    pub vision_lr_scale: f64,
+}
+
+fn one_f64() -> f64 {
+    1.0
 }
 
 fn one() -> usize {
@@ -230,6 +249,12 @@ impl Recipe {
                 o.min_lr_ratio
             ));
         }
+        if !(o.vision_lr_scale >= 0.0 && o.vision_lr_scale.is_finite()) {
+            return bad(format!(
+                "optim.vision_lr_scale = {} must be 0 or more",
+                o.vision_lr_scale
+            ));
+        }
         if self.data.max_text_len < 3 {
             return bad("data.max_text_len must be at least 3".into());
         }
@@ -245,6 +270,22 @@ impl Recipe {
             {
                 return bad("loss.alpha must be in [0, 1] and loss.momentum in [0, 1)".into());
             }
+        }
+        let kind = self.model.kind;
+        if self.model.tower.is_some() && kind != ModelKind::VisionAttributes {
+            return bad("model.tower applies to vision_attributes recipes only".into());
+        }
+        if self.model.init_vision.is_some() && !matches!(kind, ModelKind::Clip | ModelKind::Blip) {
+            return bad("model.init_vision applies to clip and blip recipes only".into());
+        }
+        if kind == ModelKind::VisionAttributes && self.model.init.is_some() {
+            return bad("model.init does not apply to vision_attributes recipes".into());
+        }
+        if kind == ModelKind::VisionAttributes && self.loss.hard_negative_captions {
+            return bad(
+                "loss.hard_negative_captions applies to clip and blip pretraining, not vision_attributes"
+                    .into(),
+            );
         }
         if self.model.kind == ModelKind::BlipVqa && self.loss.hard_negative_captions {
             return bad(
@@ -315,5 +356,48 @@ out = "runs/x"
         .unwrap_err()
         .to_string();
         assert!(e.contains("hard_negative_captions"), "{e}");
+        let e = Recipe::from_toml(
+            &MIN.replace(
+                "config = \"c.json\"",
+                "config = \"c.json\"\ntower = \"clip\"",
+            ),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("model.tower"), "{e}");
+        let e = Recipe::from_toml(
+            &MIN.replace(
+                "kind = \"blip\"",
+                "kind = \"vision_attributes\"\ninit_vision = \"runs/v\"",
+            ),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("init_vision"), "{e}");
+    }
+
+    #[test]
+    fn vision_attributes_recipe_parses() {
+        let r = Recipe::from_toml(
+            &MIN.replace(
+                "kind = \"blip\"",
+                "kind = \"vision_attributes\"\ntower = \"clip\"",
+            ),
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        assert_eq!(r.model.kind, ModelKind::VisionAttributes);
+        assert_eq!(r.model.tower, Some(Tower::Clip));
+        let r = Recipe::from_toml(
+            &MIN.replace(
+                "config = \"c.json\"",
+                "config = \"c.json\"\ninit_vision = \"runs/v\"",
+            ),
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        assert_eq!(r.model.init_vision, Some(PathBuf::from("runs/v")));
     }
 }

@@ -29,6 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::attributes::{AttributeCounts, AttributeSpace, Tower, VisionAttributesTrain};
 use crate::blip::{BlipPretrain, CaptionNegatives, Negatives};
 use crate::clip::ClipTrain;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
@@ -85,6 +86,7 @@ enum Model {
     Clip(ClipTrain),
     Blip(Box<BlipPretrain>),
     Vqa(BlipVqaTrain),
+    Vision(VisionAttributesTrain),
 }
 
 impl Model {
@@ -93,6 +95,7 @@ impl Model {
             Model::Clip(m) => &m.vars.map,
             Model::Blip(m) => &m.vars.map,
             Model::Vqa(m) => &m.vars.map,
+            Model::Vision(m) => &m.vars.map,
         }
     }
 }
@@ -106,6 +109,8 @@ struct Batch {
     answer: Option<(Tensor, Tensor)>,
     /// CLIP with hard negatives: ids, mask, and which negatives exist (`[B]` f32).
     negatives: Option<(Tensor, Tensor, Tensor)>,
+    /// Vision-attribute pretraining: every group's class per image, `[B, groups]` u32.
+    attributes: Option<Tensor>,
 }
 
 /// One training sample: the decoded example, its text (caption or question) and,
@@ -132,21 +137,26 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
     Some(list[rng.below(list.len())].clone())
 }
 
+/// The training item of `ex`, or the sample's key and why it cannot train.
 fn item_of(
     ex: Example,
     kind: ModelKind,
     choice: TextChoice,
     seed: u64,
     epoch: u64,
-) -> std::result::Result<Item, Example> {
+) -> std::result::Result<Item, String> {
     match kind {
         ModelKind::BlipVqa => match pick_qa(&ex.meta, &ex.key, seed, epoch) {
             Some((q, a)) => Ok((ex, q, Some(a))),
-            None => Err(ex),
+            None => Err(format!("sample {}: no question/answer", ex.key)),
+        },
+        ModelKind::VisionAttributes => match AttributeSpace::synth().targets(&ex.meta) {
+            Ok(_) => Ok((ex, String::new(), None)),
+            Err(why) => Err(format!("sample {}: {why}", ex.key)),
         },
         _ => match pick_text(&ex.meta, &ex.key, choice, seed, epoch) {
             Some(t) => Ok((ex, t, None)),
-            None => Err(ex),
+            None => Err(format!("sample {}: no caption", ex.key)),
         },
     }
 }
@@ -344,6 +354,9 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
                 "BlipForQuestionAnswering"
             }
         }
+        // Not a Hugging Face architecture: the run's tower is taken into a BLIP or
+        // CLIP run with `model.init_vision`, not exported on its own.
+        ModelKind::VisionAttributes => "GlimpseVisionAttributes",
     };
     let mpe = text
         .get("max_position_embeddings")
@@ -360,7 +373,11 @@ fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     config["architectures"] = serde_json::json!([arch]);
     write_json(&dir.join("config.json"), &config)?;
     let size = image_size_of(recipe.model.kind, &config)?;
-    let pre = preprocessor_json(recipe.model.kind, size);
+    let family = match (recipe.model.kind, recipe.model.tower) {
+        (ModelKind::VisionAttributes, Some(Tower::Clip)) => ModelKind::Clip,
+        (k, _) => k,
+    };
+    let pre = preprocessor_json(family, size);
     write_json(&dir.join("preprocessor_config.json"), &pre)?;
     Ok(())
 }
@@ -378,7 +395,7 @@ pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
             "do_normalize": true, "image_mean": mean, "image_std": std,
             "do_convert_rgb": true,
         }),
-        ModelKind::Blip | ModelKind::BlipVqa => serde_json::json!({
+        ModelKind::Blip | ModelKind::BlipVqa | ModelKind::VisionAttributes => serde_json::json!({
             "image_processor_type": "BlipImageProcessor",
             "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
             "do_rescale": true, "rescale_factor": 1.0 / 255.0,
@@ -426,6 +443,11 @@ fn build_model(kind: ModelKind, recipe: &Recipe, config: &Value, device: &Device
                 device,
             )?)
         }
+        ModelKind::VisionAttributes => Model::Vision(VisionAttributesTrain::new(
+            recipe.model.tower.unwrap_or_default(),
+            config,
+            device,
+        )?),
     })
 }
 
@@ -457,6 +479,64 @@ pub fn resolve_checkpoint(path: &Path) -> Result<(PathBuf, PathBuf)> {
 
 fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, device).map_err(|e| Error::io_ctx(path, e))
+}
+
+/// Copies the vision tower (`vision_model.*`) of the `vision_attributes` run that
+/// `init` names into `model`, checking that the run trained a tower of this model's
+/// layout and that every tensor is there with its shape. Returns the checkpoint.
+fn init_vision(model: &Model, kind: ModelKind, init: &Path, device: &Device) -> Result<PathBuf> {
+    let (run, ckpt) = resolve_checkpoint(init)?;
+    let theirs = Recipe::from_file(&run.join("recipe.toml"))?;
+    let want = if kind == ModelKind::Clip {
+        Tower::Clip
+    } else {
+        Tower::Blip
+    };
+    let has = theirs.model.tower.unwrap_or_default();
+    if theirs.model.kind != ModelKind::VisionAttributes || has != want {
+        return Err(Error::io_ctx(
+            init,
+            format!(
+                "model.init_vision needs a vision_attributes run with tower = \"{}\"; this is a {:?} run{}",
+                if want == Tower::Clip { "clip" } else { "blip" },
+                theirs.model.kind,
+                if theirs.model.kind == ModelKind::VisionAttributes {
+                    format!(" of the {has:?} tower")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    let p = ckpt.join("model.safetensors");
+    let tensors = load_tensors(&p, device)?;
+    let mut copied = 0;
+    for (name, var) in sorted_vars(model.vars()) {
+        if !name.starts_with("vision_model.") {
+            continue;
+        }
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| Error::io_ctx(&p, format!("missing tensor {name}")))?;
+        if t.shape() != var.shape() {
+            return Err(Error::io_ctx(
+                &p,
+                format!(
+                    "{name} is {:?}, this model's vision tower expects {:?} (the runs' vision_config differ)",
+                    t.shape(),
+                    var.shape()
+                ),
+            ));
+        }
+        var.set(t)?;
+        copied += 1;
+    }
+    if copied == 0 {
+        return Err(Error::Train(
+            "this model has no vision_model variables".into(),
+        ));
+    }
+    Ok(ckpt)
 }
 
 /// Runs (or resumes) a recipe.
@@ -521,6 +601,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         }
         eprintln!("initialised from {}", ckpt.display());
     }
+    if let (Some(init), None) = (&recipe.model.init_vision, &resume) {
+        let ckpt = init_vision(&model, kind, init, &device)?;
+        eprintln!("vision tower initialised from {}", ckpt.display());
+    }
     if let Model::Blip(b) = &mut model {
         b.reset_momentum();
     }
@@ -574,6 +658,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             weight_decay: o.weight_decay,
         },
     )?;
+    if o.vision_lr_scale != 1.0 {
+        opt.scale_lr("vision_model.", o.vision_lr_scale);
+    }
     let schedule = Schedule {
         peak: o.lr,
         warmup: o.warmup_steps,
@@ -666,15 +753,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                         Some(Ok(ex)) => {
                             match item_of(ex, kind, recipe.data.text, seed, state.epoch) {
                                 Ok(item) => examples.push(item),
-                                Err(ex) => {
+                                Err(why) => {
                                     skipped += 1;
                                     if reasons.len() < 20 {
-                                        let what = if kind == ModelKind::BlipVqa {
-                                            "question/answer"
-                                        } else {
-                                            "caption"
-                                        };
-                                        reasons.push(format!("sample {}: no {what}", ex.key));
+                                        reasons.push(why);
                                     }
                                 }
                             }
@@ -694,7 +776,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     state.position = 0;
                     continue 'epochs;
                 }
-                let mut batch = make_batch(&examples, &files, recipe.data.max_text_len, &device)?;
+                let mut batch =
+                    make_batch(&examples, &files, kind, recipe.data.max_text_len, &device)?;
                 if matches!(kind, ModelKind::Clip | ModelKind::Blip)
                     && recipe.loss.hard_negative_captions
                 {
@@ -829,9 +912,28 @@ fn negative_texts(examples: &[Item], seed: u64, epoch: u64, round: u64) -> (Vec<
 fn make_batch(
     examples: &[Item],
     files: &RunFiles,
+    kind: ModelKind,
     max_len: usize,
     device: &Device,
 ) -> Result<Batch> {
+    let attributes = if kind == ModelKind::VisionAttributes {
+        let space = AttributeSpace::synth();
+        let mut rows = Vec::with_capacity(examples.len() * space.targets_per_image());
+        for (ex, _, _) in examples {
+            let t = space
+                .targets(&ex.meta)
+                .map_err(|why| Error::Train(format!("sample {}: {why}", ex.key)))?;
+            rows.extend(t);
+        }
+        let n = examples.len();
+        Some(Tensor::from_vec(
+            rows,
+            (n, space.targets_per_image()),
+            device,
+        )?)
+    } else {
+        None
+    };
     let imgs: Vec<image::RgbImage> = examples.iter().map(|(e, _, _)| e.image.clone()).collect();
     let pixel_values = files.processor.preprocess_batch(&imgs, device)?;
     let texts: Vec<String> = examples.iter().map(|(_, t, _)| t.clone()).collect();
@@ -847,6 +949,7 @@ fn make_batch(
         attention_mask,
         answer,
         negatives: None,
+        attributes,
     })
 }
 
@@ -916,6 +1019,14 @@ fn forward_loss(
             )?;
             Ok((l, vec![]))
         }
+        Model::Vision(m) => {
+            let t = b
+                .attributes
+                .as_ref()
+                .ok_or_else(|| Error::Train("vision batch without attribute targets".into()))?;
+            let (l, _) = m.loss(&b.pixel_values, t, true)?;
+            Ok((l, vec![]))
+        }
     }
 }
 
@@ -953,7 +1064,15 @@ fn load_val(
     let b = recipe.optim.batch_size;
     let batches = examples
         .chunks(b)
-        .map(|c| make_batch(c, files, recipe.data.max_text_len, device))
+        .map(|c| {
+            make_batch(
+                c,
+                files,
+                recipe.model.kind,
+                recipe.data.max_text_len,
+                device,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(ValData { batches })
 }
@@ -980,6 +1099,22 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
         }
         return Ok(serde_json::json!({"answer_loss": loss}));
     }
+    if let Model::Vision(m) = model {
+        let mut loss = 0.0;
+        let mut counts = AttributeCounts::default();
+        for b in &val.batches {
+            let t = b
+                .attributes
+                .as_ref()
+                .ok_or_else(|| Error::Train("vision batch without attribute targets".into()))?;
+            let (l, logits) = m.loss(&b.pixel_values, t, false)?;
+            loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? / val.batches.len() as f64;
+            counts.add(&m.counts(&logits, t)?);
+        }
+        let mut report = counts.report();
+        report["loss"] = loss.into();
+        return Ok(report);
+    }
     let mut img = Vec::new();
     let mut txt = Vec::new();
     let mut loss = 0.0;
@@ -994,7 +1129,7 @@ fn validate(model: &Model, val: &ValData, _files: &RunFiles) -> Result<Value> {
                 (i, t, l)
             }
             Model::Blip(m) => m.eval_batch(&b.pixel_values, &b.input_ids, &b.attention_mask)?,
-            Model::Vqa(_) => unreachable!("handled above"),
+            Model::Vqa(_) | Model::Vision(_) => unreachable!("handled above"),
         };
         img.push(crate::losses::l2_normalize(&i.detach())?);
         txt.push(crate::losses::l2_normalize(&t.detach())?);
