@@ -3,14 +3,19 @@
 //!
 //! Inputs are the reference's own pixel values and token ids, so these tests isolate the
 //! model from image preprocessing and tokenization. `GLIMPSE_FIXTURES` overrides the
-//! fixture directory (e.g. a freshly regenerated set).
+//! fixture directory (e.g. a freshly regenerated set); `GLIMPSE_TEST_DEVICE=cuda` runs
+//! the tests on a GPU, with bounds 10x looser (`common::tol`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::clip::ClipModel;
+
+mod common;
+
+use common::{test_device, tol};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -31,9 +36,10 @@ fn load(case: &str) -> Case {
     let dir = fixtures().join(case);
     let files = ModelFiles::resolve(dir.to_str().unwrap())
         .unwrap_or_else(|e| panic!("fixture {case} (run tools/fixtures/make_fixtures.py): {e}"));
-    let model = ClipModel::load(&files, &Device::Cpu).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let dev = test_device();
+    let model = ClipModel::load(&files, &dev).unwrap_or_else(|e| panic!("{case}: {e}"));
     let reference =
-        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &dev).unwrap();
     let record = serde_json::from_str(
         &std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"),
     )
@@ -72,8 +78,10 @@ impl Case {
     }
 }
 
-/// Fails with the position and both values of the largest difference.
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+/// Fails with the position and both values of the largest difference; `cpu_tol` is the
+/// bound on the CPU (`common::tol` loosens it on a GPU).
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, cpu_tol: f32) {
+    let tol = tol(cpu_tol);
     assert_eq!(got.dims(), want.dims(), "{what}: shapes differ");
     let g = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
     let w = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
@@ -191,18 +199,19 @@ fn batches_equal_items_one_at_a_time() {
 #[test]
 fn bad_inputs_are_errors() {
     let c = load("clip");
-    let wrong_size = Tensor::zeros((1, 3, 40, 40), DType::F32, &Device::Cpu).unwrap();
+    let dev = test_device();
+    let wrong_size = Tensor::zeros((1, 3, 40, 40), DType::F32, &dev).unwrap();
     assert!(c.model.get_image_features(&wrong_size).is_err());
     let vocab = c.model.config().text_config.vocab_size as u32;
-    let ids = Tensor::new(&[[1u32, vocab]], &Device::Cpu).unwrap();
-    let mask = Tensor::new(&[[1u32, 1]], &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[1u32, vocab]], &dev).unwrap();
+    let mask = Tensor::new(&[[1u32, 1]], &dev).unwrap();
     let err = c
         .model
         .get_text_features(&ids, &mask)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&vocab.to_string()), "{err}");
-    let short_mask = Tensor::new(&[[1u32]], &Device::Cpu).unwrap();
+    let short_mask = Tensor::new(&[[1u32]], &dev).unwrap();
     assert!(c
         .model
         .get_text_features(&ids.i((.., ..1)).unwrap(), &mask)

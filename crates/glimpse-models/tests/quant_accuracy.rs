@@ -16,6 +16,9 @@
 //! measurement on the bare language models and on a block-aligned LLaMA. BLIP-2's OPT
 //! is 32/64 wide (every layer quantised: `Q8_0`, `Q4_0`); LLaVA's LLaMA takes 48-wide
 //! inputs in all but `down_proj`, which is all that gets quantised there.
+//!
+//! These stay on the CPU whatever `GLIMPSE_TEST_DEVICE` says: the measured figures are
+//! those of the CPU's quantised kernels.
 
 use candle_core::{Device, Tensor, D};
 use glimpse_generate::GenerationConfig;
@@ -144,7 +147,7 @@ fn greedy_config(max_new_tokens: usize) -> GenerationConfig {
 
 #[test]
 fn blip2_opt_q8_and_q4_against_f32() {
-    let fx = Fixture::open("blip2_opt");
+    let fx = Fixture::open_on("blip2_opt", &Device::Cpu);
     let model = Blip2ForConditionalGeneration::load(&fx.files, &Device::Cpu).unwrap();
     let tok = fx.tokenizer();
     let max_new = fx.json["generation"]["max_new_tokens"].as_u64().unwrap() as usize;
@@ -199,7 +202,7 @@ fn blip2_opt_q8_and_q4_against_f32() {
 
 #[test]
 fn llava_q8_and_q4_against_f32() {
-    let fx = Fixture::open("llava");
+    let fx = Fixture::open_on("llava", &Device::Cpu);
     let model = LlavaForConditionalGeneration::load(&fx.files, &Device::Cpu).unwrap();
     let single = &fx.json["single_turn"];
     let input_ids = ids(&single["input_ids"]);
@@ -249,7 +252,7 @@ fn llava_q8_and_q4_against_f32() {
 /// Only BLIP-2 with OPT and LLaVA quantise; other models say which would.
 #[test]
 fn other_models_refuse_to_quantise_with_a_clear_message() {
-    let t5 = Fixture::open("blip2_t5");
+    let t5 = Fixture::open_on("blip2_t5", &Device::Cpu);
     let mut m = Blip2ForConditionalGeneration::load(&t5.files, &Device::Cpu).unwrap();
     let err = m
         .quantize_language_model(Quant::Q8)
@@ -257,7 +260,7 @@ fn other_models_refuse_to_quantise_with_a_clear_message() {
         .to_string();
     assert!(err.contains("OPT") && err.contains("T5"), "{err}");
 
-    let blip = Fixture::open("blip_caption");
+    let blip = Fixture::open_on("blip_caption", &Device::Cpu);
     let mut p = Pipeline::load(blip.dir.to_str().unwrap(), &Device::Cpu).unwrap();
     let err = p
         .quantize_language_model(Quant::Q4)
@@ -270,7 +273,7 @@ fn other_models_refuse_to_quantise_with_a_clear_message() {
         "{err}"
     );
 
-    let opt = Fixture::open("blip2_opt");
+    let opt = Fixture::open_on("blip2_opt", &Device::Cpu);
     let mut p = Pipeline::load(opt.dir.to_str().unwrap(), &Device::Cpu).unwrap();
     let report = p.quantize_language_model(Quant::Q8).unwrap();
     assert_eq!(report.quantized.len(), 12);

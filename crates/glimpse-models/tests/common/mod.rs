@@ -1,6 +1,12 @@
 //! Reading the reference fixtures written by `tools/fixtures/make_fixtures*.py`, and
-//! comparing tensors, shared by the model parity tests.
+//! comparing tensors, shared by the model parity tests. `GLIMPSE_TEST_DEVICE=cuda` runs
+//! them on a GPU (see `device.rs`, shared with glimpse-nn's tests, and docs/cuda.md).
 #![allow(dead_code)]
+
+#[path = "../../../glimpse-nn/tests/common/device.rs"]
+mod device;
+
+pub use device::{test_device, tol};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +16,8 @@ use glimpse_data::TextTokenizer;
 use glimpse_models::checkpoint::ModelFiles;
 use serde_json::Value;
 
-/// Largest absolute difference accepted against the reference.
+/// Largest absolute difference accepted against the reference on the CPU; `tol(TOL)`
+/// is the bound on the test device.
 pub const TOL: f32 = 1e-4;
 
 /// One fixture directory: the model files and the reference's recorded outputs.
@@ -19,12 +26,20 @@ pub struct Fixture {
     pub files: ModelFiles,
     pub tensors: HashMap<String, Tensor>,
     pub json: Value,
+    /// Where `get` puts the tensors, and where the tests load their models.
+    pub device: Device,
 }
 
 impl Fixture {
     /// `GLIMPSE_FIXTURES` points the tests at another fixture set (e.g. the `alt`
-    /// variant, whose shapes differ) without editing them.
+    /// variant, whose shapes differ) without editing them. `get` puts the tensors on the
+    /// test device (`GLIMPSE_TEST_DEVICE`, the CPU by default).
     pub fn open(name: &str) -> Self {
+        Self::open_on(name, &test_device())
+    }
+
+    /// As `open`, for the tests that stay on `device` whatever the test device is.
+    pub fn open_on(name: &str, device: &Device) -> Self {
         let root = std::env::var_os("GLIMPSE_FIXTURES").map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures"),
             PathBuf::from,
@@ -41,19 +56,21 @@ impl Fixture {
             files,
             tensors,
             json,
+            device: device.clone(),
         }
     }
 
-    /// A stored tensor; ids come back as u32, floats as f32.
+    /// A stored tensor on the fixture's device; ids come back as u32, floats as f32.
     pub fn get(&self, key: &str) -> Tensor {
         let t = self
             .tensors
             .get(key)
             .unwrap_or_else(|| panic!("no `{key}`"));
-        match t.dtype() {
+        let t = match t.dtype() {
             DType::I64 | DType::U32 | DType::U8 => t.to_dtype(DType::U32).unwrap(),
             _ => t.to_dtype(DType::F32).unwrap(),
-        }
+        };
+        t.to_device(&self.device).unwrap()
     }
 
     pub fn photos(&self) -> Vec<String> {
@@ -75,10 +92,16 @@ impl Fixture {
     }
 }
 
-/// Largest absolute difference of two tensors of the same shape.
+/// Largest absolute difference of two tensors of the same shape, wherever they live.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+    let on_cpu = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+    };
+    (on_cpu(a) - on_cpu(b))
         .unwrap()
         .abs()
         .unwrap()
@@ -91,6 +114,6 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    let d = max_diff(got, want);
-    assert!(d <= TOL, "{what}: max abs difference {d:.3e} > {TOL:e}");
+    let (d, tol) = (max_diff(got, want), tol(TOL));
+    assert!(d <= tol, "{what}: max abs difference {d:.3e} > {tol:e}");
 }
