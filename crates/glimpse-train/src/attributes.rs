@@ -163,7 +163,11 @@ impl AttributeSpace {
 pub struct VisionAttributesTrain {
     pub vars: SharedVars,
     pub vit: VisionTransformer,
-    /// Normalises each cell's mean patch token (CLIP's patch tokens are not normed).
+    /// CLIP tower only: normalises each patch token before the cells pool them, as the
+    /// BLIP tower's `post_layernorm` does inside the tower (CLIP applies its own only
+    /// to the class token).
+    pub token_norm: Option<LayerNorm>,
+    /// Normalises each cell's mean patch token.
     pub cell_norm: LayerNorm,
     pub cell_head: Linear,
     pub image_head: Linear,
@@ -312,9 +316,18 @@ impl VisionAttributesTrain {
         let vit = VisionTransformer::new(&vit_cfg, vb.pp("vision_model"))?;
         let d = vit_cfg.hidden_size;
         let hb = vb.pp("attribute_head");
+        let token_norm = match tower {
+            Tower::Clip => Some(glimpse_nn::layers::layer_norm(
+                d,
+                vit_cfg.layer_norm_eps,
+                hb.pp("token_norm"),
+            )?),
+            Tower::Blip => None,
+        };
         Ok(Self {
             vars,
             vit,
+            token_norm,
             cell_norm: glimpse_nn::layers::layer_norm(d, 1e-5, hb.pp("cell_norm"))?,
             cell_head: candle_nn::linear(d, width(&space.cell), hb.pp("cell"))?,
             image_head: candle_nn::linear(d, width(&space.image), hb.pp("image"))?,
@@ -332,6 +345,10 @@ impl VisionAttributesTrain {
         let (b, n, d) = h.dims3()?;
         let (c, g) = (self.cell_patches, GRID * self.cell_patches);
         let patches = h.narrow(1, 1, n - 1)?; // [B, g*g, d]
+        let patches = match &self.token_norm {
+            Some(ln) => ln.forward(&patches, train)?,
+            None => patches,
+        };
         let cells = patches
             .reshape((b, GRID, c, GRID, c, d))?
             .mean(4)?
@@ -486,9 +503,20 @@ mod tests {
 
     #[test]
     fn loss_is_the_mean_target_cross_entropy_and_cells_pool_their_patches() {
+        check_loss_and_pooling(Tower::Blip);
+    }
+
+    /// The CLIP tower's patch tokens go through the head's `token_norm` first.
+    #[test]
+    fn clip_tower_cells_pool_normalised_patch_tokens() {
+        check_loss_and_pooling(Tower::Clip);
+    }
+
+    fn check_loss_and_pooling(tower: Tower) {
         let device = Device::Cpu;
-        let m = VisionAttributesTrain::new(Tower::Blip, &tiny(24), &device).unwrap();
-        crate::params::init_weights(&m.vars.map, 3, 0.02).unwrap();
+        let m = VisionAttributesTrain::new(tower, &tiny(24), &device).unwrap();
+        assert_eq!(m.token_norm.is_some(), tower == Tower::Clip);
+        crate::params::init_weights(&m.vars.map, 3, 0.02, 1.0).unwrap();
         let px = Tensor::randn(0f32, 1.0, (2, 3, 24, 24), &device).unwrap();
         let space = &m.space;
         let per = space.targets_per_image();
@@ -506,7 +534,13 @@ mod tests {
         // The cell features are the means of each cell's 2x2 patches: recompute the
         // centre cell of image 0 from the tower's tokens.
         let h = m.vit.forward(&px, false, false).unwrap().last_hidden_state;
-        let tok = |r: usize, c: usize| h.get(0).unwrap().get(1 + r * 6 + c).unwrap();
+        let tok = |r: usize, c: usize| {
+            let t = h.get(0).unwrap().get(1 + r * 6 + c).unwrap();
+            match &m.token_norm {
+                Some(ln) => ln.forward(&t, false).unwrap(),
+                None => t,
+            }
+        };
         let mean = ((tok(2, 2) + tok(2, 3)).unwrap() + (tok(3, 2) + tok(3, 3)).unwrap())
             .unwrap()
             .affine(0.25, 0.0)

@@ -161,9 +161,9 @@ pub fn sincos_2d(g: usize, d: usize) -> Vec<f32> {
 /// the vision tower's position embeddings 2-D sine-cosine (with random ones a small
 /// ViT trained from scratch takes very long to relate neighbouring patches: colours
 /// are learned early, shapes and positions were not learned at all in the first
-/// synthetic-world runs), everything else N(0, `std`) (BERT/BLIP's
-/// `initializer_range`).
-pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
+/// synthetic-world runs) times `position_scale`, everything else N(0, `std`)
+/// (BERT/BLIP's `initializer_range`).
+pub fn init_weights(map: &VarMap, seed: u64, std: f64, position_scale: f32) -> Result<()> {
     let mut rng = Rng::new(seed);
     for (name, var) in sorted_vars(map) {
         let shape = var.shape().clone();
@@ -182,7 +182,8 @@ pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
             let dims = shape.dims();
             let (rows, d) = (dims[shape.rank() - 2], dims[shape.rank() - 1]);
             let g = ((rows - 1) as f64).sqrt().round() as usize;
-            Tensor::from_vec(sincos_2d(g, d), shape, var.device())?
+            let values = sincos_2d(g, d).into_iter().map(|v| v * position_scale);
+            Tensor::from_vec(values.collect::<Vec<f32>>(), shape, var.device())?
         } else if is_norm && leaf == "weight" {
             Tensor::ones(shape, DType::F32, var.device())?
         } else if leaf == "bias" {
@@ -199,7 +200,41 @@ pub fn init_weights(map: &VarMap, seed: u64, std: f64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::sincos_2d;
+    use super::{init_weights, sincos_2d};
+    use candle_core::{DType, Device};
+    use candle_nn::{Init, VarMap};
+
+    /// The position table is the sine-cosine grid times the scale; the other draws
+    /// do not depend on it.
+    #[test]
+    fn position_init_scale_scales_only_the_position_table() {
+        let (g, d) = (3, 8);
+        let table = |scale: f32| {
+            let map = VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+            let pos = vb
+                .get_with_hints(
+                    (g * g + 1, d),
+                    "vision_model.embeddings.position_embedding.weight",
+                    Init::Const(0.0),
+                )
+                .unwrap();
+            let w = vb
+                .get_with_hints((4, 4), "vision_model.w", Init::Const(0.0))
+                .unwrap();
+            init_weights(&map, 7, 0.02, scale).unwrap();
+            (
+                pos.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        };
+        let (one, w1) = table(1.0);
+        let (quarter, w4) = table(0.25);
+        assert_eq!(one, sincos_2d(g, d));
+        let want: Vec<f32> = one.iter().map(|v| v * 0.25).collect();
+        assert_eq!(quarter, want);
+        assert_eq!(w1, w4);
+    }
 
     #[test]
     fn sincos_grid_is_distinct_per_position() {

@@ -586,7 +586,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let files = RunFiles::open(&model_dir)?;
     let kind = recipe.model.kind;
     let mut model = build_model(kind, &recipe, &files.config, &device)?;
-    init_weights(model.vars(), recipe.model.seed, recipe.model.init_std)?;
+    init_weights(
+        model.vars(),
+        recipe.model.seed,
+        recipe.model.init_std,
+        recipe.model.position_init_scale as f32,
+    )?;
     if let Model::Blip(b) = &model {
         b.temp
             .set(&Tensor::new(recipe.loss.temp as f32, &device)?)?;
