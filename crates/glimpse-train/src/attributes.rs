@@ -10,6 +10,10 @@
 //! none), and the background colour. A BLIP or CLIP recipe then starts its tower from
 //! the result with `model.init_vision`.
 //!
+//! The CLIP tower leaves its patch tokens unnormalised (its `post_layernorm` sees only
+//! the class token), so the head normalises each patch token (`token_norm`) before the
+//! cells pool them, as the BLIP tower's own `post_layernorm` does.
+//!
 //! The targets come from records in the synthetic world's format (`objects: [{shape,
 //! color, size, position}]`, `background: {color}`); a sample without such a record,
 //! or with a name outside the world's vocabulary, is skipped and counted.
