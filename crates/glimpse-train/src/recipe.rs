@@ -47,8 +47,8 @@ pub struct ModelSection {
     pub init_std: f64,
     /// Factor on the vision tower's initial 2-D sine-cosine position embeddings (each
     /// row has norm `sqrt(hidden / 2)` at 1). Below 1 the patch content carries more
-    /// of a token at the start, which speeds up CLIP's tower: its `pre_layrnorm`
-    /// normalises position plus content together.
+    /// of a token at the start; CLIP's tower, whose `pre_layrnorm` normalises position
+    /// plus content together, learned shapes with 0.25 (see the README).
     #[serde(default = "one_f64")]
     pub position_init_scale: f64,
 }
