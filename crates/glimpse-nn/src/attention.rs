@@ -146,6 +146,52 @@ pub fn sdpa(
     probs.matmul(&v.contiguous()?) // [b, h, q, d]
 }
 
+/// Multi-head attention with the heads merged in the output: [`sdpa`] between
+/// [`split_heads`] and [`merge_heads`], or the fused CPU kernel
+/// ([`kernels::attention`](crate::kernels::attention)) for inference in f32, which reads
+/// the heads where they lie and applies the mask without building it.
+///
+/// # Shapes
+/// * `q`: `[batch, q_len, heads * head_dim]` or `[batch, heads, q_len, head_dim]`
+/// * `k`, `v`: the same with `kv_heads` heads and `k_len` positions
+/// * returns `[batch, q_len, heads * head_dim]`
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    mask: &AttnMask,
+    scale: f64,
+    train: bool,
+) -> Result<Tensor> {
+    if !train {
+        let fused = crate::kernels::attention(
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
+            mask.causal,
+            mask.additive.as_ref(),
+            scale,
+        )?;
+        if let Some(out) = fused {
+            return Ok(out);
+        }
+    }
+    let split = |x: &Tensor, h: usize| {
+        if x.rank() == 3 {
+            split_heads(x, h)
+        } else {
+            Ok(x.clone())
+        }
+    };
+    let (q, k, v) = (split(q, heads)?, split(k, kv_heads)?, split(v, kv_heads)?);
+    merge_heads(&sdpa(&q, &k, &v, mask, scale, train)?)
+}
+
 /// `[b, kv_heads, t, d]` -> `[b, kv_heads * rep, t, d]`, each head repeated `rep` times.
 pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
     if rep == 1 {

@@ -23,7 +23,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use crate::attention::{merge_heads, padding_mask, sdpa, split_heads, AttnMask, KvCache};
+use crate::attention::{attend, padding_mask, split_heads, AttnMask, KvCache};
 use crate::layers::{linear, Activation, LayerNorm, Linear, Module};
 
 mod config;
@@ -158,10 +158,10 @@ impl BertSelfAttention {
         mask: &AttnMask,
         train: bool,
     ) -> Result<Tensor> {
-        let q = split_heads(&self.query.forward(xs)?, self.num_attention_heads)?; // [b, h, t, dh]
+        let q = self.query.forward(xs)?; // [b, t, d]
         let scale = 1.0 / (self.attention_head_size as f64).sqrt();
-        let ctx = sdpa(&q, k, v, mask, scale, train)?; // [b, h, t, dh]
-        merge_heads(&ctx) // [b, t, d]
+        let h = self.num_attention_heads;
+        attend(&q, k, v, h, h, mask, scale, train) // [b, t, d]
     }
 }
 
@@ -186,6 +186,12 @@ impl BertOutput {
     /// # Shapes
     /// * `xs`: `[batch, t, in]`, `residual`: `[batch, t, hidden]` -> `[batch, t, hidden]`
     pub fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            // No dropout: the residual is added inside the projection.
+            return self
+                .layer_norm
+                .forward(&self.dense.forward_add(xs, residual)?, train);
+        }
         let xs = dropout(&self.dense.forward(xs)?, self.dropout, train)?; // [b, t, d]
         self.layer_norm.forward(&(xs + residual)?, train)
     }
@@ -290,7 +296,7 @@ impl BertLayer {
             };
             hs = ca.forward(&hs, cross.k, cross.v, cross.mask, train)?; // [b, t, d]
         }
-        let inter = self.act.apply(&self.intermediate.forward(&hs)?)?; // [b, t, ffn]
+        let inter = self.intermediate.forward_act(&hs, self.act)?; // [b, t, ffn]
         self.output.forward(&inter, &hs, train) // [b, t, d]
     }
 }

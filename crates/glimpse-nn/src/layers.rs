@@ -11,7 +11,82 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-pub use candle_nn::{linear, linear_b, linear_no_bias, Linear, Module};
+pub use candle_nn::Module;
+
+/// `y = x W^T + b`, as `torch.nn.Linear`, with the weight `[out, in]` as stored.
+///
+/// Inference on the CPU in f32 runs [`kernels::linear`](crate::kernels::linear), which
+/// adds the bias (and, through [`Linear::forward_act`] and [`Linear::forward_add`], the
+/// activation or the residual) inside the matrix product's column blocks; elsewhere, and
+/// whenever a gradient is recorded, it is candle's `Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            inner: candle_nn::Linear::new(weight, bias),
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    /// `act(x W^T + b)`.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if let Some(y) = crate::kernels::linear(x, self.weight(), self.bias(), Some(act), None)? {
+            return Ok(y);
+        }
+        act.apply(&self.inner.forward(x)?)
+    }
+
+    /// `x W^T + b + residual`; `residual` has the output's shape.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(y) =
+            crate::kernels::linear(x, self.weight(), self.bias(), None, Some(residual))?
+        {
+            return Ok(y);
+        }
+        self.inner.forward(x)? + residual
+    }
+}
+
+impl From<candle_nn::Linear> for Linear {
+    fn from(inner: candle_nn::Linear) -> Self {
+        Self { inner }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::kernels::linear(x, self.weight(), self.bias(), None, None)? {
+            return Ok(y);
+        }
+        self.inner.forward(x)
+    }
+}
+
+/// A linear layer with a bias, initialised as `candle_nn::linear` does when training.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb).map(Linear::from)
+}
+
+/// A linear layer with or without a bias.
+pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(Linear::from)
+}
+
+/// A linear layer without a bias.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear_no_bias(in_dim, out_dim, vb).map(Linear::from)
+}
 
 /// A feed-forward activation, deserialised from a config's `hidden_act` string.
 ///
@@ -94,6 +169,9 @@ impl LayerNorm {
             let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?; // [..., size]
             let y = candle_nn::ops::layer_norm(&centred, &w, &b, self.eps as f32)?;
             return y.to_dtype(dtype);
+        }
+        if let Some(y) = crate::kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
         }
         let mean = xs.mean_keepdim(D::Minus1)?; // [..., 1]
         let centred = xs.broadcast_sub(&mean)?; // [..., size], contiguous

@@ -4,6 +4,8 @@
 //!   masks, grouped-query) and the key/value cache that callers pass in.
 //! * [`layers`]: activations, linear/layer-norm helpers that pick fused kernels for
 //!   inference and differentiable ones for training.
+//! * [`kernels`]: fused CPU kernels for f32 inference (linear with its epilogue,
+//!   attention over heads in place, layer norm), used by the layers when they apply.
 //! * [`vit`]: the vision transformer used by CLIP, BLIP and BLIP-2 image encoders.
 //! * [`bert`]: the BERT-style text encoder/decoder with optional cross-attention (BLIP).
 //! * [`opt`], [`llama`]: decoder-only language models (BLIP-2 with OPT, LLaVA).
@@ -16,6 +18,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod opt;

@@ -14,11 +14,12 @@
 //! For decoding, [`OptForCausalLM::quantize`] turns the attention projections and
 //! feed-forward of every layer into 8- or 4-bit weights (see [`crate::quant`]).
 
+use crate::layers::Linear;
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{Embedding, Linear, Module, VarBuilder};
+use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use crate::attention::{merge_heads, sdpa, split_heads, AttnMask, KvCache};
+use crate::attention::{attend, split_heads, AttnMask, KvCache};
 use crate::layers::{Activation, LayerNorm};
 pub use crate::llama::cache::{DecoderCache, Positions};
 use crate::llama::TokenIds;
@@ -86,7 +87,7 @@ impl OptConfig {
 }
 
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<QuantLinear> {
-    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
+    crate::layers::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
 }
 
 /// A layer norm that has no parameters when `layer_norm_elementwise_affine` is false.
@@ -154,8 +155,9 @@ impl OptAttention {
         let k = split_heads(&self.k_proj.forward(x)?, self.num_heads)?; // [b, h, t, hd]
         let v = split_heads(&self.v_proj.forward(x)?, self.num_heads)?; // [b, h, t, hd]
         let (k, v) = cache.append(&k, &v)?; // [b, h, past + t, hd]
-        let out = sdpa(&q, &k, &v, mask, 1.0, train)?; // [b, h, t, hd]
-        self.out_proj.forward(&merge_heads(&out)?) // [b, t, d]
+        let h = self.num_heads;
+        let out = attend(&q, &k, &v, h, h, mask, 1.0, train)?; // [b, t, d]
+        self.out_proj.forward(&out) // [b, t, d]
     }
 }
 
@@ -286,12 +288,12 @@ impl OptForCausalLM {
         )?;
         let (project_in, project_out) = if w != d {
             (
-                Some(candle_nn::linear_no_bias(
+                Some(crate::layers::linear_no_bias(
                     w,
                     d,
                     vb_decoder.pp("project_in"),
                 )?),
-                Some(candle_nn::linear_no_bias(
+                Some(crate::layers::linear_no_bias(
                     d,
                     w,
                     vb_decoder.pp("project_out"),
@@ -311,7 +313,7 @@ impl OptForCausalLM {
         let lm_head = if cfg.tie_word_embeddings || !vb_head.contains_tensor("weight") {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(w, cfg.vocab_size, vb_head)?
+            crate::layers::linear_no_bias(w, cfg.vocab_size, vb_head)?
         }
         .into();
         Ok(Self {

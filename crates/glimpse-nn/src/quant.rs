@@ -20,9 +20,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::layers::Linear;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::Linear;
 
 /// The smallest block of any format used here (`Q8_0`, `Q4_0`); a layer whose input
 /// width is not a multiple of it stays float.

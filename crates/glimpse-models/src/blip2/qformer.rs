@@ -145,7 +145,7 @@ impl Blip2QFormerLayer {
                  it can only run queries"
             );
         };
-        let h = self.act.apply(&intermediate.forward(xs)?)?; // [b, t, ffn]
+        let h = intermediate.forward_act(xs, self.act)?; // [b, t, ffn]
         output.forward(&h, xs, train) // [b, t, d]
     }
 }

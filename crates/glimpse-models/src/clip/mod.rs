@@ -14,8 +14,9 @@ pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use text::{ClipTextEmbeddings, ClipTextTransformer};
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use glimpse_nn::layers::linear_no_bias;
+use glimpse_nn::layers::Linear;
 use glimpse_nn::vit::{VisionTransformer, VitConfig};
 
 use crate::checkpoint::{ModelFiles, Weights};

@@ -1,8 +1,9 @@
 //! `LlavaForConditionalGeneration`: CLIP vision tower, two-layer projector, LLaMA.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 use glimpse_generate::{Decoder, GenerationConfig};
+use glimpse_nn::layers::Linear;
 use glimpse_nn::layers::{linear_b, Activation};
 use glimpse_nn::llama::{DecoderCache, LlamaForCausalLM};
 use glimpse_nn::quant::{Quant, QuantReport};

@@ -52,7 +52,7 @@ impl BertLMPredictionHead {
     /// # Shapes
     /// * `hidden`: `[batch, t, hidden]` -> `[batch, t, vocab]`
     pub fn forward(&self, hidden: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = self.act.apply(&self.transform_dense.forward(hidden)?)?; // [b, t, d]
+        let xs = self.transform_dense.forward_act(hidden, self.act)?; // [b, t, d]
         let xs = self.transform_layer_norm.forward(&xs, train)?; // [b, t, d]
         self.decoder.forward(&xs) // [b, t, V]
     }

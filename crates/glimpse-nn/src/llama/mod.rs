@@ -19,11 +19,12 @@ pub mod rope;
 pub use cache::{DecoderCache, Positions, StepInputs};
 pub use rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 
+use crate::layers::Linear;
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{Embedding, Linear, Module, VarBuilder};
+use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use crate::attention::{merge_heads, sdpa, split_heads, AttnMask, KvCache};
+use crate::attention::{attend, split_heads, AttnMask, KvCache};
 use crate::layers::Activation;
 use crate::quant::{Quant, QuantLinear, QuantReport};
 
@@ -152,7 +153,7 @@ impl RmsNorm {
 }
 
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<QuantLinear> {
-    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
+    crate::layers::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
 }
 
 /// `self_attn`: grouped-query attention with rotary positions.
@@ -202,8 +203,9 @@ impl LlamaAttention {
         let k = rope::apply_rope(&k, cos, sin, train)?; // [b, kv, t, hd]
         let (k, v) = cache.append(&k, &v)?; // [b, kv, past + t, hd]
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = sdpa(&q, &k, &v, mask, scale, train)?; // [b, h, t, hd]
-        self.o_proj.forward(&merge_heads(&out)?) // [b, t, hidden]
+        let (h, kvh) = (self.num_heads, self.num_kv_heads);
+        let out = attend(&q, &k, &v, h, kvh, mask, scale, train)?; // [b, t, hidden]
+        self.o_proj.forward(&out) // [b, t, hidden]
     }
 }
 
@@ -337,7 +339,7 @@ impl LlamaForCausalLM {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb_head)?
+            crate::layers::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb_head)?
         }
         .into();
         let rotary_emb = RotaryEmbedding::new(

@@ -2,11 +2,11 @@
 //! the relative position bias.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::{FeedForwardProj, T5Config};
-use crate::attention::{merge_heads, sdpa, split_heads, AttnMask};
-use crate::layers::{linear_no_bias, Activation};
+use crate::attention::{attend, split_heads, AttnMask};
+use crate::layers::{linear_no_bias, Activation, Linear};
 
 /// Dropout when training with a positive rate, identity otherwise.
 pub(crate) fn dropout(xs: &Tensor, p: f64, train: bool) -> Result<Tensor> {
@@ -178,9 +178,10 @@ impl T5Attention {
         mask: &AttnMask,
         train: bool,
     ) -> Result<Tensor> {
-        let q = split_heads(&self.q.forward(xs)?, self.n_heads)?; // [b, h, t, d_kv]
-        let out = sdpa(&q, k, v, mask, 1.0, train)?; // [b, h, t, d_kv]
-        self.o.forward(&merge_heads(&out)?) // [b, t, d_model]
+        let q = self.q.forward(xs)?; // [b, t, h * d_kv]
+        let h = self.n_heads;
+        let out = attend(&q, k, v, h, h, mask, 1.0, train)?; // [b, t, h * d_kv]
+        self.o.forward(&out) // [b, t, d_model]
     }
 
     /// The relative position bias for `q_len` queries at positions `past..past + q_len`

@@ -1,7 +1,8 @@
 //! T5 blocks, the encoder and decoder stacks, the LM head and the decoding cache.
 
+use crate::layers::Linear;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::layers::{dropout, residual, T5Attention, T5DenseActDense, T5LayerNorm};
 use super::T5Config;
@@ -214,7 +215,7 @@ impl T5ForConditionalGeneration {
         let encoder = T5Stack::new(cfg, false, vb.pp("encoder"))?;
         let decoder = T5Stack::new(cfg, true, vb.pp("decoder"))?;
         let lm_head = if vb.contains_tensor("lm_head.weight") || !cfg.tie_word_embeddings {
-            candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
+            crate::layers::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
         } else {
             Linear::new(shared.embeddings().clone(), None)
         };

@@ -2,11 +2,11 @@
 //! self-attention in either projection layout, the MLP, the layer and the stack.
 
 use candle_core::{bail, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use super::{VitConfig, VitLayout};
-use crate::attention::{merge_heads, sdpa, split_heads, AttnMask};
-use crate::layers::{layer_norm, linear, Activation, LayerNorm};
+use crate::attention::{attend, AttnMask};
+use crate::layers::{layer_norm, linear, Activation, LayerNorm, Linear};
 
 /// The shape of a transformer encoder, as taken from a [`VitConfig`] or a text config.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +78,31 @@ impl SelfAttention {
     /// # Shapes
     /// * `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: &Tensor, mask: &AttnMask, train: bool) -> Result<Tensor> {
+        let ctx = self.context(x, mask, train)?; // [b, t, hidden]
+        match self {
+            Self::Separate { out_proj, .. } => ctx.apply(out_proj),
+            Self::Fused { projection, .. } => ctx.apply(projection),
+        }
+    }
+
+    /// `residual + forward(x)`, with the addition fused into the output projection for
+    /// inference.
+    pub fn forward_add(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        mask: &AttnMask,
+        train: bool,
+    ) -> Result<Tensor> {
+        let ctx = self.context(x, mask, train)?; // [b, t, hidden]
+        match self {
+            Self::Separate { out_proj, .. } => out_proj.forward_add(&ctx, residual),
+            Self::Fused { projection, .. } => projection.forward_add(&ctx, residual),
+        }
+    }
+
+    /// The attention output before the output projection, heads merged.
+    fn context(&self, x: &Tensor, mask: &AttnMask, train: bool) -> Result<Tensor> {
         let (q, k, v, heads) = match self {
             Self::Separate {
                 q_proj,
@@ -96,15 +121,8 @@ impl SelfAttention {
             }
         };
         let head_dim = q.dim(2)? / heads;
-        let q = split_heads(&q, heads)?; // [b, h, t, hd]
-        let k = split_heads(&k, heads)?;
-        let v = split_heads(&v, heads)?;
         let scale = (head_dim as f64).powf(-0.5);
-        let ctx = merge_heads(&sdpa(&q, &k, &v, mask, scale, train)?)?; // [b, t, hidden]
-        match self {
-            Self::Separate { out_proj, .. } => ctx.apply(out_proj),
-            Self::Fused { projection, .. } => ctx.apply(projection),
-        }
+        attend(&q, &k, &v, heads, heads, mask, scale, train) // [b, t, hidden]
     }
 }
 
@@ -149,8 +167,14 @@ impl Mlp {
     /// # Shapes
     /// * `x`: `[..., hidden]` -> `[..., hidden]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.act.apply(&x.apply(&self.fc1)?)?; // [..., intermediate]
+        let h = self.fc1.forward_act(x, self.act)?; // [..., intermediate]
         h.apply(&self.fc2) // [..., hidden]
+    }
+
+    /// `residual + forward(x)`, the addition fused into `fc2` for inference.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward_act(x, self.act)?; // [..., intermediate]
+        self.fc2.forward_add(&h, residual) // [..., hidden]
     }
 }
 
@@ -178,9 +202,9 @@ impl EncoderLayer {
     /// * `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: &Tensor, mask: &AttnMask, train: bool) -> Result<Tensor> {
         let h = self.layer_norm1.forward(x, train)?; // [b, t, d]
-        let x = (x + self.self_attn.forward(&h, mask, train)?)?; // [b, t, d]
+        let x = self.self_attn.forward_add(&h, x, mask, train)?; // x + attn(h), [b, t, d]
         let h = self.layer_norm2.forward(&x, train)?; // [b, t, d]
-        &x + self.mlp.forward(&h)? // [b, t, d]
+        self.mlp.forward_add(&h, &x) // x + mlp(h), [b, t, d]
     }
 }
 
