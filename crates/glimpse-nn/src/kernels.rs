@@ -81,6 +81,96 @@ fn column_blocks(n: usize, m: usize, k: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Products with at most this many rows (decoding: one token per sequence or beam) skip
+/// `gemm`, which packs the weight's block before using it once or twice: a dot-product
+/// kernel streams each weight row once for all rows instead.
+const SMALL_M: usize = 4;
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static YES: OnceLock<bool> = OnceLock::new();
+        *YES.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[i, j] (+)= x[i, :] . w[j, :]` for `m` rows of `x` (`[m, k]`) and `nn` rows of
+/// `w` (`[nn, k]`); `out` rows are `ldo` apart. Four weight rows at a time, eight lanes.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `out` must be valid for `m` rows of `nn` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_m_avx2(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    nn: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let mut j = 0;
+    while j + 4 <= nn {
+        dot_rows::<4>(x, m, k, &w[j * k..(j + 4) * k], out.add(j), ldo, accumulate);
+        j += 4;
+    }
+    while j < nn {
+        dot_rows::<1>(x, m, k, &w[j * k..(j + 1) * k], out.add(j), ldo, accumulate);
+        j += 1;
+    }
+}
+
+/// [`small_m_avx2`] for `R` weight rows.
+///
+/// # Safety
+/// As [`small_m_avx2`], with `w` holding `R` rows of `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows<const R: usize>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let k8 = k / 8 * 8;
+    for i in 0..m {
+        let xi = &x[i * k..(i + 1) * k];
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut kk = 0;
+        while kk < k8 {
+            let xv = _mm256_loadu_ps(xi.as_ptr().add(kk));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w.as_ptr().add(r * k + kk)), *a);
+            }
+            kk += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps(*a, 1));
+            let s2 = _mm_hadd_ps(s4, s4);
+            let mut sum = _mm_cvtss_f32(_mm_hadd_ps(s2, s2));
+            for t in k8..k {
+                sum += xi[t] * w[r * k + t];
+            }
+            let o = out.add(i * ldo + r);
+            *o = if accumulate { *o + sum } else { sum };
+        }
+    }
+}
+
 /// `act` on one value, with the formulas candle's tensor ops use.
 #[inline]
 fn activate(act: Activation, v: f32) -> f32 {
@@ -172,27 +262,41 @@ pub fn linear(
                     }
                 }
             }
-            gemm::gemm(
-                m,
-                nn,
-                k,
-                dst.0.add(j0),
-                1,
-                n as isize,
-                read_dst,
-                xs.as_ptr(),
-                1,
-                k as isize,
-                ws.as_ptr().add(j0 * k),
-                k as isize,
-                1,
-                if read_dst { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+            if m <= SMALL_M && has_avx2_fma() {
+                #[cfg(target_arch = "x86_64")]
+                small_m_avx2(
+                    xs,
+                    m,
+                    k,
+                    &ws[j0 * k..(j0 + nn) * k],
+                    nn,
+                    dst.0.add(j0),
+                    n,
+                    read_dst,
+                );
+            } else {
+                gemm::gemm(
+                    m,
+                    nn,
+                    k,
+                    dst.0.add(j0),
+                    1,
+                    n as isize,
+                    read_dst,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    ws.as_ptr().add(j0 * k),
+                    k as isize,
+                    1,
+                    if read_dst { 1.0 } else { 0.0 },
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
             if let Some(act) = act {
                 for i in 0..m {
                     for o in row(i) {
@@ -517,7 +621,21 @@ mod tests {
             let plain = act.apply(&plain).unwrap();
             assert!(max_diff(&plain, &fused) < 1e-4, "{act:?}");
         }
-        // A single row (decoding) and a tiny product (one block).
+        // Few rows (decoding, beams: the dot-product kernel), including a width that is
+        // not a multiple of 8 and an output count that is not a multiple of 4.
+        let x3 = rand(&[3, 1, 90], 15);
+        let w3 = rand(&[4099, 90], 16);
+        let b3 = rand(&[4099], 17);
+        let few = linear(&x3, &w3, Some(&b3), None, None).unwrap().unwrap();
+        assert!(max_diff(&plain_linear(&x3, &w3, Some(&b3)), &few) < 1e-4);
+        let few_act = linear(&x3, &w3, None, Some(Activation::Silu), None)
+            .unwrap()
+            .unwrap();
+        let plain_act = Activation::Silu
+            .apply(&plain_linear(&x3, &w3, None))
+            .unwrap();
+        assert!(max_diff(&plain_act, &few_act) < 1e-4);
+        // A single row and a tiny product (one block).
         let x1 = rand(&[1, 1, 96], 5);
         let one = linear(&x1, &w, Some(&b), None, None).unwrap().unwrap();
         assert!(max_diff(&plain_linear(&x1, &w, Some(&b)), &one) < 1e-4);
