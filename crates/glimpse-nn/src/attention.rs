@@ -181,9 +181,13 @@ pub fn attend(
             return Ok(out);
         }
     }
+    // Split heads may be views only the fused kernel reads (a batch broadcast with stride
+    // 0, e.g. one image's cross-attention keys for every beam): the plain path copies.
     let split = |x: &Tensor, h: usize| {
         if x.rank() == 3 {
             split_heads(x, h)
+        } else if x.dim(0)? > 1 && x.stride()[0] == 0 {
+            x.contiguous()
         } else {
             Ok(x.clone())
         }

@@ -303,11 +303,25 @@ impl BertLayer {
 
 /// Decoding state: per layer the self-attention cache and the image's cross-attention
 /// keys/values, plus the cross-attention mask.
+///
+/// The image keys/values are computed once per image (`[images, heads, n, head_dim]`)
+/// and kept with a map from each decoding row to its image. [`BertCache::select_rows`]
+/// composes that map instead of copying the image's keys/values for every beam on every
+/// step; the per-row view in `cross` is rebuilt only when the map changes (expanding a
+/// batch into beams), and for a single image read by the fused CPU attention it is a
+/// broadcast view with no copy at all.
 #[derive(Debug, Clone)]
 pub struct BertCache {
     pub self_attn: Vec<KvCache>,
+    /// Per layer, the cross-attention keys/values of the current rows.
     pub cross: Vec<KvCache>,
     cross_mask: AttnMask,
+    /// Per layer, keys and values of each image, in the encoder's batch order.
+    cross_src: Vec<Option<(Tensor, Tensor)>>,
+    /// The mask of each image (`None` when it attends everywhere).
+    cross_mask_src: Option<Tensor>,
+    /// For each current row, the image it reads.
+    row_image: Vec<u32>,
 }
 
 impl BertCache {
@@ -320,14 +334,77 @@ impl BertCache {
         self.len() == 0
     }
 
-    /// Keeps batch rows `rows` (u32, repeats allowed) in that order, in every cache and
-    /// in the cross-attention mask; beam search expands and follows beams with it.
+    /// The image each decoding row reads its cross-attention from.
+    pub fn row_images(&self) -> &[u32] {
+        &self.row_image
+    }
+
+    /// Keeps batch rows `rows` (u32 or i64, repeats allowed) in that order, in every cache
+    /// and in the cross-attention mask; beam search expands and follows beams with it.
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
-        for c in self.self_attn.iter_mut().chain(self.cross.iter_mut()) {
+        if self.cross_src.iter().all(Option::is_none) && self.cross_mask_src.is_none() {
+            // No image: only the text caches follow the rows.
+            for c in self.self_attn.iter_mut() {
+                c.select_rows(rows)?;
+            }
+            return Ok(());
+        }
+        let picked = rows.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let mut map = Vec::with_capacity(picked.len());
+        for &r in &picked {
+            match self.row_image.get(r as usize) {
+                Some(&image) => map.push(image),
+                None => candle_core::bail!(
+                    "select_rows: row {r} of a cache with {} rows",
+                    self.row_image.len()
+                ),
+            }
+        }
+        for c in self.self_attn.iter_mut() {
             c.select_rows(rows)?;
         }
-        if let Some(m) = &self.cross_mask.additive {
-            self.cross_mask.additive = Some(m.index_select(rows, 0)?);
+        if map != self.row_image {
+            self.row_image = map;
+            self.rebuild_cross()?;
+        }
+        Ok(())
+    }
+
+    /// The per-row cross-attention view of `row_image`: the stored keys/values when the
+    /// map is the identity, a broadcast of one image when every row reads the same image
+    /// and the fused CPU attention will read it, otherwise a gathered copy.
+    fn rebuild_cross(&mut self) -> Result<()> {
+        let map = &self.row_image;
+        let rows = map.len();
+        let index = Tensor::new(map.as_slice(), &candle_core::Device::Cpu)?;
+        let identity =
+            |images: usize| images == rows && map.iter().enumerate().all(|(i, &m)| m as usize == i);
+        let single = map
+            .first()
+            .filter(|&&f| map.iter().all(|&m| m == f))
+            .copied();
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            let images = t.dim(0)?;
+            if identity(images) {
+                return Ok(t.clone());
+            }
+            if let Some(image) = single {
+                if crate::kernels::applies(t) {
+                    let mut shape = t.dims().to_vec();
+                    shape[0] = rows;
+                    return t.narrow(0, image as usize, 1)?.broadcast_as(shape);
+                }
+            }
+            t.index_select(&index.to_device(t.device())?, 0)
+        };
+        for (c, src) in self.cross.iter_mut().zip(&self.cross_src) {
+            match src {
+                Some((k, v)) => c.set(pick(k)?, pick(v)?),
+                None => c.clear(),
+            }
+        }
+        if let Some(m) = &self.cross_mask_src {
+            self.cross_mask.additive = Some(m.index_select(&index.to_device(m.device())?, 0)?);
         }
         Ok(())
     }
@@ -422,23 +499,30 @@ impl BertModel {
     pub fn new_cache(&self, encoder: Option<EncoderStates>) -> Result<BertCache> {
         let n = self.layer.len();
         let mut cross = vec![KvCache::new(); n];
+        let mut cross_src = vec![None; n];
         let mut cross_mask = AttnMask::none();
+        let mut row_image = Vec::new();
         if let Some(e) = &encoder {
             cross_mask = self.cross_mask(e, e.hidden_states.dtype())?;
-            for (layer, c) in self.layer.iter().zip(cross.iter_mut()) {
+            row_image = (0..e.hidden_states.dim(0)? as u32).collect();
+            for ((layer, c), src) in self.layer.iter().zip(cross.iter_mut()).zip(&mut cross_src) {
                 let Some(ca) = &layer.crossattention else {
                     candle_core::bail!(
                         "encoder states given to a text model without crossattention"
                     );
                 };
                 let (k, v) = ca.self_.key_value(e.hidden_states)?; // [b, h, n, dh]
+                *src = Some((k.clone(), v.clone()));
                 c.set(k, v);
             }
         }
         Ok(BertCache {
             self_attn: vec![KvCache::new(); n],
             cross,
+            cross_mask_src: cross_mask.additive.clone(),
             cross_mask,
+            cross_src,
+            row_image,
         })
     }
 
@@ -453,6 +537,7 @@ impl BertModel {
             self_attn,
             cross,
             cross_mask,
+            ..
         } = cache;
         for ((layer, sc), cc) in self.layer.iter().zip(self_attn).zip(cross.iter()) {
             let cross = cc.get().map(|(k, v)| CrossKv {

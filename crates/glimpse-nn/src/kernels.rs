@@ -34,6 +34,13 @@ pub fn enabled() -> bool {
     })
 }
 
+/// Whether the fused kernels take `t` (an f32 CPU tensor recording no backward pass,
+/// kernels on); callers use it to keep views such as a broadcast batch that only the
+/// kernels read without a copy.
+pub fn applies(t: &Tensor) -> bool {
+    eligible(&[t])
+}
+
 /// f32 tensors on the CPU that record no backward pass.
 fn eligible(ts: &[&Tensor]) -> bool {
     enabled()

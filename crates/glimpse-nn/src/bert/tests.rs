@@ -206,3 +206,80 @@ fn train_forward_matches_inference_and_every_weight_gets_a_gradient() {
         assert!(norm > 0.0, "zero gradient for {name}");
     }
 }
+
+/// The tiny decoder with its weights detached from the VarMap, as a loaded checkpoint
+/// is: inference on it takes the fused CPU kernels.
+fn frozen_decoder() -> BertLMHeadModel {
+    let (varmap, _) = tiny_decoder();
+    let tensors: std::collections::HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    BertLMHeadModel::new(&tiny_cfg(), vb).unwrap()
+}
+
+#[test]
+fn beams_of_one_image_share_its_cross_attention_keys() {
+    let model = frozen_decoder();
+    let image = rand(&[1, 4, 12], 5);
+    let enc = EncoderStates {
+        hidden_states: &image,
+        attention_mask: None,
+    };
+    let mut cache = model.new_cache(Some(enc)).unwrap();
+    model.step(&ids(&[&[3, 7]]), &mut cache).unwrap();
+    let expand = Tensor::new(&[0u32, 0, 0], &Device::Cpu).unwrap();
+    cache.select_rows(&expand).unwrap();
+    assert_eq!(cache.row_images(), &[0, 0, 0]);
+    let (k, _) = cache.cross[0].get().unwrap();
+    assert_eq!(k.dim(0).unwrap(), 3);
+    if crate::kernels::enabled() {
+        // One copy of the image's keys, read by every beam (a stride-0 batch).
+        assert_eq!(k.stride()[0], 0);
+    }
+    model.step(&ids(&[&[9], &[4], &[5]]), &mut cache).unwrap();
+    let follow = Tensor::new(&[2u32, 0, 0], &Device::Cpu).unwrap();
+    cache.select_rows(&follow).unwrap();
+    let got = model.step(&ids(&[&[1], &[2], &[3]]), &mut cache).unwrap();
+
+    let image_r = image
+        .index_select(&Tensor::new(&[0u32, 0, 0], &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    let tokens_r = ids(&[&[3, 7, 5, 1], &[3, 7, 9, 2], &[3, 7, 9, 3]]);
+    let enc_r = EncoderStates {
+        hidden_states: &image_r,
+        attention_mask: None,
+    };
+    let full = model.forward(&tokens_r, None, Some(enc_r), false).unwrap();
+    let want = full.narrow(1, 3, 1).unwrap().squeeze(1).unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+}
+
+#[test]
+fn rows_of_two_images_gather_once_and_check_the_row_index() {
+    let model = frozen_decoder();
+    let image = rand(&[2, 4, 12], 6);
+    let enc = EncoderStates {
+        hidden_states: &image,
+        attention_mask: None,
+    };
+    let mut cache = model.new_cache(Some(enc)).unwrap();
+    model.step(&ids(&[&[3], &[4]]), &mut cache).unwrap();
+    let expand = Tensor::new(&[0u32, 0, 1, 1], &Device::Cpu).unwrap();
+    cache.select_rows(&expand).unwrap();
+    assert_eq!(cache.row_images(), &[0, 0, 1, 1]);
+    // Reordering within each image's beams keeps the gathered keys as they are.
+    let before = cache.cross[1].get().unwrap().0.clone();
+    let within = Tensor::new(&[1u32, 0, 3, 2], &Device::Cpu).unwrap();
+    cache.select_rows(&within).unwrap();
+    let after = cache.cross[1].get().unwrap().0;
+    assert_eq!(before.id(), after.id());
+    let err = cache
+        .select_rows(&Tensor::new(&[4u32], &Device::Cpu).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("row 4"), "{err}");
+}
