@@ -56,6 +56,13 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// The tensor's f32 values from its start offset, in a held storage guard.
 fn f32_data<'a>(guard: &'a StorageRef<'_>, layout: &Layout) -> Result<&'a [f32]> {
     match &**guard {
@@ -64,13 +71,10 @@ fn f32_data<'a>(guard: &'a StorageRef<'_>, layout: &Layout) -> Result<&'a [f32]>
     }
 }
 
-/// An output buffer every element of which the kernel writes before anything reads it.
+/// An output buffer (zeroed: large ones come from the allocator as fresh zero pages, so
+/// this costs about nothing; every kernel overwrites all of it).
 fn output(len: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns, and each caller writes all `len` values
-    // (gemm without `read_dst`, or an explicit fill) before the buffer is read or returned.
-    unsafe { out.set_len(len) };
-    out
+    vec![0.0; len]
 }
 
 fn threads() -> usize {
@@ -248,11 +252,10 @@ pub fn linear(
     let dst = SharedMut(out.as_mut_ptr());
     let read_dst = bs.is_some() || rs.is_some();
     column_blocks(n, m, k).par_iter().for_each(|&(j0, nn)| {
-        let dst = dst;
         // SAFETY: rows 0..m, columns j0..j0+nn of `out` belong to this task only; the
         // reads stay inside x (m*k), the weight's rows j0..j0+nn, bias and residual.
         unsafe {
-            let row = |i: usize| std::slice::from_raw_parts_mut(dst.0.add(i * n + j0), nn);
+            let row = |i: usize| std::slice::from_raw_parts_mut(dst.at(i * n + j0), nn);
             if read_dst {
                 for i in 0..m {
                     let o = row(i);
@@ -277,7 +280,7 @@ pub fn linear(
                     k,
                     &ws[j0 * k..(j0 + nn) * k],
                     nn,
-                    dst.0.add(j0),
+                    dst.at(j0),
                     n,
                     read_dst,
                 );
@@ -286,7 +289,7 @@ pub fn linear(
                     m,
                     nn,
                     k,
-                    dst.0.add(j0),
+                    dst.at(j0),
                     1,
                     n as isize,
                     read_dst,
@@ -422,7 +425,7 @@ pub fn attention(
     additive: Option<&Tensor>,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    if !eligible(&[q, k, v]) || heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if !eligible(&[q, k, v]) || heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Ok(None);
     }
     let (Some(qh), Some(kh), Some(vh)) = (
@@ -460,7 +463,6 @@ pub fn attention(
 
     let run = |qs: &[f32], ks: &[f32], vs: &[f32], ms: Option<(&[f32], &[usize])>| {
         (0..b * heads * q_blocks).into_par_iter().for_each(|task| {
-            let dst = dst;
             let (bh, qb) = (task / q_blocks, task % q_blocks);
             let (bi, hi) = (bh / heads, bh % heads);
             let kvh = hi / group;
@@ -526,7 +528,7 @@ pub fn attention(
                     rows,
                     d,
                     tk,
-                    dst.0.add(bi * tq * width + i0 * width + hi * d),
+                    dst.at(bi * tq * width + i0 * width + hi * d),
                     1,
                     width as isize,
                     false,
