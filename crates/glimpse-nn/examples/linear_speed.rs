@@ -1,0 +1,40 @@
+//! Times the fused linear kernel on decoding shapes (one row) and reports GB/s of weights.
+//!
+//! `cargo run --release -p glimpse-nn --example linear_speed`
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for &(m, k, n) in &[
+        (1usize, 768usize, 768usize),
+        (1, 768, 3072),
+        (1, 3072, 768),
+        (1, 768, 30524),
+        (3, 768, 768),
+        (3, 768, 3072),
+        (1, 2048, 8192),
+    ] {
+        // A set of weights larger than the caches, cycled, as a decoder's layers are.
+        let copies = (256 << 20) / (k * n * 4) + 1;
+        let ws: Vec<Tensor> = (0..copies)
+            .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev))
+            .collect::<candle_core::Result<_>>()?;
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for w in &ws {
+                glimpse_nn::kernels::linear(&x, w, None, None, None)?.unwrap();
+            }
+            best = best.min(t.elapsed().as_secs_f64() / copies as f64);
+        }
+        let gb = (k * n * 4) as f64 / 1e9;
+        println!(
+            "{m}x{k}x{n}: {:.1} us, {:.1} GB/s of weights",
+            best * 1e6,
+            gb / best
+        );
+    }
+    Ok(())
+}
