@@ -24,6 +24,8 @@ pub mod llama;
 pub mod opt;
 pub mod quant;
 pub mod t5;
+#[cfg(test)]
+mod test_util;
 pub mod vit;
 
 pub use attention::{padding_mask, sdpa, AttnMask, KvCache};

@@ -226,6 +226,7 @@ impl VisionTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
     use std::collections::HashMap;
@@ -249,12 +250,6 @@ mod tests {
     fn pixels(b: usize) -> Tensor {
         Tensor::arange(0f32, (b * 3 * 64) as f32, &Device::Cpu)
             .and_then(|t| (t * 0.37)?.sin()?.reshape((b, 3, 8, 8)))
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
             .unwrap()
     }
 

@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::*;
+use crate::test_util::{max_diff, rand};
 
 fn tiny_cfg() -> BertConfig {
     BertConfig {
@@ -23,30 +24,6 @@ fn tiny_decoder() -> (VarMap, BertLMHeadModel) {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = BertLMHeadModel::new(&tiny_cfg(), vb).unwrap();
     (varmap, model)
-}
-
-/// Deterministic values in [-1, 1) without a RNG dependency.
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .unwrap()
 }
 
 /// Max difference relative to the largest magnitude in `want` (at least 1): the models
