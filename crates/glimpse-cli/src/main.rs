@@ -10,9 +10,25 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Decide candle's thread count once, before any thread starts.
+///
+/// Unless the user set `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS`, candle works the
+/// count out again (reading `/proc/cpuinfo`, about 37 us) on every matrix product; the
+/// count it would pick is written to `CANDLE_NUM_THREADS` so later calls read a variable.
+fn fix_thread_count() {
+    let set =
+        |name: &str| std::env::var(name).is_ok_and(|v| v.parse::<usize>().is_ok_and(|n| n > 0));
+    if !set("CANDLE_NUM_THREADS") && !set("RAYON_NUM_THREADS") {
+        let n = candle_core::utils::get_num_threads();
+        // No other thread exists yet, so nothing reads the environment concurrently.
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() -> ExitCode {
     // Before any thread starts: keep tensor buffers on the heap (see the module).
     glimpse_models::allocator::tune_for_tensors();
+    fix_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GLIMPSE_LOG")

@@ -1,4 +1,5 @@
-//! Times the fused linear kernel on decoding shapes (one row) and reports GB/s of weights.
+//! Times the fused linear kernel on decoding shapes (a few rows: GB/s of weights) and on
+//! encoder shapes (CLIP ViT-B/32 at batch 1 and 8, BLIP's 384 px ViT: GFLOP/s).
 //!
 //! `cargo run --release -p glimpse-nn --example linear_speed`
 use candle_core::{Device, Tensor};
@@ -14,6 +15,13 @@ fn main() -> candle_core::Result<()> {
         (3, 768, 768),
         (3, 768, 3072),
         (1, 2048, 8192),
+        (50, 768, 2304),
+        (50, 768, 3072),
+        (50, 3072, 768),
+        (400, 768, 3072),
+        (400, 3072, 768),
+        (577, 768, 2304),
+        (577, 3072, 768),
     ] {
         // A set of weights larger than the caches, cycled, as a decoder's layers are.
         let copies = (256 << 20) / (k * n * 4) + 1;
@@ -30,10 +38,12 @@ fn main() -> candle_core::Result<()> {
             best = best.min(t.elapsed().as_secs_f64() / copies as f64);
         }
         let gb = (k * n * 4) as f64 / 1e9;
+        let gflop = (2 * m * k * n) as f64 / 1e9;
         println!(
-            "{m}x{k}x{n}: {:.1} us, {:.1} GB/s of weights",
+            "{m}x{k}x{n}: {:.1} us, {:.1} GB/s of weights, {:.1} GFLOP/s",
             best * 1e6,
-            gb / best
+            gb / best,
+            gflop / best
         );
     }
     Ok(())

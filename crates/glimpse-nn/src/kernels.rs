@@ -89,8 +89,13 @@ unsafe fn written(mut out: Vec<f32>, len: usize) -> Vec<f32> {
     out
 }
 
+/// Threads of the pool the kernels' parallel loops run on (rayon's current pool).
+///
+/// Not `candle_core::utils::get_num_threads()`: that re-reads the environment and
+/// `/proc/cpuinfo` on every call (about 37 us here), and the kernels ask once per
+/// product, so a BLIP decoding step spent a few milliseconds on it.
 fn threads() -> usize {
-    candle_core::utils::get_num_threads().max(1)
+    rayon::current_num_threads().max(1)
 }
 
 /// Column blocks `(start, len)` of `n` columns, one per thread, multiples of 16 wide.
