@@ -1,8 +1,12 @@
 //! Times the fused linear kernel on decoding shapes (a few rows: GB/s of weights) and on
 //! encoder shapes (CLIP ViT-B/32 at batch 1 and 8, BLIP's 384 px ViT: GFLOP/s).
 //!
+//! Last, the cost of the fused activation on the encoders' up-projections (the same
+//! product with and without it, weights hot).
+//!
 //! `cargo run --release -p glimpse-nn --example linear_speed`
 use candle_core::{Device, Tensor};
+use glimpse_nn::layers::Activation;
 use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {
@@ -44,6 +48,31 @@ fn main() -> candle_core::Result<()> {
             best * 1e6,
             gb / best,
             gflop / best
+        );
+    }
+    for &(m, act) in &[
+        (400usize, Activation::QuickGelu),
+        (577, Activation::Gelu),
+        (577, Activation::Silu),
+    ] {
+        let (k, n) = (768, 3072);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let time = |act: Option<Activation>| -> candle_core::Result<f64> {
+            let mut best = f64::MAX;
+            for _ in 0..10 {
+                let t = Instant::now();
+                glimpse_nn::kernels::linear(&x, &w, None, act, None)?.unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let (plain, with) = (time(None)?, time(Some(act))?);
+        println!(
+            "{m}x{k}x{n} + {act:?}: {:.0} us, without {:.0} us ({:.0} us for the activation)",
+            with * 1e6,
+            plain * 1e6,
+            (with - plain) * 1e6
         );
     }
     Ok(())
