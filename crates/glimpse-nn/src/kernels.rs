@@ -988,13 +988,22 @@ mod tests {
 
     #[test]
     fn vector_activations_match_the_scalar_formulas() {
-        // Values across each activation's range (both signs, the tails where sigmoid and
-        // erfc underflow, exact zeros), a NaN, and a length with a scalar tail.
-        let mut row: Vec<f32> = (0..1003)
-            .map(|i| (i as f32 * 0.731).sin() * 12.0 * (i % 7) as f32 / 6.0)
-            .collect();
-        row.extend([0.0, -0.0, 30.0, -30.0, 100.0, -100.0, 1e-20, -1e-20]);
-        row.push(f32::NAN);
+        // The special values first, so they go through the eight-lane path (the tails
+        // where sigmoid and erfc underflow, zeros, tiny values, a NaN), then values across
+        // each activation's range, and a length that leaves a scalar tail (1011 = 8k + 3).
+        let mut row = vec![
+            0.0f32,
+            -0.0,
+            30.0,
+            -30.0,
+            100.0,
+            -100.0,
+            1e-20,
+            -1e-20,
+            f32::NAN,
+        ];
+        row.extend((0..1002).map(|i| (i as f32 * 0.731).sin() * 12.0 * (i % 7) as f32 / 6.0));
+        assert!(row.len() % 8 != 0 && row[..row.len() / 8 * 8].iter().any(|v| v.is_nan()));
         for act in [
             Activation::Gelu,
             Activation::GeluTanh,
