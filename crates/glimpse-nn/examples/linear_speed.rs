@@ -1,5 +1,8 @@
 //! Times the fused linear kernel on decoding shapes (a few rows: GB/s of weights) and on
 //! encoder shapes (CLIP ViT-B/32 at batch 1 and 8, BLIP's 384 px ViT: GFLOP/s).
+//! From 5 rows up each shape is timed twice, turn about in the same run: as `linear`
+//! picks (the in-place tiled kernel up to its row limit) and with `gemm` only, so the
+//! row limit can be checked against this machine.
 //!
 //! Last, the cost of the fused activation on the encoders' up-projections (the same
 //! product with and without it, weights hot).
@@ -19,9 +22,16 @@ fn main() -> candle_core::Result<()> {
         (3, 768, 768),
         (3, 768, 3072),
         (1, 2048, 8192),
+        (16, 768, 768),
         (50, 768, 2304),
         (50, 768, 3072),
         (50, 3072, 768),
+        (57, 2048, 2048),
+        (57, 2048, 8192),
+        (57, 8192, 2048),
+        (96, 768, 3072),
+        (128, 768, 3072),
+        (200, 768, 3072),
         (400, 768, 3072),
         (400, 3072, 768),
         (577, 768, 2304),
@@ -33,21 +43,31 @@ fn main() -> candle_core::Result<()> {
             .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev))
             .collect::<candle_core::Result<_>>()?;
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-        let mut best = f64::MAX;
-        for _ in 0..5 {
+        // [as picked, gemm only], timed turn about so that both see the same machine.
+        let sides = if m > 4 { 2 } else { 1 };
+        let mut best = [f64::MAX; 2];
+        for rep in 0..5 * sides {
+            glimpse_nn::kernels::set_tiled(rep % sides == 0);
             let t = Instant::now();
             for w in &ws {
                 glimpse_nn::kernels::linear(&x, w, None, None, None)?.unwrap();
             }
-            best = best.min(t.elapsed().as_secs_f64() / copies as f64);
+            let side = &mut best[rep % sides];
+            *side = side.min(t.elapsed().as_secs_f64() / copies as f64);
         }
+        glimpse_nn::kernels::set_tiled(true);
         let gb = (k * n * 4) as f64 / 1e9;
         let gflop = (2 * m * k * n) as f64 / 1e9;
+        let gemm = if sides == 2 {
+            format!(" (gemm only: {:.1} GFLOP/s)", gflop / best[1])
+        } else {
+            String::new()
+        };
         println!(
-            "{m}x{k}x{n}: {:.1} us, {:.1} GB/s of weights, {:.1} GFLOP/s",
-            best * 1e6,
-            gb / best,
-            gflop / best
+            "{m}x{k}x{n}: {:.1} us, {:.1} GB/s of weights, {:.1} GFLOP/s{gemm}",
+            best[0] * 1e6,
+            gb / best[0],
+            gflop / best[0]
         );
     }
     for &(m, act) in &[
