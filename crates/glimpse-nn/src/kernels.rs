@@ -286,6 +286,7 @@ unsafe fn tiled_avx2(
     ldo: usize,
     accumulate: bool,
 ) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
     debug_assert!(x.len() >= m * k && w.len() >= nn * k);
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     for i0 in (0..m).step_by(TILE_ROWS) {
@@ -298,8 +299,22 @@ unsafe fn tiled_avx2(
             while j < nn {
                 let nr = 4.min(nn - j);
                 let wt = wp.add(j * k + k0);
+                // The next weight tile (up to 4 rows of `kc`), fetched into L2 a share
+                // per row tile of `x`: the tiles of `x` run from cache and leave the
+                // weight's stream idle, so the prefetcher would not run ahead of it.
+                let next = (nn - j - nr).min(4);
+                let lines_per_row = (kc * 4).div_ceil(64);
+                let lines = next * lines_per_row;
+                let share = lines.div_ceil(mc.div_ceil(3));
+                let mut line = 0;
                 let mut i = 0;
                 while i < mc {
+                    for _ in 0..share.min(lines - line) {
+                        let (r, c) = (line / lines_per_row, line % lines_per_row);
+                        let at = wp.add((j + nr + r) * k + k0 + c * 16);
+                        _mm_prefetch::<_MM_HINT_T1>(at.cast());
+                        line += 1;
+                    }
                     let mr = 3.min(mc - i);
                     let xt = xp.add((i0 + i) * k + k0);
                     let o = out.add((i0 + i) * ldo + j);
