@@ -1064,10 +1064,13 @@ mod tests {
             let want = Activation::Gelu.apply(&plain_linear(&x, &w, None)).unwrap();
             assert!(max_diff(&want, &got) < 1e-3, "{m} rows, GELU");
         }
-        // The kernel itself past one slice of rows (128), adding onto what `out` holds.
+        // The kernel itself past one slice of rows (128), and with rows shorter than one
+        // vector (the tail alone), adding onto what `out` holds.
         #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            let (m, k, n) = (300, 40, 9);
+        for (m, k, n) in [(300, 40, 9), (7, 5, 6)] {
+            if !has_avx2_fma() {
+                break;
+            }
             let x = rand(&[m, k], 40);
             let w = rand(&[n, k], 41);
             let start = rand(&[m, n], 42);
