@@ -223,9 +223,10 @@ unsafe fn dot_rows<const M: usize, const C: usize>(
 /// Products with more rows than [`SMALL_M`] and at most this many skip `gemm` too: it
 /// re-packs the weight (strided, one value at a time) on every call, which at the rows
 /// of a CLIP image (50) or a prompt (tens) costs about a third of its time.
-/// [`tiled_avx2`] reads the weight in place instead. Measured in one run here
-/// (`examples/linear_speed.rs`, weights cold): 1.1-1.35x `gemm`'s rate from 5 to 96
-/// rows, even at 128, behind from about 200 rows on, where packing pays for itself.
+/// [`tiled_avx2`] reads the weight in place instead. Measured here, taking turns in one
+/// run (`examples/linear_speed.rs`, weights cold, three runs): 1.1-1.7x `gemm`'s rate
+/// from 16 to 96 rows, about even at 128, behind from about 200 rows on, where packing
+/// pays for itself.
 const TILE_M: usize = 96;
 
 /// Weight values (along `k`) per pass of [`tiled_avx2`]: a tile's rows of `x` and of the
