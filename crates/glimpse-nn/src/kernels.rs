@@ -391,6 +391,25 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     }
 }
 
+/// One of our own product kernels: `(x, m, k, w, nn, out, ldo, accumulate)`, as
+/// [`small_m_avx2`] and [`tiled_avx2`] take them.
+type RowKernel = unsafe fn(&[f32], usize, usize, &[f32], usize, *mut f32, usize, bool);
+
+/// The kernel of our own for a product of `m` rows on this CPU, or `None` for `gemm`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn row_kernel(m: usize) -> Option<RowKernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if m <= SMALL_M && has_avx2_fma() {
+            return Some(small_m_avx2);
+        }
+        if m <= TILE_M && tiled() {
+            return Some(tiled_avx2);
+        }
+    }
+    None
+}
+
 /// `act` on one value, with the formulas candle's tensor ops use.
 #[inline]
 fn activate(act: Activation, v: f32) -> f32 {
@@ -558,21 +577,8 @@ pub fn linear(
                     }
                 }
             }
-            if m <= SMALL_M && has_avx2_fma() {
-                #[cfg(target_arch = "x86_64")]
-                small_m_avx2(
-                    xs,
-                    m,
-                    k,
-                    &ws[j0 * k..(j0 + nn) * k],
-                    nn,
-                    dst.at(j0),
-                    n,
-                    read_dst,
-                );
-            } else if m <= TILE_M && tiled() {
-                #[cfg(target_arch = "x86_64")]
-                tiled_avx2(
+            if let Some(kernel) = row_kernel(m) {
+                kernel(
                     xs,
                     m,
                     k,
