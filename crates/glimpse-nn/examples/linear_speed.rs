@@ -1,8 +1,9 @@
 //! Times the fused linear kernel on decoding shapes (a few rows: GB/s of weights) and on
 //! encoder shapes (CLIP ViT-B/32 at batch 1 and 8, BLIP's 384 px ViT: GFLOP/s).
 //! From 5 rows up each shape is timed twice, turn about in the same run: as `linear`
-//! picks (the in-place tiled kernel up to its row limit) and with `gemm` only, so the
-//! row limit can be checked against this machine.
+//! picks (the in-place tiled kernel up to its row limit, then the packed AVX-512
+//! kernel where the CPU has it) and with `gemm` only, so that both can be checked
+//! against `gemm` on this machine.
 //!
 //! Last, the cost of the fused activation on the encoders' up-projections (the same
 //! product with and without it, weights hot).

@@ -8,13 +8,14 @@
 //! path, and inference on the CPU in f32 takes this one. Setting
 //! `GLIMPSE_PLAIN_KERNELS=1` turns these kernels off, for comparisons.
 //!
-//! The matrix products are `gemm` (the kernel candle itself calls) on one thread per
-//! column block: the output's columns, and so the weight's rows, are split between the
-//! threads, so each thread packs only its share of the weight and then finishes its own
-//! block (bias, activation, residual) while it is hot. Measured on the 2-core bench
-//! machine this is as fast as `gemm`'s own threading for large products and faster for
-//! the 50-row products of CLIP ViT-B/32 and for single-row decoding; the weight is read
-//! in its stored `[out, in]` layout, which measured as fast as a transposed copy.
+//! The matrix products run on one thread per column block: the output's columns, and
+//! so the weight's rows, are split between the threads, so each thread reads only its
+//! share of the weight and then finishes its own block (bias, activation, residual)
+//! while it is hot. Each block goes to one of our kernels by its row count
+//! (`row_kernel`): dot products for decoding's few rows, an in-place tiled kernel up
+//! to `TILE_M` rows, and above that a packed outer-product kernel where the CPU has
+//! AVX-512; `gemm` (the kernel candle itself calls) takes what none of them fits. The
+//! weight stays in its stored `[out, in]` layout.
 
 use std::sync::OnceLock;
 
@@ -237,8 +238,9 @@ const TILE_K: usize = 768;
 /// [`TILE_K`]: 384 KiB) stays in L2 while the weight's rows stream past it once.
 const TILE_ROWS: usize = 128;
 
-/// Whether [`tiled_avx2`] takes the products it fits: AVX2 and FMA present, and neither
-/// `GLIMPSE_GEMM_ONLY` (set, not `0`) nor [`set_tiled`] put them back on `gemm`.
+/// Whether [`tiled_avx2`] and [`packed_avx512`] take the products they fit: AVX2 and
+/// FMA present, and neither `GLIMPSE_GEMM_ONLY` (set, not `0`) nor [`set_tiled`] put
+/// them back on `gemm`. (The packed kernel also needs AVX-512F.)
 fn tiled() -> bool {
     use std::sync::atomic::Ordering;
     match TILED.load(Ordering::Relaxed) {
@@ -255,11 +257,13 @@ fn tiled() -> bool {
     }
 }
 
-/// 0: not decided yet, 1: [`tiled_avx2`] on, 2: off.
+/// 0: not decided yet, 1: [`tiled_avx2`] and [`packed_avx512`] on, 2: off.
 static TILED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Turns [`tiled_avx2`] on or off for the products it fits (`gemm` takes them when
-/// off), so that a benchmark can compare the two in one run. On needs AVX2 and FMA.
+/// Turns our kernels for more than a few rows (the in-place tiled one, and the packed
+/// one where the CPU has AVX-512) on or off for the products they fit (`gemm` takes
+/// them when off), so that a benchmark can compare them in one run. On needs AVX2 and
+/// FMA.
 pub fn set_tiled(on: bool) {
     let on = on && has_avx2_fma();
     TILED.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
@@ -391,6 +395,281 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     }
 }
 
+/// Rows of `x` per register tile of [`packed_avx512`].
+const PACK_MR: usize = 12;
+
+/// Output columns per register tile of [`packed_avx512`] (two 16-lane registers).
+const PACK_NR: usize = 32;
+
+/// Values along `k` per slice of [`packed_avx512`]: a weight panel (`PACK_KC` x
+/// [`PACK_NR`], 32 KiB) fits L1 while every row tile of `x` passes over it, and the
+/// packed slice of `x` (`m` x `PACK_KC`: 400-600 KiB for the encoders) stays in L2
+/// while the weight's panels go by. Measured against 128, 384, 512 and 768 in
+/// `linear_speed`: 128 lost 5-10%; the larger ones were mixed, at best even.
+const PACK_KC: usize = 256;
+
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static YES: OnceLock<bool> = OnceLock::new();
+        *YES.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[i, j] (+)= x[i, :] . w[j, :]` for `m` rows of `x` (`[m, k]`) and `nn` rows of `w`
+/// (`[nn, k]`), as outer products: register tiles of [`PACK_MR`] rows by [`PACK_NR`]
+/// columns (24 accumulators); each step along `k` loads two weight vectors and
+/// broadcasts one value of `x` per row.
+///
+/// Both operands are packed a slice of [`PACK_KC`] along `k` at a time, with 8 x 8
+/// transposes in registers ([`transpose_into`]): the slice of `x` once, into tiles of
+/// [`PACK_MR`] rows, each `k`-major, so that a tile's step reads 12 adjacent values
+/// through one pointer; the weight a panel of [`PACK_NR`] rows at a time, so that a
+/// step reads 32 adjacent values. The output is written in place (rows `ldo` apart),
+/// once per slice.
+///
+/// Why not `gemm` for these products: it gathers `x` into its panels one value at a
+/// time, in every thread (about a sixth of CLIP's time at batch 8 in `perf`), and on
+/// `k = 3072` products its rate fell to 140-160 GFLOP/s. Measured here, taking turns in
+/// one run (`linear_speed`): 1.0-1.2x `gemm`'s rate on CLIP's, BLIP's and the text
+/// encoder's products from 128 to 577 rows, 1.2x on those with `k` of 2048 or 3072.
+/// Reading `x` in place instead of packing it was slower: rows 12 KiB apart (`k =
+/// 3072`) fall in the same L1 sets, and the 12 row pointers spilled.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA; `out` must be valid for `m` rows of `nn`
+/// values, `ldo` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_avx512(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    nn: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= nn * k);
+    // One panel, 64-byte aligned inside an over-allocated buffer.
+    let mut buf = vec![0f32; PACK_KC * PACK_NR + 16];
+    let skip = buf.as_ptr().align_offset(64).min(16);
+    let panel = buf.as_mut_ptr().add(skip);
+    let wp = w.as_ptr();
+    // The slice of `x` for one slice of `k`, tile by tile of PACK_MR rows, each tile
+    // k-major (`kk * PACK_MR + r`), so a tile's step reads PACK_MR adjacent values.
+    let tile_len = PACK_KC.min(k) * PACK_MR;
+    let mut xbuf = vec![0f32; m.div_ceil(PACK_MR) * tile_len];
+    let xp = xbuf.as_mut_ptr();
+    for k0 in (0..k).step_by(PACK_KC) {
+        let kc = PACK_KC.min(k - k0);
+        for i in (0..m).step_by(PACK_MR) {
+            let (rows, tile) = (x.as_ptr().add(i * k + k0), xp.add(i / PACK_MR * tile_len));
+            transpose_into(rows, k, PACK_MR.min(m - i), kc, tile, PACK_MR);
+        }
+        // After the first slice of `k`, every slice adds onto what the last wrote.
+        let acc = accumulate || k0 > 0;
+        for j in (0..nn).step_by(PACK_NR) {
+            let nr = PACK_NR.min(nn - j);
+            transpose_into(wp.add(j * k + k0), k, nr, kc, panel, PACK_NR);
+            // Lanes of the two output vectors that exist (a narrow last panel).
+            let mask = |from: usize| -> u16 {
+                let lanes = nr.saturating_sub(from).min(16);
+                ((1u32 << lanes) - 1) as u16
+            };
+            let (m0, m1) = (mask(0), mask(16));
+            let mut i = 0;
+            while i < m {
+                let mr = PACK_MR.min(m - i);
+                let xt = xp.add(i / PACK_MR * tile_len) as *const f32;
+                let o = out.add(i * ldo + j);
+                let t = (xt, panel as *const f32, kc, o, ldo, acc, m0, m1);
+                match mr {
+                    12 => outer_tile::<12>(t),
+                    11 => outer_tile::<11>(t),
+                    10 => outer_tile::<10>(t),
+                    9 => outer_tile::<9>(t),
+                    8 => outer_tile::<8>(t),
+                    7 => outer_tile::<7>(t),
+                    6 => outer_tile::<6>(t),
+                    5 => outer_tile::<5>(t),
+                    4 => outer_tile::<4>(t),
+                    3 => outer_tile::<3>(t),
+                    2 => outer_tile::<2>(t),
+                    _ => outer_tile::<1>(t),
+                }
+                i += mr;
+            }
+        }
+    }
+}
+
+/// `dst[kk * width + r] = src[r * ld + kk]` for `r < rows`, `kk < kc`, and zero for the
+/// rows `rows..width`: a weight panel or a tile of `x` for [`packed_avx512`], `k`-major.
+/// Groups of 8 rows by 8 values are transposed in registers, then groups of 4 by 4.
+///
+/// Not inlined, so that it stays an AVX2 function: inlined into the AVX-512 caller, its
+/// scalar remainder loops were turned into scatters, which are slow on this CPU.
+///
+/// # Safety
+/// AVX2 present; `src` valid for `rows` (at most `width`) rows of `kc` values `ld`
+/// apart; `dst` for `kc * width` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn transpose_into(
+    src: *const f32,
+    ld: usize,
+    rows: usize,
+    kc: usize,
+    dst: *mut f32,
+    width: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(rows <= width);
+    let (k8, k4) = (kc / 8 * 8, kc / 4 * 4);
+    let mut r0 = 0;
+    while r0 + 8 <= rows {
+        let mut kk = 0;
+        while kk < k8 {
+            let row = |r: usize| _mm256_loadu_ps(src.add((r0 + r) * ld + kk));
+            let (t0, t1) = (
+                _mm256_unpacklo_ps(row(0), row(1)),
+                _mm256_unpackhi_ps(row(0), row(1)),
+            );
+            let (t2, t3) = (
+                _mm256_unpacklo_ps(row(2), row(3)),
+                _mm256_unpackhi_ps(row(2), row(3)),
+            );
+            let (t4, t5) = (
+                _mm256_unpacklo_ps(row(4), row(5)),
+                _mm256_unpackhi_ps(row(4), row(5)),
+            );
+            let (t6, t7) = (
+                _mm256_unpacklo_ps(row(6), row(7)),
+                _mm256_unpackhi_ps(row(6), row(7)),
+            );
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (c, v) in cols.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((kk + c) * width + r0), *v);
+            }
+            kk += 8;
+        }
+        for kk in k8..kc {
+            for r in r0..r0 + 8 {
+                *dst.add(kk * width + r) = *src.add(r * ld + kk);
+            }
+        }
+        r0 += 8;
+    }
+    while r0 + 4 <= rows {
+        let mut kk = 0;
+        while kk < k4 {
+            let row = |r: usize| _mm_loadu_ps(src.add((r0 + r) * ld + kk));
+            let (t0, t1) = (
+                _mm_unpacklo_ps(row(0), row(1)),
+                _mm_unpackhi_ps(row(0), row(1)),
+            );
+            let (t2, t3) = (
+                _mm_unpacklo_ps(row(2), row(3)),
+                _mm_unpackhi_ps(row(2), row(3)),
+            );
+            let cols = [
+                _mm_movelh_ps(t0, t2),
+                _mm_movehl_ps(t2, t0),
+                _mm_movelh_ps(t1, t3),
+                _mm_movehl_ps(t3, t1),
+            ];
+            for (c, v) in cols.iter().enumerate() {
+                _mm_storeu_ps(dst.add((kk + c) * width + r0), *v);
+            }
+            kk += 4;
+        }
+        for kk in k4..kc {
+            for r in r0..r0 + 4 {
+                *dst.add(kk * width + r) = *src.add(r * ld + kk);
+            }
+        }
+        r0 += 4;
+    }
+    for kk in 0..kc {
+        for r in r0..width {
+            *dst.add(kk * width + r) = if r < rows { *src.add(r * ld + kk) } else { 0.0 };
+        }
+    }
+}
+
+/// One register tile of [`packed_avx512`]: `(x tile, panel, kc, out, ldo, accumulate,
+/// mask0, mask1)`, `MR` rows of `x` by the panel's [`PACK_NR`] columns, of which the
+/// masks keep those that exist.
+type OuterTile = (
+    *const f32,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+    u16,
+    u16,
+);
+
+/// # Safety
+/// As [`packed_avx512`], for this tile's `MR` rows and the masked columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn outer_tile<const MR: usize>(t: OuterTile) {
+    use std::arch::x86_64::*;
+    let (xt, panel, kc, out, ldo, accumulate, m0, m1) = t;
+    let mut c = [[_mm512_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (i, ci) in c.iter_mut().enumerate() {
+            ci[0] = _mm512_maskz_loadu_ps(m0, out.add(i * ldo));
+            ci[1] = _mm512_maskz_loadu_ps(m1, out.add(i * ldo + 16));
+        }
+    }
+    for kk in 0..kc {
+        let b0 = _mm512_load_ps(panel.add(kk * PACK_NR));
+        let b1 = _mm512_load_ps(panel.add(kk * PACK_NR + 16));
+        for (i, ci) in c.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*xt.add(kk * PACK_MR + i));
+            ci[0] = _mm512_fmadd_ps(a, b0, ci[0]);
+            ci[1] = _mm512_fmadd_ps(a, b1, ci[1]);
+        }
+    }
+    for (i, ci) in c.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add(i * ldo), m0, ci[0]);
+        _mm512_mask_storeu_ps(out.add(i * ldo + 16), m1, ci[1]);
+    }
+}
+
 /// One of our own product kernels: `(x, m, k, w, nn, out, ldo, accumulate)`, as
 /// [`small_m_avx2`] and [`tiled_avx2`] take them.
 type RowKernel = unsafe fn(&[f32], usize, usize, &[f32], usize, *mut f32, usize, bool);
@@ -405,6 +684,9 @@ fn row_kernel(m: usize) -> Option<RowKernel> {
         }
         if m <= TILE_M && tiled() {
             return Some(tiled_avx2);
+        }
+        if m > TILE_M && tiled() && has_avx512f() {
+            return Some(packed_avx512);
         }
     }
     None
@@ -1088,6 +1370,46 @@ mod tests {
             );
             // SAFETY: AVX2 and FMA are present; `out` holds m rows of n.
             unsafe { tiled_avx2(&xs, m, k, &ws, n, out.as_mut_ptr(), n, true) };
+            let got = Tensor::from_vec(out, (m, n), &Device::Cpu).unwrap();
+            let want = (plain_linear(&x, &w, None) + &start).unwrap();
+            assert!(max_diff(&want, &got) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn packed_kernel_matches_matmul_on_every_remainder() {
+        // Rows past the tiled kernel's limit with every remainder of the 12-row tiles
+        // (97..=108 and 121), widths past one panel along `k` (256) with a tail under 8
+        // (521 = 2*256 + 9), and outputs that fill whole panels, a part of one (16+3),
+        // and two column blocks that end mid-panel (203).
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512f() {
+            for (n, k) in [(203, 521), (64, 256), (19, 7)] {
+                let w = rand(&[n, k], 50);
+                let b = rand(&[n], 51);
+                for m in (TILE_M + 1..=TILE_M + 12).chain([121]) {
+                    let x = rand(&[m, k], 52 + m as u64);
+                    let r = rand(&[m, n], 53 + m as u64);
+                    let plain = plain_linear(&x, &w, Some(&b));
+                    let got = linear(&x, &w, Some(&b), None, None).unwrap().unwrap();
+                    assert!(max_diff(&plain, &got) < 1e-3, "{m}x{k}x{n}");
+                    let got = linear(&x, &w, None, None, Some(&r)).unwrap().unwrap();
+                    let want = (plain_linear(&x, &w, None) + &r).unwrap();
+                    assert!(max_diff(&want, &got) < 1e-3, "{m}x{k}x{n}, residual");
+                }
+            }
+            // The kernel itself adding onto what `out` holds, through a narrow panel.
+            let (m, k, n) = (13, 300, 40);
+            let x = rand(&[m, k], 60);
+            let w = rand(&[n, k], 61);
+            let start = rand(&[m, n], 62);
+            let mut out = start.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (xs, ws) = (
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            // SAFETY: AVX-512F, AVX2 and FMA are present; `out` holds m rows of n.
+            unsafe { packed_avx512(&xs, m, k, &ws, n, out.as_mut_ptr(), n, true) };
             let got = Tensor::from_vec(out, (m, n), &Device::Cpu).unwrap();
             let want = (plain_linear(&x, &w, None) + &start).unwrap();
             assert!(max_diff(&want, &got) < 1e-4);
