@@ -218,3 +218,54 @@ fn bad_inputs_are_errors() {
         .is_err());
     assert!(c.model.get_text_features(&ids, &short_mask).is_err());
 }
+
+/// Inference runs the last layer at the pooled rows alone (the class token, each text's
+/// end token); the differentiable full pass pools after running every position. The two
+/// must agree, also for an end token in mid-sequence followed by more tokens, a padded
+/// key before the end token, a row without an end token and the legacy (largest id)
+/// pooling.
+#[test]
+fn pooled_last_layer_equals_the_full_pass() {
+    for case in ["clip", "clip_legacy"] {
+        let c = load(case);
+        let photos = c.photos();
+        let fast = c.model.image_features(&photos, false).unwrap();
+        let full = c.model.image_features(&photos, true).unwrap();
+        assert_close(&format!("{case} pooled image"), &fast, &full, 1e-5);
+
+        let (ids, mask) = c.text();
+        let fast = c.model.text_features(&ids, Some(&mask), false).unwrap();
+        let full = c.model.text_features(&ids, Some(&mask), true).unwrap();
+        assert_close(&format!("{case} pooled text"), &fast, &full, 1e-5);
+
+        let cfg = &c.model.config().text_config;
+        let (bos, eos) = (cfg.bos_token_id.unwrap_or(0), cfg.eos_token_id);
+        let dev = test_device();
+        let ids = Tensor::new(
+            &[
+                [bos, 5, eos, 7, 8, 9, 3],    // end token mid-sequence, tokens after it
+                [bos, 5, 6, 7, 8, 9, 10],     // no end token
+                [bos, 11, 12, 13, eos, 0, 0], // padded tail
+                [bos, 4, 4, 4, 4, 4, eos],    // a padded key before the end
+            ],
+            &dev,
+        )
+        .unwrap();
+        let mask = Tensor::new(
+            &[
+                [1u32, 1, 1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 1, 0, 0],
+                [1, 1, 0, 1, 1, 1, 1],
+            ],
+            &dev,
+        )
+        .unwrap();
+        for m in [None, Some(&mask)] {
+            let fast = c.model.text_features(&ids, m, false).unwrap();
+            let full = c.model.text_features(&ids, m, true).unwrap();
+            let what = format!("{case} pooled text, mask {}", m.is_some());
+            assert_close(&what, &fast, &full, 1e-5);
+        }
+    }
+}

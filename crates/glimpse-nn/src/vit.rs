@@ -255,6 +255,24 @@ impl VisionTransformer {
         })
     }
 
+    /// [`VitOutput::pooler_output`] alone, for inference: the last layer runs only at the
+    /// class token ([`Encoder::forward_pooled`]), which is all the pooled output reads.
+    ///
+    /// # Shapes
+    /// * `pixel_values`: `[batch, channels, image_size, image_size]` -> `[batch, hidden]`
+    pub fn pooled(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let x = self.embed(pixel_values, false)?; // [b, N+1, d]
+        let none = AttnMask::none();
+        let cls = self
+            .encoder
+            .forward_pooled(&x, &none, &vec![0; x.dim(0)?], &none)?; // [b, d]
+        let cls = match self.layout {
+            VitLayout::Clip => cls,
+            VitLayout::Blip => self.post_layernorm.forward(&cls, false)?,
+        };
+        self.post_layernorm.forward(&cls, false) // [b, d]
+    }
+
     /// The reference's `hidden_states[index]` (0 is the encoder input, negative counts
     /// from the end, -1 the last layer's output before any post-norm), running only the
     /// layers needed (LLaVA takes the penultimate layer's features).

@@ -89,8 +89,14 @@ impl ClipModel {
 
     /// [`ClipModel::get_image_features`] with the `train` switch (differentiable ops).
     pub fn image_features(&self, pixel_values: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.vision_model.forward(pixel_values, false, train)?;
-        Ok(out.pooler_output.apply(&self.visual_projection)?) // [b, p]
+        let pooled = if train {
+            self.vision_model
+                .forward(pixel_values, false, true)?
+                .pooler_output
+        } else {
+            self.vision_model.pooled(pixel_values)? // the class token alone, [b, d]
+        };
+        Ok(pooled.apply(&self.visual_projection)?) // [b, p]
     }
 
     /// # Shapes
@@ -107,7 +113,11 @@ impl ClipModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let (_, pooled) = self.text_model.forward(input_ids, attention_mask, train)?; // [b, t]
+        let pooled = if train {
+            self.text_model.forward(input_ids, attention_mask, true)?.1
+        } else {
+            self.text_model.pooled(input_ids, attention_mask)? // the end tokens alone
+        }; // [b, t]
         Ok(pooled.apply(&self.text_projection)?) // [b, p]
     }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{bail, DType, IndexOp, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
-use glimpse_nn::attention::{padding_mask, AttnMask};
+use glimpse_nn::attention::{min_value, padding_mask, AttnMask};
 use glimpse_nn::layers::{layer_norm, LayerNorm};
 use glimpse_nn::vit::Encoder;
 
@@ -79,6 +79,59 @@ impl ClipTextTransformer {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
+        let (ids, x, mask) = self.prepare(input_ids, attention_mask)?;
+        let x = self.encoder.forward(&x, &mask, None, None, train)?; // [b, t, d]
+        let x = self.final_layer_norm.forward(&x, train)?; // [b, t, d]
+        let pooled = self.pool(&x, &ids)?; // [b, d]
+        Ok((x, pooled))
+    }
+
+    /// The pooled output of [`ClipTextTransformer::forward`] alone, for inference: the
+    /// last layer runs only at each row's end token ([`Encoder::forward_pooled`]), whose
+    /// query sees the keys up to its own position that are not padding, as in the
+    /// full causal pass.
+    ///
+    /// # Shapes
+    /// * as [`ClipTextTransformer::forward`]; returns `[batch, hidden]`
+    pub fn pooled(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (ids, x, mask) = self.prepare(input_ids, attention_mask)?;
+        let (b, t, _) = x.dims3()?;
+        let positions: Vec<usize> = ids
+            .iter()
+            .map(|row| end_position(row, self.eos_token_id))
+            .collect();
+        // The one query's mask: keys after its position are out (as the causal mask
+        // has them: excluded outright, hence -inf), padded keys get the reference's
+        // most negative value, as `padding_mask` gives them.
+        let keep: Option<Vec<Vec<f32>>> = attention_mask
+            .map(|am| am.to_dtype(DType::F32)?.to_vec2::<f32>())
+            .transpose()?;
+        let blocked = min_value(x.dtype()) as f32;
+        let mut row_mask = Vec::with_capacity(b * t);
+        for (i, &p) in positions.iter().enumerate() {
+            for j in 0..t {
+                row_mask.push(if j > p {
+                    f32::NEG_INFINITY
+                } else if keep.as_ref().is_some_and(|k| k[i][j] == 0.0) {
+                    blocked
+                } else {
+                    0.0
+                });
+            }
+        }
+        let row_mask = Tensor::from_vec(row_mask, (b, 1, 1, t), x.device())?.to_dtype(x.dtype())?;
+        let pooled =
+            self.encoder
+                .forward_pooled(&x, &mask, &positions, &AttnMask::additive(row_mask))?; // [b, d]
+        self.final_layer_norm.forward(&pooled, false)
+    }
+
+    /// The checked ids as rows, the embeddings and the encoder's mask.
+    fn prepare(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Vec<Vec<u32>>, Tensor, AttnMask)> {
         let input_ids = input_ids.to_dtype(DType::U32)?;
         let ids = input_ids.to_vec2::<u32>()?;
         if let Some(bad) = ids
@@ -103,10 +156,7 @@ impl ClipTextTransformer {
             }
             mask = mask.with_additive(padding_mask(am, x.dtype())?)?; // [b, 1, 1, t]
         }
-        let x = self.encoder.forward(&x, &mask, None, None, train)?; // [b, t, d]
-        let x = self.final_layer_norm.forward(&x, train)?; // [b, t, d]
-        let pooled = self.pool(&x, &ids)?; // [b, d]
-        Ok((x, pooled))
+        Ok((ids, x, mask))
     }
 
     /// The hidden state at each row's end token.

@@ -101,6 +101,56 @@ impl SelfAttention {
         }
     }
 
+    /// [`SelfAttention::forward_add`] for one query per sequence: `residual + attn` at
+    /// position `rows[b]` of each sequence `b`, the keys and values taken from all of
+    /// `x`. `mask` applies to that one query (`[batch, 1, 1, seq]` at most). For
+    /// inference (no backward pass).
+    ///
+    /// # Shapes
+    /// * `x`: `[batch, seq, hidden]`, `rows`: `[batch]` flat row indices into
+    ///   `[batch * seq]` (u32), `residual`: `[batch, 1, hidden]` -> `[batch, 1, hidden]`
+    pub fn forward_add_rows(
+        &self,
+        x: &Tensor,
+        rows: &Tensor,
+        residual: &Tensor,
+        mask: &AttnMask,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let pick = |y: &Tensor| -> Result<Tensor> {
+            let w = y.dim(2)?;
+            y.reshape((b * t, w))?
+                .index_select(rows, 0)?
+                .reshape((b, 1, w))
+        };
+        let (q, k, v, heads, out) = match self {
+            Self::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+                out_proj,
+                heads,
+            } => {
+                let q = pick(x)?.apply(q_proj)?; // [b, 1, d]
+                (q, x.apply(k_proj)?, x.apply(v_proj)?, *heads, out_proj)
+            }
+            Self::Fused {
+                qkv,
+                projection,
+                heads,
+            } => {
+                let mixed = x.apply(qkv)?; // [b, t, 3d]
+                let q = pick(&mixed.narrow(2, 0, d)?.contiguous()?)?; // [b, 1, d]
+                let k = mixed.narrow(2, d, d)?;
+                let v = mixed.narrow(2, 2 * d, d)?;
+                (q, k, v, *heads, projection)
+            }
+        };
+        let scale = ((d / heads) as f64).powf(-0.5);
+        let ctx = attend(&q, &k, &v, heads, heads, mask, scale, false)?; // [b, 1, d]
+        out.forward_add(&ctx, residual)
+    }
+
     /// The attention output before the output projection, heads merged.
     fn context(&self, x: &Tensor, mask: &AttnMask, train: bool) -> Result<Tensor> {
         let (q, k, v, heads) = match self {
@@ -208,6 +258,27 @@ impl EncoderLayer {
     }
 }
 
+impl EncoderLayer {
+    /// [`EncoderLayer::forward`] for one position per sequence, `rows[b]` of sequence
+    /// `b` (a flat index into `[batch * seq]`): the keys and values still come from
+    /// every position, but the query, the output projection and the MLP run on those
+    /// rows alone. `mask` applies to the single query. For inference.
+    ///
+    /// # Shapes
+    /// * `x`: `[batch, seq, hidden]`, `rows`: `[batch]` (u32) -> `[batch, 1, hidden]`
+    pub fn forward_rows(&self, x: &Tensor, rows: &Tensor, mask: &AttnMask) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let h = self.layer_norm1.forward(x, false)?; // [b, t, d]
+        let picked = x
+            .reshape((b * t, d))?
+            .index_select(rows, 0)?
+            .reshape((b, 1, d))?;
+        let y = self.self_attn.forward_add_rows(&h, rows, &picked, mask)?; // [b, 1, d]
+        let h = self.layer_norm2.forward(&y, false)?;
+        self.mlp.forward_add(&h, &y) // [b, 1, d]
+    }
+}
+
 /// A stack of [`EncoderLayer`]s stored as `layers.{i}`.
 #[derive(Debug, Clone)]
 pub struct Encoder {
@@ -248,5 +319,46 @@ impl Encoder {
             }
         }
         Ok(x)
+    }
+
+    /// The last layer's output at one position per sequence, for inference: every layer
+    /// but the last as in [`Encoder::forward`] (with `mask`), then the last through
+    /// [`EncoderLayer::forward_rows`] (with `row_mask`, the mask of that one query).
+    /// Pooled outputs (CLIP's class token, its text tower's end token) need no more,
+    /// and the last layer's other positions cost about a twelfth of the encoder.
+    ///
+    /// # Shapes
+    /// * `x`: `[batch, seq, hidden]`, `positions`: `batch` positions -> `[batch, hidden]`
+    pub fn forward_pooled(
+        &self,
+        x: &Tensor,
+        mask: &AttnMask,
+        positions: &[usize],
+        row_mask: &AttnMask,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        if positions.len() != b {
+            bail!("{} pooling positions for a batch of {b}", positions.len())
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p >= t) {
+            bail!("pooling position {p} is past the sequence of {t}")
+        }
+        let Some((last, rest)) = self.layers.split_last() else {
+            let rows: Vec<Tensor> = (0..b)
+                .map(|i| x.narrow(0, i, 1)?.narrow(1, positions[i], 1))
+                .collect::<Result<_>>()?;
+            return Tensor::cat(&rows, 0)?.reshape((b, d));
+        };
+        let mut x = x.clone();
+        for layer in rest {
+            x = layer.forward(&x, mask, false)?; // [b, t, d]
+        }
+        let rows: Vec<u32> = positions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i * t + p) as u32)
+            .collect();
+        let rows = Tensor::from_vec(rows, b, x.device())?;
+        last.forward_rows(&x, &rows, row_mask)?.reshape((b, d))
     }
 }
