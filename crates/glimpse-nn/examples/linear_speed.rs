@@ -3,13 +3,16 @@
 //! From 5 rows up each shape is timed twice, turn about in the same run: as `linear`
 //! picks (the in-place tiled kernel up to its row limit, then the packed AVX-512
 //! kernel where the CPU has it) and with `gemm` only, so that both can be checked
-//! against `gemm` on this machine.
+//! against `gemm` on this machine. Where the CPU has AVX-512, every shape is also
+//! timed on weights laid out at load time (`PackedWeight`, as a loaded model's
+//! linear layers are), in the same turns.
 //!
 //! Last, the cost of the fused activation on the encoders' up-projections (the same
 //! product with and without it, weights hot).
 //!
 //! `cargo run --release -p glimpse-nn --example linear_speed`
 use candle_core::{Device, Tensor};
+use glimpse_nn::kernels::PackedWeight;
 use glimpse_nn::layers::Activation;
 use std::time::Instant;
 
@@ -43,27 +46,51 @@ fn main() -> candle_core::Result<()> {
         let ws: Vec<Tensor> = (0..copies)
             .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev))
             .collect::<candle_core::Result<_>>()?;
+        let packed: Vec<PackedWeight> = ws
+            .iter()
+            .map(PackedWeight::new)
+            .collect::<candle_core::Result<Option<_>>>()?
+            .unwrap_or_default();
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-        // [as picked, gemm only], timed turn about so that both see the same machine.
-        let sides = if m > 4 { 2 } else { 1 };
-        let mut best = [f64::MAX; 2];
-        for rep in 0..5 * sides {
-            glimpse_nn::kernels::set_tiled(rep % sides == 0);
+        // [as picked, gemm only, laid out], timed turn about so that all see the same
+        // machine.
+        let mut sides = vec![0];
+        if m > 4 {
+            sides.push(1);
+        }
+        if !packed.is_empty() {
+            sides.push(2);
+        }
+        let mut best = [f64::MAX; 3];
+        for rep in 0..5 * sides.len() {
+            let side = sides[rep % sides.len()];
+            glimpse_nn::kernels::set_tiled(side != 1);
             let t = Instant::now();
-            for w in &ws {
-                glimpse_nn::kernels::linear(&x, w, None, None, None)?.unwrap();
+            if side == 2 {
+                for p in &packed {
+                    glimpse_nn::kernels::linear_packed(&x, p, None, None, None)?.unwrap();
+                }
+            } else {
+                for w in &ws {
+                    glimpse_nn::kernels::linear(&x, w, None, None, None)?.unwrap();
+                }
             }
-            let side = &mut best[rep % sides];
-            *side = side.min(t.elapsed().as_secs_f64() / copies as f64);
+            best[side] = best[side].min(t.elapsed().as_secs_f64() / copies as f64);
         }
         glimpse_nn::kernels::set_tiled(true);
         let gb = (k * n * 4) as f64 / 1e9;
         let gflop = (2 * m * k * n) as f64 / 1e9;
-        let gemm = if sides == 2 {
-            format!(" (gemm only: {:.1} GFLOP/s)", gflop / best[1])
-        } else {
-            String::new()
-        };
+        let mut gemm = String::new();
+        if sides.contains(&1) {
+            gemm += &format!(" (gemm only: {:.1} GFLOP/s)", gflop / best[1]);
+        }
+        if sides.contains(&2) {
+            gemm += &format!(
+                " (laid out: {:.1} GFLOP/s, {:.1} GB/s)",
+                gflop / best[2],
+                gb / best[2]
+            );
+        }
         println!(
             "{m}x{k}x{n}: {:.1} us, {:.1} GB/s of weights, {:.1} GFLOP/s{gemm}",
             best[0] * 1e6,

@@ -14,8 +14,13 @@
 //! while it is hot. Each block goes to one of our kernels by its row count
 //! (`row_kernel`): dot products for decoding's few rows, an in-place tiled kernel up
 //! to `TILE_M` rows, and above that a packed outer-product kernel where the CPU has
-//! AVX-512; `gemm` (the kernel candle itself calls) takes what none of them fits. The
-//! weight stays in its stored `[out, in]` layout.
+//! AVX-512; `gemm` (the kernel candle itself calls) takes what none of them fits.
+//!
+//! Where the CPU has AVX-512, a loaded model's linear weights are laid out once, at
+//! load time, in the packed kernel's panels ([`PackedWeight`], in place of the stored
+//! `[out, in]` layout, so at no cost in memory), and every product on them, from one
+//! row up, reads those panels ([`linear_packed`]). Elsewhere, and for training
+//! variables, the weight stays in its stored layout and the kernels above read it.
 
 use std::sync::OnceLock;
 
@@ -99,11 +104,11 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-/// Column blocks `(start, len)` of `n` columns, one per thread, multiples of 16 wide.
-fn column_blocks(n: usize, m: usize, k: usize) -> Vec<(usize, usize)> {
+/// Column blocks `(start, len)` of `n` columns, one per thread, multiples of `align` wide.
+fn column_blocks(n: usize, m: usize, k: usize, align: usize) -> Vec<(usize, usize)> {
     // Below about a million multiply-adds a second thread costs more than it saves.
     let t = if m * n * k < (1 << 20) { 1 } else { threads() };
-    let width = n.div_ceil(t).div_ceil(16) * 16;
+    let width = n.div_ceil(t).div_ceil(align) * align;
     (0..n)
         .step_by(width.max(1))
         .map(|j| (j, width.min(n - j)))
@@ -460,12 +465,45 @@ unsafe fn packed_avx512(
     ldo: usize,
     accumulate: bool,
 ) {
-    debug_assert!(x.len() >= m * k && w.len() >= nn * k);
-    // One panel, 64-byte aligned inside an over-allocated buffer.
-    let mut buf = vec![0f32; PACK_KC * PACK_NR + 16];
+    debug_assert!(w.len() >= nn * k);
+    outer_avx512(x, m, k, Panels::Pack(w.as_ptr()), nn, out, ldo, accumulate)
+}
+
+/// Where [`outer_avx512`] finds its weight panels.
+#[derive(Clone, Copy)]
+enum Panels {
+    /// The `[nn, k]` weight in its stored layout, packed a panel at a time.
+    Pack(*const f32),
+    /// Laid out already ([`PackedWeight`]): panel `p` at `p * PACK_NR * k`, `k`-major.
+    Ready(*const f32),
+}
+
+/// The body of [`packed_avx512`] and [`prepacked_avx512`].
+///
+/// # Safety
+/// As [`packed_avx512`]; `Ready` panels 64-byte aligned, valid for `nn.div_ceil(PACK_NR)`
+/// panels of `k * PACK_NR` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn outer_avx512(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panels: Panels,
+    nn: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    debug_assert!(x.len() >= m * k);
+    // One panel, 64-byte aligned inside an over-allocated buffer (for `Pack` only).
+    let mut buf = match panels {
+        Panels::Pack(_) => vec![0f32; PACK_KC * PACK_NR + 16],
+        Panels::Ready(_) => Vec::new(),
+    };
     let skip = buf.as_ptr().align_offset(64).min(16);
-    let panel = buf.as_mut_ptr().add(skip);
-    let wp = w.as_ptr();
+    let scratch = buf.as_mut_ptr().wrapping_add(skip);
     // The slice of `x` for one slice of `k`, tile by tile of PACK_MR rows, each tile
     // k-major (`kk * PACK_MR + r`), so a tile's step reads PACK_MR adjacent values.
     let tile_len = PACK_KC.min(k) * PACK_MR;
@@ -481,7 +519,14 @@ unsafe fn packed_avx512(
         let acc = accumulate || k0 > 0;
         for j in (0..nn).step_by(PACK_NR) {
             let nr = PACK_NR.min(nn - j);
-            transpose_into(wp.add(j * k + k0), k, nr, kc, panel, PACK_NR);
+            let panel = match panels {
+                Panels::Pack(wp) => {
+                    transpose_into(wp.add(j * k + k0), k, nr, kc, scratch, PACK_NR);
+                    scratch as *const f32
+                }
+                // Panel j / PACK_NR starts at (j / PACK_NR) * PACK_NR * k = j * k.
+                Panels::Ready(pp) => pp.add(j * k + k0 * PACK_NR),
+            };
             // Lanes of the two output vectors that exist (a narrow last panel).
             let mask = |from: usize| -> u16 {
                 let lanes = nr.saturating_sub(from).min(16);
@@ -493,7 +538,7 @@ unsafe fn packed_avx512(
                 let mr = PACK_MR.min(m - i);
                 let xt = xp.add(i / PACK_MR * tile_len) as *const f32;
                 let o = out.add(i * ldo + j);
-                let t = (xt, panel as *const f32, kc, o, ldo, acc, m0, m1);
+                let t = (xt, panel, kc, o, ldo, acc, m0, m1);
                 match mr {
                     12 => outer_tile::<12>(t),
                     11 => outer_tile::<11>(t),
@@ -510,6 +555,225 @@ unsafe fn packed_avx512(
                 }
                 i += mr;
             }
+        }
+    }
+}
+
+/// Whether [`PackedWeight::new`] lays weights out on this thread now: kernels on,
+/// [`tiled`] on, AVX-512F present, and not inside [`unpacked`].
+fn packing() -> bool {
+    enabled() && tiled() && has_avx512f() && !NO_PACKING.with(|c| c.get())
+}
+
+thread_local! {
+    static NO_PACKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`PackedWeight::new`] declining on this thread, for models that are
+/// built often and used briefly (a training step's momentum copy), where laying the
+/// weights out would cost more than it saves.
+pub fn unpacked<R>(f: impl FnOnce() -> R) -> R {
+    let before = NO_PACKING.with(|c| c.replace(true));
+    let out = f();
+    NO_PACKING.with(|c| c.set(before));
+    out
+}
+
+/// A linear layer's weight `[n, k]` laid out once, when the model is loaded, for the
+/// outer-product kernel: panels of [`PACK_NR`] output rows, each `k`-major (value `kk`
+/// of rows `32p..32p+32` at `(p * k + kk) * 32`), the last panel padded with zero
+/// rows, 64-byte aligned. The products then skip the per-call packing of the weight,
+/// which cost them about a quarter of their time at 50 rows (`linear_speed`).
+///
+/// It replaces the stored layout (the same size, plus at most 31 rows of padding), so
+/// a model needs no more memory; [`PackedWeight::unpack`] gives the `[n, k]` tensor
+/// back for the plain ops.
+pub struct PackedWeight {
+    buf: Vec<f32>,
+    start: usize,
+    n: usize,
+    k: usize,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight([{}, {}])", self.n, self.k)
+    }
+}
+
+impl PackedWeight {
+    /// The weight laid out for the packed kernels, or `None` where they do not take
+    /// it: another device or dtype, a tensor with a gradient (training), a CPU without
+    /// AVX-512F, the kernels turned off, or inside [`unpacked`].
+    ///
+    /// # Shapes
+    /// * `weight`: `[out, in]`
+    pub fn new(weight: &Tensor) -> Result<Option<Self>> {
+        if !packing()
+            || !eligible(&[weight])
+            || weight.is_variable()
+            || weight.rank() != 2
+            || !weight.is_contiguous()
+        {
+            return Ok(None);
+        }
+        let (n, k) = weight.dims2()?;
+        if n == 0 || k == 0 {
+            return Ok(None);
+        }
+        let panel = PACK_NR * k;
+        let panels = n.div_ceil(PACK_NR);
+        let mut buf = vec![0f32; panels * panel + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        let (g, l) = weight.storage_and_layout();
+        let w = f32_data(&g, l)?;
+        let dst = SharedMut(buf.as_mut_ptr().wrapping_add(start));
+        (0..panels).into_par_iter().for_each(|p| {
+            let rows = PACK_NR.min(n - p * PACK_NR);
+            // SAFETY: AVX2 is there (packing() needs AVX-512F, AVX2 and FMA); panel p
+            // reads rows 32p..32p+rows of the weight and writes its own panel only.
+            unsafe {
+                transpose_into(
+                    w.as_ptr().add(p * panel),
+                    k,
+                    rows,
+                    k,
+                    dst.at(p * panel),
+                    PACK_NR,
+                )
+            }
+        });
+        drop(g);
+        Ok(Some(Self { buf, start, n, k }))
+    }
+
+    /// `(out, in)`, as the stored weight's shape.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn data(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.n.div_ceil(PACK_NR) * PACK_NR * self.k]
+    }
+
+    /// The weight in its stored `[out, in]` layout again.
+    pub fn unpack(&self, device: &candle_core::Device) -> Result<Tensor> {
+        let (n, k, data) = (self.n, self.k, self.data());
+        let mut w = vec![0f32; n * k];
+        for (p, panel) in data.chunks_exact(PACK_NR * k).enumerate() {
+            for (kk, values) in panel.chunks_exact(PACK_NR).enumerate() {
+                for (c, v) in values.iter().enumerate().take(n - p * PACK_NR) {
+                    w[(p * PACK_NR + c) * k + kk] = *v;
+                }
+            }
+        }
+        Tensor::from_vec(w, (n, k), device)
+    }
+
+    /// `out[i, j] (+)= x[i, :] . w[j0 + j, :]` for `j < nn`: a column block of
+    /// [`linear_packed`], starting at a panel (`j0` a multiple of [`PACK_NR`]).
+    ///
+    /// # Safety
+    /// `x` holds `m` rows of `k`; `out` is valid for `m` rows of `nn` values `ldo`
+    /// apart; `j0 + nn <= n`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn multiply(
+        &self,
+        x: &[f32],
+        m: usize,
+        j0: usize,
+        nn: usize,
+        out: *mut f32,
+        ldo: usize,
+        accumulate: bool,
+    ) {
+        debug_assert!(j0.is_multiple_of(PACK_NR) && j0 + nn <= self.n && x.len() >= m * self.k);
+        let panels = self.data()[j0 * self.k..].as_ptr();
+        #[cfg(target_arch = "x86_64")]
+        {
+            // A PackedWeight exists only where packing() found AVX-512F.
+            let k = self.k;
+            match m {
+                1 => few_rows_ready::<1>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
+                2 => few_rows_ready::<2>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
+                3 => few_rows_ready::<3>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
+                4 => few_rows_ready::<4>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
+                _ => outer_avx512(x, m, k, Panels::Ready(panels), nn, out, ldo, accumulate),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (panels, out, ldo, accumulate);
+            unreachable!("PackedWeight needs x86_64 with AVX-512F");
+        }
+    }
+}
+
+/// `out[i, j] (+)= x[i, :] . w[j, :]` for `M` (at most [`SMALL_M`]) rows over laid-out
+/// panels (decoding): each panel streams by once, `k`-major, into `M` x 2 accumulators
+/// per pair of steps (two sets, so that consecutive steps do not wait on each other).
+///
+/// # Safety
+/// AVX-512F, AVX2, FMA; `x` holds `M` rows of `k`; `panels` holds
+/// `nn.div_ceil(PACK_NR)` panels, 64-byte aligned; `out` valid for `M` rows of `nn`
+/// values `ldo` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::needless_range_loop)] // row i indexes both accumulator sets and x
+unsafe fn few_rows_ready<const M: usize>(
+    x: *const f32,
+    k: usize,
+    panels: *const f32,
+    nn: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    for j in (0..nn).step_by(PACK_NR) {
+        let nr = PACK_NR.min(nn - j);
+        let mask = |from: usize| -> u16 {
+            let lanes = nr.saturating_sub(from).min(16);
+            ((1u32 << lanes) - 1) as u16
+        };
+        let (m0, m1) = (mask(0), mask(16));
+        let panel = panels.add(j * k);
+        let mut c = [[_mm512_setzero_ps(); 2]; M];
+        let mut d = [[_mm512_setzero_ps(); 2]; M];
+        let mut kk = 0;
+        while kk + 2 <= k {
+            let p = panel.add(kk * PACK_NR);
+            let (b0, b1) = (_mm512_load_ps(p), _mm512_load_ps(p.add(16)));
+            let (b2, b3) = (_mm512_load_ps(p.add(32)), _mm512_load_ps(p.add(48)));
+            for i in 0..M {
+                let a = _mm512_set1_ps(*x.add(i * k + kk));
+                c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+                c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+                let a = _mm512_set1_ps(*x.add(i * k + kk + 1));
+                d[i][0] = _mm512_fmadd_ps(a, b2, d[i][0]);
+                d[i][1] = _mm512_fmadd_ps(a, b3, d[i][1]);
+            }
+            kk += 2;
+        }
+        if kk < k {
+            let p = panel.add(kk * PACK_NR);
+            let (b0, b1) = (_mm512_load_ps(p), _mm512_load_ps(p.add(16)));
+            for i in 0..M {
+                let a = _mm512_set1_ps(*x.add(i * k + kk));
+                c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+                c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+            }
+        }
+        for i in 0..M {
+            let o = out.add(i * ldo + j);
+            let mut v0 = _mm512_add_ps(c[i][0], d[i][0]);
+            let mut v1 = _mm512_add_ps(c[i][1], d[i][1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, o));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, o.add(16)));
+            }
+            _mm512_mask_storeu_ps(o, m0, v0);
+            _mm512_mask_storeu_ps(o.add(16), m1, v1);
         }
     }
 }
@@ -800,17 +1064,66 @@ pub fn linear(
     act: Option<Activation>,
     residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let mut all = vec![x, weight];
+    linear_with(x, Weight::Plain(weight), bias, act, residual)
+}
+
+/// [`linear`] with a weight laid out at load time ([`PackedWeight`]). `x` may be a
+/// view (it is copied); `Ok(None)` as for [`linear`] otherwise (the caller then needs
+/// [`PackedWeight::unpack`] for the plain ops).
+pub fn linear_packed(
+    x: &Tensor,
+    weight: &PackedWeight,
+    bias: Option<&Tensor>,
+    act: Option<Activation>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    if eligible(&[x]) && !x.is_contiguous() {
+        return linear_with(
+            &x.contiguous()?,
+            Weight::Packed(weight),
+            bias,
+            act,
+            residual,
+        );
+    }
+    linear_with(x, Weight::Packed(weight), bias, act, residual)
+}
+
+/// The weight operand of [`linear_with`].
+#[derive(Clone, Copy)]
+enum Weight<'a> {
+    Plain(&'a Tensor),
+    Packed(&'a PackedWeight),
+}
+
+fn linear_with(
+    x: &Tensor,
+    weight: Weight<'_>,
+    bias: Option<&Tensor>,
+    act: Option<Activation>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let mut all = vec![x];
+    if let Weight::Plain(w) = weight {
+        all.push(w);
+    }
     all.extend(bias);
     all.extend(residual);
     if act.is_some() && residual.is_some() {
         // No layer asks for both; refuse rather than pick an order silently.
         candle_core::bail!("kernels::linear takes an activation or a residual, not both")
     }
-    if !eligible(&all) || x.rank() == 0 || !x.is_contiguous() || !weight.is_contiguous() {
+    let plain_contiguous = match weight {
+        Weight::Plain(w) => w.is_contiguous(),
+        Weight::Packed(_) => true,
+    };
+    if !eligible(&all) || x.rank() == 0 || !x.is_contiguous() || !plain_contiguous {
         return Ok(None);
     }
-    let (n, k) = weight.dims2()?;
+    let (n, k) = match weight {
+        Weight::Plain(w) => w.dims2()?,
+        Weight::Packed(p) => (p.n, p.k),
+    };
     let mut out_dims = x.dims().to_vec();
     if out_dims.pop() != Some(k) {
         return Ok(None); // the plain path reports the mismatch
@@ -825,18 +1138,26 @@ pub fn linear(
         return Ok(None);
     }
     let (xg, xl) = x.storage_and_layout();
-    let (wg, wl) = weight.storage_and_layout();
+    let wg = match weight {
+        Weight::Plain(w) => Some(w.storage_and_layout()),
+        Weight::Packed(_) => None,
+    };
     let bg = bias.map(|b| b.storage_and_layout());
     let rg = residual.map(|r| r.storage_and_layout());
     let xs = f32_data(&xg, xl)?;
-    let ws = f32_data(&wg, wl)?;
+    let ws = wg.as_ref().map(|(g, l)| f32_data(g, l)).transpose()?;
+    let blocks = match weight {
+        Weight::Plain(_) => column_blocks(n, m, k, 16),
+        // Whole panels per thread.
+        Weight::Packed(_) => column_blocks(n, m, k, PACK_NR),
+    };
     let bs = bg.as_ref().map(|(g, l)| f32_data(g, l)).transpose()?;
     let rs = rg.as_ref().map(|(g, l)| f32_data(g, l)).transpose()?;
 
     let mut out = reserve(m * n);
     let dst = SharedMut(out.as_mut_ptr());
     let read_dst = bs.is_some() || rs.is_some();
-    column_blocks(n, m, k).par_iter().for_each(|&(j0, nn)| {
+    blocks.par_iter().for_each(|&(j0, nn)| {
         // SAFETY: rows 0..m, columns j0..j0+nn of `out` belong to this task only, and are
         // written (prefill or the product) before the activation reads them; the reads
         // stay inside x (m*k), the weight's rows j0..j0+nn, bias and residual.
@@ -859,7 +1180,12 @@ pub fn linear(
                     }
                 }
             }
-            if let Some(kernel) = row_kernel(m) {
+            if let Weight::Packed(p) = weight {
+                // SAFETY (of the pointer): j0 is a multiple of PACK_NR, so this is the
+                // start of panel j0 / PACK_NR, and the block's panels follow it.
+                p.multiply(xs, m, j0, nn, dst.at(j0), n, read_dst);
+            } else if let Some(kernel) = row_kernel(m) {
+                let ws = ws.expect("a plain weight's data");
                 kernel(
                     xs,
                     m,
@@ -871,6 +1197,7 @@ pub fn linear(
                     read_dst,
                 );
             } else {
+                let ws = ws.expect("a plain weight's data");
                 gemm::gemm(
                     m,
                     nn,
@@ -1413,6 +1740,60 @@ mod tests {
             let got = Tensor::from_vec(out, (m, n), &Device::Cpu).unwrap();
             let want = (plain_linear(&x, &w, None) + &start).unwrap();
             assert!(max_diff(&want, &got) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn laid_out_weights_match_matmul_and_unpack_exactly() {
+        // Every row count the packed layout serves (1-4 through the few-rows kernel,
+        // then 12-row tiles with each remainder), outputs of a part panel (19), whole
+        // panels (64) and two column blocks that end mid-panel (203), `k` odd and past
+        // one slice (521 = 2*256 + 9).
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512f() && packing() {
+            for (n, k) in [(203, 521), (64, 256), (19, 7)] {
+                let w = rand(&[n, k], 70);
+                let b = rand(&[n], 71);
+                let p = PackedWeight::new(&w)
+                    .unwrap()
+                    .expect("an f32 CPU weight packs");
+                assert_eq!(p.dims(), (n, k));
+                assert_eq!(max_diff(&p.unpack(&Device::Cpu).unwrap(), &w), 0.0);
+                for m in (1..=14).chain([50, 97, 121]) {
+                    let x = rand(&[m, k], 72 + m as u64);
+                    let r = rand(&[m, n], 73 + m as u64);
+                    let plain = plain_linear(&x, &w, Some(&b));
+                    let got = linear_packed(&x, &p, Some(&b), None, None)
+                        .unwrap()
+                        .unwrap();
+                    assert!(max_diff(&plain, &got) < 1e-3, "{m}x{k}x{n}");
+                    let got = linear_packed(&x, &p, None, None, Some(&r))
+                        .unwrap()
+                        .unwrap();
+                    let want = (plain_linear(&x, &w, None) + &r).unwrap();
+                    assert!(max_diff(&want, &got) < 1e-3, "{m}x{k}x{n}, residual");
+                    let got = linear_packed(&x, &p, None, Some(Activation::Relu), None)
+                        .unwrap()
+                        .unwrap();
+                    let want = plain_linear(&x, &w, None).relu().unwrap();
+                    assert!(max_diff(&want, &got) < 1e-3, "{m}x{k}x{n}, relu");
+                }
+                // A view of `x` is copied, not refused.
+                let x = rand(&[k, 5], 90).t().unwrap();
+                let got = linear_packed(&x, &p, None, None, None).unwrap().unwrap();
+                let want = plain_linear(&x.contiguous().unwrap(), &w, None);
+                assert!(max_diff(&want, &got) < 1e-3, "a transposed x");
+            }
+            // Training variables and f64 stay in the stored layout, and so does
+            // anything built inside `unpacked`.
+            let w = rand(&[8, 8], 80);
+            let var = Var::from_tensor(&w).unwrap();
+            assert!(PackedWeight::new(var.as_tensor()).unwrap().is_none());
+            assert!(PackedWeight::new(&w.to_dtype(DType::F64).unwrap())
+                .unwrap()
+                .is_none());
+            assert!(unpacked(|| PackedWeight::new(&w)).unwrap().is_none());
+            assert!(PackedWeight::new(&w).unwrap().is_some());
         }
     }
 

@@ -7,8 +7,12 @@
 //! `train` flag and computes the same function with ordinary tensor ops when gradients
 //! are needed.
 
-use candle_core::{DType, Result, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+use crate::kernels::PackedWeight;
 use serde::Deserialize;
 
 pub use candle_nn::Module;
@@ -19,57 +23,130 @@ pub use candle_nn::Module;
 /// adds the bias (and, through [`Linear::forward_act`] and [`Linear::forward_add`], the
 /// activation or the residual) inside the matrix product's column blocks; elsewhere, and
 /// whenever a gradient is recorded, it is candle's `Linear`.
+///
+/// A weight that records no gradient (a loaded model, not a training variable) is laid
+/// out once for the packed kernel where the CPU has AVX-512
+/// ([`PackedWeight`](crate::kernels::PackedWeight)), in place of the stored layout;
+/// [`Linear::weight`] then rebuilds the `[out, in]` tensor, so callers in a loop should
+/// ask [`Linear::dims`] or [`Linear::dtype`] instead.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Plain(Tensor),
+    Packed(Arc<PackedWeight>, Device),
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let weight = match PackedWeight::new(&weight) {
+            Ok(Some(p)) => LinearWeight::Packed(Arc::new(p), weight.device().clone()),
+            // Not laid out (or it could not be read as f32): the stored tensor serves.
+            _ => LinearWeight::Plain(weight),
+        };
+        Self { weight, bias }
+    }
+
+    /// A layer whose weight another module holds too (an output head tied to the
+    /// token embeddings): it stays in the stored layout, since laying it out would
+    /// copy it.
+    pub fn shared(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            inner: candle_nn::Linear::new(weight, bias),
+            weight: LinearWeight::Plain(weight),
+            bias,
         }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    /// The weight `[out, in]`; a laid-out weight is copied back into that layout.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Plain(w) => Ok(w.clone()),
+            LinearWeight::Packed(p, dev) => p.unpack(dev),
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.weight {
+            LinearWeight::Plain(w) => {
+                let d = w.dims();
+                (d[0], d.get(1).copied().unwrap_or(0))
+            }
+            LinearWeight::Packed(p, _) => p.dims(),
+        }
+    }
+
+    /// The weight's dtype.
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            LinearWeight::Plain(w) => w.dtype(),
+            LinearWeight::Packed(..) => DType::F32,
+        }
+    }
+
+    /// Bytes held by the weight.
+    pub fn weight_bytes(&self) -> usize {
+        let (o, i) = self.dims();
+        o * i * self.dtype().size_in_bytes()
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
-        self.inner.bias()
+        self.bias.as_ref()
+    }
+
+    /// Our fused kernel, or `None` where it does not apply.
+    fn kernel(
+        &self,
+        x: &Tensor,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        match &self.weight {
+            LinearWeight::Plain(w) => crate::kernels::linear(x, w, self.bias(), act, residual),
+            LinearWeight::Packed(p, _) => {
+                crate::kernels::linear_packed(x, p, self.bias(), act, residual)
+            }
+        }
+    }
+
+    /// candle's `Linear` (records a backward pass where `x` does).
+    fn plain(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::Linear::new(self.weight()?, self.bias.clone()).forward(x)
     }
 
     /// `act(x W^T + b)`.
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        if let Some(y) = crate::kernels::linear(x, self.weight(), self.bias(), Some(act), None)? {
+        if let Some(y) = self.kernel(x, Some(act), None)? {
             return Ok(y);
         }
-        act.apply(&self.inner.forward(x)?)
+        act.apply(&self.plain(x)?)
     }
 
     /// `x W^T + b + residual`; `residual` has the output's shape.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if let Some(y) =
-            crate::kernels::linear(x, self.weight(), self.bias(), None, Some(residual))?
-        {
+        if let Some(y) = self.kernel(x, None, Some(residual))? {
             return Ok(y);
         }
-        self.inner.forward(x)? + residual
+        self.plain(x)? + residual
     }
 }
 
 impl From<candle_nn::Linear> for Linear {
     fn from(inner: candle_nn::Linear) -> Self {
-        Self { inner }
+        Self::new(inner.weight().clone(), inner.bias().cloned())
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = crate::kernels::linear(x, self.weight(), self.bias(), None, None)? {
+        if let Some(y) = self.kernel(x, None, None)? {
             return Ok(y);
         }
-        self.inner.forward(x)
+        self.plain(x)
     }
 }
 

@@ -311,7 +311,7 @@ impl OptForCausalLM {
             None
         };
         let lm_head = if cfg.tie_word_embeddings || !vb_head.contains_tensor("weight") {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Linear::shared(embed_tokens.embeddings().clone(), None)
         } else {
             crate::layers::linear_no_bias(w, cfg.vocab_size, vb_head)?
         }

@@ -130,11 +130,11 @@ impl QuantLinear {
         let Self::Float(linear) = self else {
             candle_core::bail!("this layer is already quantised");
         };
-        let (_, in_dim) = linear.weight().dims2()?;
+        let (_, in_dim) = linear.dims();
         let Some(format) = quant.format_for(in_dim) else {
             return Ok(None);
         };
-        let weight = QMatMul::from_qtensor(QTensor::quantize(linear.weight(), format)?)?;
+        let weight = QMatMul::from_qtensor(QTensor::quantize(&linear.weight()?, format)?)?;
         let bias = linear.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
         *self = Self::Quantized {
             weight,
@@ -148,7 +148,7 @@ impl QuantLinear {
     pub fn size_in_bytes(&self) -> usize {
         let tensor_bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         match self {
-            Self::Float(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
+            Self::Float(l) => l.weight_bytes() + l.bias().map_or(0, tensor_bytes),
             Self::Quantized { weight, bias, .. } => {
                 let w = match weight {
                     QMatMul::QTensor(q) => q.storage_size_in_bytes(),
@@ -209,7 +209,7 @@ impl QuantReport {
     pub fn quantize(&mut self, name: String, layer: &mut QuantLinear) -> Result<()> {
         self.bytes_before += layer.size_in_bytes();
         let in_dim = match layer {
-            QuantLinear::Float(l) => l.weight().dim(1)?,
+            QuantLinear::Float(l) => l.dims().1,
             QuantLinear::Quantized { .. } => {
                 candle_core::bail!("{name} is already quantised");
             }

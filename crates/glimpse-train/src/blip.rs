@@ -270,7 +270,11 @@ impl BlipPretrain {
 
     fn momentum_model(&self) -> Result<BlipForImageTextRetrieval> {
         let vb = VarBuilder::from_tensors(self.momentum.clone(), DType::F32, &self.device);
-        Ok(BlipForImageTextRetrieval::new(&self.cfg, vb)?)
+        // Built every step and used once: laying its weights out would cost more than
+        // the products save.
+        Ok(glimpse_nn::kernels::unpacked(|| {
+            BlipForImageTextRetrieval::new(&self.cfg, vb)
+        })?)
     }
 
     /// The weight of the distilled targets at update `step`.

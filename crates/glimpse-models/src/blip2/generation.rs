@@ -178,7 +178,7 @@ impl Blip2ForConditionalGeneration {
     /// # Shapes
     /// * `query_outputs`: `[batch, Q, qformer_hidden]` -> `[batch, Q, lm_hidden]`
     pub fn project(&self, query_outputs: &Tensor) -> Result<Tensor> {
-        let dtype = self.language_projection.weight().dtype();
+        let dtype = self.language_projection.dtype();
         Ok(self
             .language_projection
             .forward(&query_outputs.to_dtype(dtype)?)?)

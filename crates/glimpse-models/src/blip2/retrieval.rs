@@ -208,7 +208,7 @@ impl Blip2ForImageTextRetrieval {
 
 /// A projection applied in its own dtype (the Q-Former's output may be f32).
 fn project(layer: &Linear, xs: &Tensor) -> candle_core::Result<Tensor> {
-    layer.forward(&xs.to_dtype(layer.weight().dtype())?)
+    layer.forward(&xs.to_dtype(layer.dtype())?)
 }
 
 /// `x / max(||x||, 1e-12)` over the last dimension, as `F.normalize`.

@@ -26,6 +26,7 @@ impl BertLMPredictionHead {
     /// as the reference does.
     pub fn new(cfg: &BertConfig, tied_weight: Option<Tensor>, vb: VarBuilder) -> Result<Self> {
         let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+        let tied = tied_weight.is_some();
         let weight = match tied_weight {
             Some(w) => {
                 if vb.contains_tensor("decoder.weight") {
@@ -44,7 +45,11 @@ impl BertLMPredictionHead {
         Ok(Self {
             transform_dense: linear(d, d, t.pp("dense"))?,
             transform_layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, t.pp("LayerNorm"))?,
-            decoder: Linear::new(weight, Some(bias)),
+            decoder: if tied {
+                Linear::shared(weight, Some(bias))
+            } else {
+                Linear::new(weight, Some(bias))
+            },
             act: cfg.hidden_act,
         })
     }

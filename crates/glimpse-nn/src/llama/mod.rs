@@ -337,7 +337,7 @@ impl LlamaForCausalLM {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb_model.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Linear::shared(embed_tokens.embeddings().clone(), None)
         } else {
             crate::layers::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb_head)?
         }

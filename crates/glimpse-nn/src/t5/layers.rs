@@ -111,7 +111,7 @@ impl T5DenseActDense {
             _ => unreachable!("constructed with wi or wi_0/wi_1"),
         };
         let h = dropout(&h, self.dropout, train)?;
-        self.wo.forward(&h.to_dtype(self.wo.weight().dtype())?) // [b, t, d_model]
+        self.wo.forward(&h.to_dtype(self.wo.dtype())?) // [b, t, d_model]
     }
 }
 

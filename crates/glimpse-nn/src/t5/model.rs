@@ -217,7 +217,7 @@ impl T5ForConditionalGeneration {
         let lm_head = if vb.contains_tensor("lm_head.weight") || !cfg.tie_word_embeddings {
             crate::layers::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
         } else {
-            Linear::new(shared.embeddings().clone(), None)
+            Linear::shared(shared.embeddings().clone(), None)
         };
         let scale = cfg
             .scale_decoder_outputs()
