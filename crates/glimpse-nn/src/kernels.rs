@@ -507,7 +507,9 @@ unsafe fn outer_avx512(
     // The slice of `x` for one slice of `k`, tile by tile of PACK_MR rows, each tile
     // k-major (`kk * PACK_MR + r`), so a tile's step reads PACK_MR adjacent values.
     let tile_len = PACK_KC.min(k) * PACK_MR;
-    let mut xbuf = vec![0f32; m.div_ceil(PACK_MR) * tile_len];
+    // Not zeroed: `transpose_into` writes each tile's `kc * PACK_MR` values (zeros for
+    // the rows past `m`) before the tiles read them.
+    let mut xbuf = reserve(m.div_ceil(PACK_MR) * tile_len);
     let xp = xbuf.as_mut_ptr();
     for k0 in (0..k).step_by(PACK_KC) {
         let kc = PACK_KC.min(k - k0);
