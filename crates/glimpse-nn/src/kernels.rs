@@ -630,6 +630,9 @@ impl PackedWeight {
         let (g, l) = weight.storage_and_layout();
         let w = f32_data(&g, l)?;
         let dst = SharedMut(buf.as_mut_ptr().wrapping_add(start));
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (w, dst, panel); // packing() is false off x86_64
+        #[cfg(target_arch = "x86_64")]
         (0..panels).into_par_iter().for_each(|p| {
             let rows = PACK_NR.min(n - p * PACK_NR);
             // SAFETY: AVX2 is there (packing() needs AVX-512F, AVX2 and FMA); panel p
