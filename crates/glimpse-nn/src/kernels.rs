@@ -1851,7 +1851,7 @@ mod tests {
         }
     }
 
-    /// The plain path: split heads, `sdpa`, merge.
+    /// The plain path: split heads, `sdpa` at scale 0.3 (every test here uses it), merge.
     fn reference(
         q: &Tensor,
         k: &Tensor,
@@ -1926,6 +1926,35 @@ mod tests {
             .unwrap();
         let mask = AttnMask::additive(bias);
         assert!(max_diff(&reference(&q4, &k4, &v4, h, 2, &mask), &biased) < 1e-5);
+    }
+
+    #[test]
+    fn attention_matches_sdpa_on_long_sequences_and_odd_head_widths() {
+        // 300 keys: the values' product runs in two slices along them (256 + 44), and
+        // 300 queries fill 4 blocks with a part one; heads 40 wide (a panel and a part
+        // one) and 8 wide (a part panel only). Fewer queries than keys (a cache) too.
+        for (t, d) in [(300, 40), (300, 8)] {
+            let h = 2;
+            let q = rand(&[1, t, h * d], 20);
+            let k = rand(&[1, t, h * d], 21);
+            let v = rand(&[1, t, h * d], 22);
+            for (causal, mask) in [(false, AttnMask::none()), (true, AttnMask::causal())] {
+                let got = attention(&q, &k, &v, h, h, causal, None, 0.3)
+                    .unwrap()
+                    .unwrap();
+                let want = reference(&q, &k, &v, h, h, &mask);
+                assert!(
+                    max_diff(&want, &got) < 1e-5,
+                    "t {t}, d {d}, causal {causal}"
+                );
+            }
+            let q = q.narrow(1, t - 5, 5).unwrap();
+            let got = attention(&q, &k, &v, h, h, true, None, 0.3)
+                .unwrap()
+                .unwrap();
+            let want = reference(&q, &k, &v, h, h, &AttnMask::causal());
+            assert!(max_diff(&want, &got) < 1e-5, "t {t}, d {d}, 5 queries");
+        }
     }
 
     #[test]
