@@ -18,7 +18,8 @@
 //!
 //! Where the CPU has AVX-512, a loaded model's linear weights are laid out once, at
 //! load time, in the packed kernel's panels ([`PackedWeight`], in place of the stored
-//! `[out, in]` layout, so at no cost in memory), and every product on them, from one
+//! `[out, in]` layout, so a loaded model holds no more than before; while loading,
+//! one layer is briefly held both ways), and every product on them, from one
 //! row up, reads those panels ([`linear_packed`]). Elsewhere, and for training
 //! variables, the weight stays in its stored layout and the kernels above read it.
 
@@ -478,7 +479,7 @@ enum Panels {
     Ready(*const f32),
 }
 
-/// The body of [`packed_avx512`] and [`prepacked_avx512`].
+/// The body of [`packed_avx512`] and of [`PackedWeight`]'s products.
 ///
 /// # Safety
 /// As [`packed_avx512`]; `Ready` panels 64-byte aligned, valid for `nn.div_ceil(PACK_NR)`
@@ -575,10 +576,15 @@ thread_local! {
 /// built often and used briefly (a training step's momentum copy), where laying the
 /// weights out would cost more than it saves.
 pub fn unpacked<R>(f: impl FnOnce() -> R) -> R {
-    let before = NO_PACKING.with(|c| c.replace(true));
-    let out = f();
-    NO_PACKING.with(|c| c.set(before));
-    out
+    /// Restores the thread's setting, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_PACKING.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_PACKING.with(|c| c.replace(true)));
+    f()
 }
 
 /// A linear layer's weight `[n, k]` laid out once, when the model is loaded, for the
@@ -588,8 +594,9 @@ pub fn unpacked<R>(f: impl FnOnce() -> R) -> R {
 /// which cost them about a quarter of their time at 50 rows (`linear_speed`).
 ///
 /// It replaces the stored layout (the same size, plus at most 31 rows of padding), so
-/// a model needs no more memory; [`PackedWeight::unpack`] gives the `[n, k]` tensor
-/// back for the plain ops.
+/// a loaded model holds no more memory (while it is built, each weight is held both
+/// ways for a moment); [`PackedWeight::unpack`] gives the `[n, k]` tensor back for the
+/// plain ops.
 pub struct PackedWeight {
     buf: Vec<f32>,
     start: usize,
