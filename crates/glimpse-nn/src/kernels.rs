@@ -30,6 +30,19 @@ use rayon::prelude::*;
 
 use crate::layers::Activation;
 
+#[cfg(target_arch = "x86_64")]
+mod attend;
+#[cfg(not(target_arch = "x86_64"))]
+mod attend {
+    pub(super) const MIN_QUERIES: usize = 32;
+    pub(super) fn fits(_: usize, _: usize) -> bool {
+        false
+    }
+    pub(super) fn fits_few(_: usize, _: usize) -> bool {
+        false
+    }
+}
+
 /// Whether the fused kernels are on (they are unless `GLIMPSE_PLAIN_KERNELS` is set to
 /// something other than `0`).
 pub fn enabled() -> bool {
@@ -1502,7 +1515,64 @@ pub fn attention(
     let offset = tk - tq.min(tk);
     let scale = scale as f32;
 
+    // Our own kernels for long runs of queries (encoders, prefill), as tasks of one head
+    // and a run of its queries, at least two tasks per thread.
+    let chunks = (2 * threads())
+        .div_ceil(b * heads)
+        .min(tq / attend::MIN_QUERIES)
+        .max(1);
+    let per = tq.div_ceil(chunks);
+    let own = cfg!(target_arch = "x86_64") && tiled() && attend::fits(per, d);
+    // Fewer queries (decoding): one task per head, dot products, no layout.
+    let few = !own && cfg!(target_arch = "x86_64") && tiled() && attend::fits_few(tq, d);
+    let chunks = if few { 1 } else { chunks };
+    let per = if few { tq } else { per };
+
     let run = |qs: &[f32], ks: &[f32], vs: &[f32], ms: Option<(&[f32], &[usize])>| {
+        #[cfg(target_arch = "x86_64")]
+        if own || few {
+            (0..b * heads * chunks).into_par_iter().for_each(|task| {
+                let (bh, c) = (task / chunks, task % chunks);
+                let (bi, hi) = (bh / heads, bh % heads);
+                let kvh = hi / group;
+                let i0 = c * per;
+                if i0 >= tq {
+                    return;
+                }
+                let task = attend::Head {
+                    // SAFETY (the offsets): inside the tensors, as the layouts give them.
+                    q: unsafe { qs.as_ptr().add(bi * qh.sb + hi * qh.sh + i0 * qh.st) },
+                    qst: qh.st,
+                    k: unsafe { ks.as_ptr().add(bi * kh.sb + kvh * kh.sh) },
+                    kst: kh.st,
+                    v: unsafe { vs.as_ptr().add(bi * vh.sb + kvh * vh.sh) },
+                    vst: vh.st,
+                    keys: tk,
+                    dim: d,
+                    rows: per.min(tq - i0),
+                    first: i0,
+                    causal,
+                    offset,
+                    scale,
+                    mask: ms.map(|(m, s)| {
+                        let at = bi * s[0] + hi * s[1] + i0 * s[2];
+                        (unsafe { m.as_ptr().add(at) }, s[2], s[3])
+                    }),
+                    out: dst.at(bi * tq * width + i0 * width + hi * d),
+                    ldo: width,
+                };
+                // SAFETY: AVX-512F, AVX2 and FMA present and `d` a multiple of 16
+                // (`fits`); the task writes rows i0..i0+rows of head hi of batch bi only.
+                unsafe {
+                    if own {
+                        attend::head(&task)
+                    } else {
+                        attend::few(&task)
+                    }
+                };
+            });
+            return;
+        }
         (0..b * heads * q_blocks).into_par_iter().for_each(|task| {
             let (bh, qb) = (task / q_blocks, task % q_blocks);
             let (bi, hi) = (bh / heads, bh % heads);
@@ -1961,6 +2031,74 @@ mod tests {
                 .unwrap();
             let want = reference(&q, &k, &v, h, h, &AttnMask::causal());
             assert!(max_diff(&want, &got) < 1e-5, "t {t}, d {d}, 5 queries");
+        }
+    }
+
+    #[test]
+    fn attention_on_its_own_tiles_matches_sdpa() {
+        // Heads 64 and 128 wide (one and two column passes of the output tiles), 16 and
+        // 48 wide (one and three vectors); 83 queries (query tiles of 8 and 6 with part
+        // ones, a second block of 64); keys 83 and a 200-key cache (panels of 32 and a
+        // part one); grouped-query heads; causal, a padding mask, both; and runs of
+        // queries split between tasks (one sequence, two heads). 1, 3 and 31 queries
+        // take the dot-product path.
+        let (b, h, kvh) = (2, 4, 2);
+        for (i, d) in [64usize, 128, 16, 48].into_iter().enumerate() {
+            let seed = 100 + 10 * i as u64;
+            let kv = 200;
+            let k = rand(&[b, kvh, kv, d], seed);
+            let v = rand(&[b, kvh, kv, d], seed + 1);
+            let keep = Tensor::from_vec(
+                (0..b * kv)
+                    .map(|j| u32::from(j % kv < kv - 13 * (j / kv + 1)))
+                    .collect::<Vec<_>>(),
+                (b, kv),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let pad = crate::attention::padding_mask(&keep, DType::F32).unwrap();
+            for tq in [83, 31, 3, 1] {
+                let q = rand(&[b, h, tq, d], seed + 2 + tq as u64);
+                for causal in [false, true] {
+                    for masked in [false, true] {
+                        let additive = masked.then_some(&pad);
+                        let got = attention(&q, &k, &v, h, kvh, causal, additive, 0.3)
+                            .unwrap()
+                            .unwrap();
+                        let mut mask = if causal {
+                            AttnMask::causal()
+                        } else {
+                            AttnMask::none()
+                        };
+                        if masked {
+                            mask = mask.with_additive(pad.clone()).unwrap();
+                        }
+                        let want = reference(&q, &k, &v, h, kvh, &mask);
+                        let diff = max_diff(&want, &got);
+                        assert!(
+                            diff < 1e-5,
+                            "d {d}, {tq} queries, causal {causal}, mask {masked}: {diff}"
+                        );
+                    }
+                }
+            }
+            // As many queries as keys, one sequence and two heads: the queries are split
+            // between tasks, and a causal task's last key is its own last query.
+            let q = rand(&[1, 2, 83, d], seed + 7);
+            let (k1, v1) = (
+                rand(&[1, 2, 83, d], seed + 8),
+                rand(&[1, 2, 83, d], seed + 9),
+            );
+            for (causal, mask) in [(false, AttnMask::none()), (true, AttnMask::causal())] {
+                let got = attention(&q, &k1, &v1, 2, 2, causal, None, 0.3)
+                    .unwrap()
+                    .unwrap();
+                let want = reference(&q, &k1, &v1, 2, 2, &mask);
+                assert!(
+                    max_diff(&want, &got) < 1e-5,
+                    "d {d}, split, causal {causal}"
+                );
+            }
         }
     }
 
