@@ -120,8 +120,11 @@ fn threads() -> usize {
 
 /// Column blocks `(start, len)` of `n` columns, one per thread, multiples of `align` wide.
 fn column_blocks(n: usize, m: usize, k: usize, align: usize) -> Vec<(usize, usize)> {
-    // Below about a million multiply-adds a second thread costs more than it saves.
-    let t = if m * n * k < (1 << 20) { 1 } else { threads() };
+    // Below about a million multiply-adds a second thread costs more than it saves,
+    // except for a few rows (decoding), which wait on memory: there, from 128 Ki weight
+    // values (512 KiB) up, each thread streams its own share.
+    let work = if m <= SMALL_M { n * k * 8 } else { m * n * k };
+    let t = if work < (1 << 20) { 1 } else { threads() };
     let width = n.div_ceil(t).div_ceil(align) * align;
     (0..n)
         .step_by(width.max(1))
