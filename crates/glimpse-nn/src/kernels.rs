@@ -483,7 +483,17 @@ unsafe fn packed_avx512(
     accumulate: bool,
 ) {
     debug_assert!(w.len() >= nn * k);
-    outer_avx512(x, m, k, Panels::Pack(w.as_ptr()), nn, out, ldo, accumulate)
+    outer_avx512(
+        x,
+        m,
+        k,
+        Panels::Pack(w.as_ptr()),
+        nn,
+        out,
+        ldo,
+        accumulate,
+        Onto::NONE,
+    )
 }
 
 /// Where [`outer_avx512`] finds its weight panels.
@@ -512,8 +522,10 @@ unsafe fn outer_avx512(
     out: *mut f32,
     ldo: usize,
     accumulate: bool,
+    onto: Onto,
 ) {
     debug_assert!(x.len() >= m * k);
+    debug_assert!(!accumulate || onto.is_none());
     // One panel, 64-byte aligned inside an over-allocated buffer (for `Pack` only).
     let mut buf = match panels {
         Panels::Pack(_) => vec![0f32; PACK_KC * PACK_NR + 16],
@@ -557,7 +569,24 @@ unsafe fn outer_avx512(
                 let mr = PACK_MR.min(m - i);
                 let xt = xp.add(i / PACK_MR * tile_len) as *const f32;
                 let o = out.add(i * ldo + j);
-                let t = (xt, panel, kc, o, ldo, acc, m0, m1);
+                // What the tile starts from: the output after the first slice, else the
+                // output (accumulate), the residual and/or the bias, or zero.
+                let (src, lds, bias) = if acc {
+                    (o as *const f32, ldo, std::ptr::null())
+                } else {
+                    let res = if onto.res.is_null() {
+                        std::ptr::null()
+                    } else {
+                        onto.res.add(i * onto.ldr + j)
+                    };
+                    let bias = if onto.bias.is_null() {
+                        std::ptr::null()
+                    } else {
+                        onto.bias.add(j)
+                    };
+                    (res, onto.ldr, bias)
+                };
+                let t = (xt, panel, kc, o, ldo, src, lds, bias, m0, m1);
                 match mr {
                     12 => outer_tile::<12>(t),
                     11 => outer_tile::<11>(t),
@@ -701,9 +730,12 @@ impl PackedWeight {
     /// `out[i, j] (+)= x[i, :] . w[j0 + j, :]` for `j < nn`: a column block of
     /// [`linear_packed`], starting at a panel (`j0` a multiple of [`PACK_NR`]).
     ///
+    /// With more than [`SMALL_M`] rows, the product can start from `onto` (a bias and/or
+    /// a residual) instead of zero or the output; fewer rows take [`Onto::NONE`].
+    ///
     /// # Safety
     /// `x` holds `m` rows of `k`; `out` is valid for `m` rows of `nn` values `ldo`
-    /// apart; `j0 + nn <= n`.
+    /// apart; `j0 + nn <= n`; `onto`'s pointers as [`Onto`] says.
     #[allow(clippy::too_many_arguments)]
     unsafe fn multiply(
         &self,
@@ -714,8 +746,13 @@ impl PackedWeight {
         out: *mut f32,
         ldo: usize,
         accumulate: bool,
+        onto: Onto,
     ) {
         debug_assert!(j0.is_multiple_of(PACK_NR) && j0 + nn <= self.n && x.len() >= m * self.k);
+        debug_assert!(
+            m > SMALL_M || onto.is_none(),
+            "few rows take no bias or residual here"
+        );
         let panels = self.data()[j0 * self.k..].as_ptr();
         #[cfg(target_arch = "x86_64")]
         {
@@ -726,7 +763,17 @@ impl PackedWeight {
                 2 => few_rows_ready::<2>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
                 3 => few_rows_ready::<3>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
                 4 => few_rows_ready::<4>(x.as_ptr(), k, panels, nn, out, ldo, accumulate),
-                _ => outer_avx512(x, m, k, Panels::Ready(panels), nn, out, ldo, accumulate),
+                _ => outer_avx512(
+                    x,
+                    m,
+                    k,
+                    Panels::Ready(panels),
+                    nn,
+                    out,
+                    ldo,
+                    accumulate,
+                    onto,
+                ),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -918,19 +965,47 @@ unsafe fn transpose_into(
     }
 }
 
-/// One register tile of [`packed_avx512`]: `(x tile, panel, kc, out, ldo, accumulate,
-/// mask0, mask1)`, `MR` rows of `x` by the panel's [`PACK_NR`] columns, of which the
-/// masks keep those that exist.
+/// One register tile of [`packed_avx512`]: `(x tile, panel, kc, out, ldo, src, lds,
+/// bias, mask0, mask1)`, `MR` rows of `x` by the panel's [`PACK_NR`] columns, of which
+/// the masks keep those that exist. The tile starts from `src` (rows `lds` apart: the
+/// output itself, or a residual) plus `bias` (one value per column), each where not
+/// null.
 type OuterTile = (
     *const f32,
     *const f32,
     usize,
     *mut f32,
     usize,
-    bool,
+    *const f32,
+    usize,
+    *const f32,
     u16,
     u16,
 );
+
+/// Where a product of the outer-product kernel starts, besides zero or its output:
+/// the bias of the output's columns (`bias`, one value per column) and/or a residual
+/// (`res`, rows `ldr` apart), each at the block's first column, null where absent.
+/// Starting there leaves the sum `(residual + bias) + x w^T` as a prefill of the output
+/// would, without writing and reading that prefill.
+#[derive(Clone, Copy)]
+struct Onto {
+    bias: *const f32,
+    res: *const f32,
+    ldr: usize,
+}
+
+impl Onto {
+    const NONE: Self = Self {
+        bias: std::ptr::null(),
+        res: std::ptr::null(),
+        ldr: 0,
+    };
+
+    fn is_none(&self) -> bool {
+        self.bias.is_null() && self.res.is_null()
+    }
+}
 
 /// # Safety
 /// As [`packed_avx512`], for this tile's `MR` rows and the masked columns.
@@ -939,12 +1014,22 @@ type OuterTile = (
 #[inline]
 unsafe fn outer_tile<const MR: usize>(t: OuterTile) {
     use std::arch::x86_64::*;
-    let (xt, panel, kc, out, ldo, accumulate, m0, m1) = t;
+    let (xt, panel, kc, out, ldo, src, lds, bias, m0, m1) = t;
     let mut c = [[_mm512_setzero_ps(); 2]; MR];
-    if accumulate {
+    if !src.is_null() {
         for (i, ci) in c.iter_mut().enumerate() {
-            ci[0] = _mm512_maskz_loadu_ps(m0, out.add(i * ldo));
-            ci[1] = _mm512_maskz_loadu_ps(m1, out.add(i * ldo + 16));
+            ci[0] = _mm512_maskz_loadu_ps(m0, src.add(i * lds));
+            ci[1] = _mm512_maskz_loadu_ps(m1, src.add(i * lds + 16));
+        }
+    }
+    if !bias.is_null() {
+        let (b0, b1) = (
+            _mm512_maskz_loadu_ps(m0, bias),
+            _mm512_maskz_loadu_ps(m1, bias.add(16)),
+        );
+        for ci in c.iter_mut() {
+            ci[0] = _mm512_add_ps(ci[0], b0);
+            ci[1] = _mm512_add_ps(ci[1], b1);
         }
     }
     for kk in 0..kc {
@@ -1184,7 +1269,10 @@ fn linear_with(
 
     let mut out = reserve(m * n);
     let dst = SharedMut(out.as_mut_ptr());
-    let read_dst = bs.is_some() || rs.is_some();
+    // The laid-out weight's outer-product kernel (more than SMALL_M rows) starts from
+    // the bias and residual itself; the other kernels read them from a prefill of `out`.
+    let onto_kernel = matches!(weight, Weight::Packed(_)) && m > SMALL_M;
+    let read_dst = (bs.is_some() || rs.is_some()) && !onto_kernel;
     blocks.par_iter().for_each(|&(j0, nn)| {
         // SAFETY: rows 0..m, columns j0..j0+nn of `out` belong to this task only, and are
         // written (prefill or the product) before the activation reads them; the reads
@@ -1211,7 +1299,16 @@ fn linear_with(
             if let Weight::Packed(p) = weight {
                 // SAFETY (of the pointer): j0 is a multiple of PACK_NR, so this is the
                 // start of panel j0 / PACK_NR, and the block's panels follow it.
-                p.multiply(xs, m, j0, nn, dst.at(j0), n, read_dst);
+                let onto = if onto_kernel {
+                    Onto {
+                        bias: bs.map_or(std::ptr::null(), |b| b[j0..].as_ptr()),
+                        res: rs.map_or(std::ptr::null(), |r| r[j0..].as_ptr()),
+                        ldr: n,
+                    }
+                } else {
+                    Onto::NONE
+                };
+                p.multiply(xs, m, j0, nn, dst.at(j0), n, read_dst, onto);
             } else if let Some(kernel) = row_kernel(m) {
                 let ws = ws.expect("a plain weight's data");
                 kernel(
@@ -1862,6 +1959,26 @@ mod tests {
                         .unwrap();
                     let want = plain_linear(&x, &w, None).relu().unwrap();
                     assert!(max_diff(&want, &got) < 1e-3, "{m}x{k}x{n}, relu");
+                    let got = linear_packed(&x, &p, Some(&b), None, Some(&r))
+                        .unwrap()
+                        .unwrap();
+                    let want = (plain_linear(&x, &w, Some(&b)) + &r).unwrap();
+                    assert!(
+                        max_diff(&want, &got) < 1e-3,
+                        "{m}x{k}x{n}, bias and residual"
+                    );
+                    if m > TILE_M {
+                        // The stored layout's kernel at these rows packs the same panels
+                        // per call and reads a prefill of residual + bias: the tiles that
+                        // start from them instead give the same bits.
+                        for (bias, res) in
+                            [(Some(&b), None), (None, Some(&r)), (Some(&b), Some(&r))]
+                        {
+                            let prefilled = linear(&x, &w, bias, None, res).unwrap().unwrap();
+                            let onto = linear_packed(&x, &p, bias, None, res).unwrap().unwrap();
+                            assert_eq!(max_diff(&prefilled, &onto), 0.0, "{m}x{k}x{n}");
+                        }
+                    }
                 }
                 // A view of `x` is copied, not refused.
                 let x = rand(&[k, 5], 90).t().unwrap();
