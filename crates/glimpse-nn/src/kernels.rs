@@ -22,6 +22,14 @@
 //! one layer is briefly held both ways), and every product on them, from one
 //! row up, reads those panels ([`linear_packed`]). Elsewhere, and for training
 //! variables, the weight stays in its stored layout and the kernels above read it.
+//!
+//! Attention's per-head products run on AVX-512 tiles of our own there too (`attend`:
+//! each head's keys laid out once per task for 32 queries and more, dot products for
+//! fewer), and on `gemm` elsewhere or for heads whose width is not a multiple of 16.
+//!
+//! The parallel loops run on rayon's current pool; a caller that runs inside that pool
+//! (the CLI runs every command on one of its workers) takes a share of each loop itself
+//! instead of sleeping while the pool works.
 
 use std::sync::OnceLock;
 
