@@ -1562,6 +1562,22 @@ unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_andnot_ps(tiny, e)
 }
 
+/// A row of scores into attention weights: `row[j] += mask[j * stride]` where a mask
+/// is given, then softmax over the first `visible` keys, and zero for the rest (keys a
+/// causal query does not see).
+///
+/// # Safety
+/// The mask pointer, where given, is valid for `visible` values `stride` apart.
+unsafe fn weigh_row(row: &mut [f32], visible: usize, mask: Option<(*const f32, usize)>) {
+    if let Some((m, stride)) = mask {
+        for (j, s) in row[..visible].iter_mut().enumerate() {
+            *s += *m.add(j * stride);
+        }
+    }
+    softmax_row(&mut row[..visible]);
+    row[visible..].fill(0.0);
+}
+
 /// Queries per task: scores for this many rows are held at once.
 const QUERY_BLOCK: usize = 64;
 
@@ -1633,8 +1649,7 @@ pub fn attention(
     let own = cfg!(target_arch = "x86_64") && tiled() && attend::fits(per, d);
     // Fewer queries (decoding): one task per head, dot products, no layout.
     let few = !own && cfg!(target_arch = "x86_64") && tiled() && attend::fits_few(tq, d);
-    let chunks = if few { 1 } else { chunks };
-    let per = if few { tq } else { per };
+    // (Then `tq < MIN_QUERIES`, so `chunks` is 1 and `per` is `tq`.)
 
     let run = |qs: &[f32], ks: &[f32], vs: &[f32], ms: Option<(&[f32], &[usize])>| {
         #[cfg(target_arch = "x86_64")]
@@ -1722,14 +1737,12 @@ pub fn attention(
                 let i = i0 + r;
                 let row = &mut scores[r * tk..(r + 1) * tk];
                 let visible = if causal { (offset + i + 1).min(tk) } else { tk };
-                if let Some((m, ms)) = ms {
+                let mask = ms.map(|(m, ms)| {
                     let base = bi * ms[0] + hi * ms[1] + i * ms[2];
-                    for (j, s) in row[..visible].iter_mut().enumerate() {
-                        *s += m[base + j * ms[3]];
-                    }
-                }
-                softmax_row(&mut row[..visible]);
-                row[visible..].fill(0.0);
+                    (m[base..].as_ptr(), ms[3])
+                });
+                // SAFETY: the mask's layout gives key j of this row at base + j * ms[3].
+                unsafe { weigh_row(row, visible, mask) };
             }
             // SAFETY: as above; the output rows are `width` apart, this head's columns
             // are hi*d..(hi+1)*d.

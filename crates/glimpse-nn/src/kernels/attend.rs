@@ -11,7 +11,7 @@
 //! queries by up to 64 features, each step along the keys up to four loads of a value
 //! row and one broadcast of a weight per query.
 
-use super::{reserve, softmax_row, transpose_into, written};
+use super::{reserve, transpose_into, weigh_row, written};
 
 /// Fewest queries per task for which this path is taken: below it, laying the keys out
 /// costs about as much as the products (decoding's single query keeps `gemm`).
@@ -134,14 +134,8 @@ pub(super) unsafe fn head(h: &Head) {
             let vis = visible(i);
             // SAFETY: row r's first `bkeys` scores were written by the tiles above.
             let row = std::slice::from_raw_parts_mut(sp.add(r * ld), bkeys);
-            if let Some((m, mi, mj)) = h.mask {
-                let m = m.add((b0 + r) * mi);
-                for (j, s) in row[..vis].iter_mut().enumerate() {
-                    *s += *m.add(j * mj);
-                }
-            }
-            softmax_row(&mut row[..vis]);
-            row[vis..].fill(0.0);
+            let mask = h.mask.map(|(m, mi, mj)| (m.add((b0 + r) * mi), mj));
+            weigh_row(row, vis, mask);
         }
         for t0 in (0..rows).step_by(AR) {
             let mr = AR.min(rows - t0);
@@ -155,31 +149,11 @@ pub(super) unsafe fn head(h: &Head) {
                     h.out.add((b0 + t0) * h.ldo + c0),
                     h.ldo,
                 );
-                match ((d - c0).min(64) / 16, mr) {
-                    (4, 6) => value_tile::<6, 4>(t),
-                    (4, 5) => value_tile::<5, 4>(t),
-                    (4, 4) => value_tile::<4, 4>(t),
-                    (4, 3) => value_tile::<3, 4>(t),
-                    (4, 2) => value_tile::<2, 4>(t),
-                    (4, _) => value_tile::<1, 4>(t),
-                    (3, 6) => value_tile::<6, 3>(t),
-                    (3, 5) => value_tile::<5, 3>(t),
-                    (3, 4) => value_tile::<4, 3>(t),
-                    (3, 3) => value_tile::<3, 3>(t),
-                    (3, 2) => value_tile::<2, 3>(t),
-                    (3, _) => value_tile::<1, 3>(t),
-                    (2, 6) => value_tile::<6, 2>(t),
-                    (2, 5) => value_tile::<5, 2>(t),
-                    (2, 4) => value_tile::<4, 2>(t),
-                    (2, 3) => value_tile::<3, 2>(t),
-                    (2, 2) => value_tile::<2, 2>(t),
-                    (2, _) => value_tile::<1, 2>(t),
-                    (_, 6) => value_tile::<6, 1>(t),
-                    (_, 5) => value_tile::<5, 1>(t),
-                    (_, 4) => value_tile::<4, 1>(t),
-                    (_, 3) => value_tile::<3, 1>(t),
-                    (_, 2) => value_tile::<2, 1>(t),
-                    (_, _) => value_tile::<1, 1>(t),
+                match (d - c0).min(64) / 16 {
+                    4 => value_rows::<4>(mr, t),
+                    3 => value_rows::<3>(mr, t),
+                    2 => value_rows::<2>(mr, t),
+                    _ => value_rows::<1>(mr, t),
                 }
             }
         }
@@ -219,6 +193,24 @@ unsafe fn score_tile<const MR: usize>(t: ScoreTile) {
 
 /// `(weights, ld, keys, values, vst, out, ldo)`.
 type ValueTile = (*const f32, usize, usize, *const f32, usize, *mut f32, usize);
+
+/// [`value_tile`] for `mr` (1 to [`AR`]) queries.
+///
+/// # Safety
+/// As [`value_tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn value_rows<const NZ: usize>(mr: usize, t: ValueTile) {
+    match mr {
+        6 => value_tile::<6, NZ>(t),
+        5 => value_tile::<5, NZ>(t),
+        4 => value_tile::<4, NZ>(t),
+        3 => value_tile::<3, NZ>(t),
+        2 => value_tile::<2, NZ>(t),
+        _ => value_tile::<1, NZ>(t),
+    }
+}
 
 /// `out[i, 0..16 NZ] = sum_j w[i, j] v[j, 0..16 NZ]` for `MR` queries.
 ///
@@ -307,14 +299,7 @@ pub(super) unsafe fn few(h: &Head) {
     for r in 0..h.rows {
         let vis = visible(h.first + r);
         let row = &mut scores[r * keys..(r + 1) * keys];
-        if let Some((m, mi, mj)) = h.mask {
-            let m = m.add(r * mi);
-            for (j, s) in row[..vis].iter_mut().enumerate() {
-                *s += *m.add(j * mj);
-            }
-        }
-        softmax_row(&mut row[..vis]);
-        row[vis..].fill(0.0);
+        weigh_row(row, vis, h.mask.map(|(m, mi, mj)| (m.add(r * mi), mj)));
         // The output row, 64 features (four vectors) at a time.
         let w = row.as_ptr();
         for c0 in (0..d).step_by(64) {
