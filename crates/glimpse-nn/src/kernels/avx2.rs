@@ -1,0 +1,294 @@
+//! The packed outer-product kernel and the few-rows kernel over laid-out weights, for
+//! CPUs with AVX2 and FMA but no AVX-512 (AMD Zen 2/3, Intel before Skylake-X).
+//!
+//! The same design as the AVX-512 kernels in the parent module, at half the vector
+//! width: register tiles of [`MR`] rows by [`NR`] columns (12 accumulators of 8 lanes;
+//! with the two weight vectors and one broadcast that fills the 16 registers), weight
+//! panels of [`NR`] output rows, `k`-major, and slices of [`KC`] along `k`. Each step of
+//! a tile loads two weight vectors and broadcasts six values of `x` for twelve
+//! multiply-adds, which the two FMA pipes and three load ports of these cores sustain.
+//!
+//! The panels are [`PackedWeight`](super::PackedWeight)'s, laid out when a model is
+//! loaded. Weights in their stored layout (training, tied heads) keep the tiled kernel
+//! and `gemm`: packing their panels on every call, as the AVX-512 path does, measured
+//! 2-7% behind `gemm` here from 128 rows up (`linear_speed`).
+
+use std::arch::x86_64::*;
+
+use super::{reserve, transpose_into, Onto};
+
+/// Rows of `x` per register tile.
+pub(super) const MR: usize = 6;
+
+/// Output columns per register tile and per weight panel (two 8-lane registers).
+pub(super) const NR: usize = super::AVX2_NR;
+
+/// Values along `k` per slice: a weight panel's slice (`KC` x [`NR`], 16 KiB) stays in
+/// the 32 KiB L1 while every row tile of `x` passes over it.
+const KC: usize = 256;
+
+/// Rows of `x` per pass over the weight's panels: their packed slice (`MC` x [`KC`],
+/// 144 KiB) stays in the 512 KiB L2 while the panels go by; all of a 400- or 577-row
+/// slice would not.
+const MC: usize = 144;
+
+/// Lane masks of the two output vectors for a panel whose first `nr` columns exist.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn lane_masks(nr: usize) -> (__m256i, __m256i) {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let first = _mm256_set1_epi32(nr.min(8) as i32);
+    let second = _mm256_set1_epi32(nr.saturating_sub(8).min(8) as i32);
+    (
+        _mm256_cmpgt_epi32(first, lanes),
+        _mm256_cmpgt_epi32(second, lanes),
+    )
+}
+
+/// `out[i, j] (+)= x[i, :] . w[j, :]` for `m` rows of `x` (`[m, k]`) and `nn` weight rows,
+/// as outer products over laid-out panels, `out` rows `ldo` apart; with `onto`, each
+/// tile starts from the bias and/or residual instead of zero (first slice of `k` only).
+///
+/// # Safety
+/// AVX2 and FMA present; `x` holds `m` rows of `k`; `panels` 32-byte aligned, valid for
+/// `nn.div_ceil(NR)` panels of `k * NR` values; `out` valid for `m` rows of `nn` values,
+/// `ldo` apart; `onto` as [`Onto`] says.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn outer(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panels: *const f32,
+    nn: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+    onto: Onto,
+) {
+    debug_assert!(x.len() >= m * k);
+    debug_assert!(!accumulate || onto.is_none());
+    // The slice of `x` for one slice of `k`, tile by tile of MR rows, each k-major.
+    let tile_len = KC.min(k) * MR;
+    // Not zeroed: `transpose_into` writes each tile's `kc * MR` values (zeros for the
+    // rows past `m`) before the tiles read them.
+    let mut xbuf = reserve(m.div_ceil(MR) * tile_len);
+    let xp = xbuf.as_mut_ptr();
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for i in (0..m).step_by(MR) {
+            let (rows, tile) = (x.as_ptr().add(i * k + k0), xp.add(i / MR * tile_len));
+            transpose_into(rows, k, MR.min(m - i), kc, tile, MR);
+        }
+        let acc = accumulate || k0 > 0;
+        for i0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - i0);
+            for j in (0..nn).step_by(NR) {
+                let nr = NR.min(nn - j);
+                // Panel j / NR starts at (j / NR) * NR * k = j * k.
+                let panel = panels.add(j * k + k0 * NR);
+                // The next panel's slice, fetched a share per row tile: with few rows the
+                // tiles leave the weight's stream idle between panels, and the slices are
+                // a panel's length apart, so the prefetcher would not run ahead.
+                let (next, lines) = if j + NR < nn {
+                    (panels.add((j + NR) * k + k0 * NR), kc * NR / 16)
+                } else {
+                    (std::ptr::null(), 0)
+                };
+                let share = lines.div_ceil(mc.div_ceil(MR));
+                let mut line = 0;
+                let masks = (nr < NR).then(|| lane_masks(nr));
+                let mut i = i0;
+                while i < i0 + mc {
+                    for _ in 0..share.min(lines - line) {
+                        _mm_prefetch::<_MM_HINT_T0>(next.add(line * 16).cast());
+                        line += 1;
+                    }
+                    let mr = MR.min(i0 + mc - i);
+                    let xt = xp.add(i / MR * tile_len) as *const f32;
+                    let o = out.add(i * ldo + j);
+                    let (src, lds, bias) = if acc {
+                        (o as *const f32, ldo, std::ptr::null())
+                    } else {
+                        let res = if onto.res.is_null() {
+                            std::ptr::null()
+                        } else {
+                            onto.res.add(i * onto.ldr + j)
+                        };
+                        let bias = if onto.bias.is_null() {
+                            std::ptr::null()
+                        } else {
+                            onto.bias.add(j)
+                        };
+                        (res, onto.ldr, bias)
+                    };
+                    let t = Tile {
+                        xt,
+                        panel,
+                        kc,
+                        out: o,
+                        ldo,
+                        src,
+                        lds,
+                        bias,
+                        masks,
+                    };
+                    match mr {
+                        6 => tile::<6>(&t),
+                        5 => tile::<5>(&t),
+                        4 => tile::<4>(&t),
+                        3 => tile::<3>(&t),
+                        2 => tile::<2>(&t),
+                        _ => tile::<1>(&t),
+                    }
+                    i += mr;
+                }
+            }
+        }
+    }
+}
+
+/// One register tile: `R` rows of the packed `x` tile by one panel's columns.
+struct Tile {
+    /// The `x` tile, `k`-major, [`MR`] values per step.
+    xt: *const f32,
+    /// The panel's slice, [`NR`] values per step, 32-byte aligned.
+    panel: *const f32,
+    kc: usize,
+    out: *mut f32,
+    ldo: usize,
+    /// What the sums start from besides zero: rows `lds` apart (the output itself or a
+    /// residual) and a bias per column, each where not null.
+    src: *const f32,
+    lds: usize,
+    bias: *const f32,
+    /// The lanes that exist, for a panel narrower than [`NR`]; `None` for a whole one.
+    masks: Option<(__m256i, __m256i)>,
+}
+
+/// # Safety
+/// As [`outer`], for this tile's `R` rows and the columns the masks keep.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile<const R: usize>(t: &Tile) {
+    let load = |p: *const f32| match t.masks {
+        None => (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))),
+        Some((m0, m1)) => (_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1)),
+    };
+    let mut c = [[_mm256_setzero_ps(); 2]; R];
+    if !t.src.is_null() {
+        for (i, ci) in c.iter_mut().enumerate() {
+            let (a, b) = load(t.src.add(i * t.lds));
+            *ci = [a, b];
+        }
+    }
+    if !t.bias.is_null() {
+        let (b0, b1) = load(t.bias);
+        for ci in c.iter_mut() {
+            ci[0] = _mm256_add_ps(ci[0], b0);
+            ci[1] = _mm256_add_ps(ci[1], b1);
+        }
+    }
+    let (xt, panel) = (t.xt, t.panel);
+    for kk in 0..t.kc {
+        let b0 = _mm256_load_ps(panel.add(kk * NR));
+        let b1 = _mm256_load_ps(panel.add(kk * NR + 8));
+        for (i, ci) in c.iter_mut().enumerate() {
+            let a = _mm256_broadcast_ss(&*xt.add(kk * MR + i));
+            ci[0] = _mm256_fmadd_ps(a, b0, ci[0]);
+            ci[1] = _mm256_fmadd_ps(a, b1, ci[1]);
+        }
+    }
+    for (i, ci) in c.iter().enumerate() {
+        let o = t.out.add(i * t.ldo);
+        match t.masks {
+            None => {
+                _mm256_storeu_ps(o, ci[0]);
+                _mm256_storeu_ps(o.add(8), ci[1]);
+            }
+            Some((m0, m1)) => {
+                _mm256_maskstore_ps(o, m0, ci[0]);
+                _mm256_maskstore_ps(o.add(8), m1, ci[1]);
+            }
+        }
+    }
+}
+
+/// `out[i, j] (+)= x[i, :] . w[j, :]` for `M` (1 to 4) rows over laid-out panels
+/// (decoding): each panel streams by once, `k`-major. One and two rows keep two sets of
+/// accumulators (steps `kk` and `kk + 1`), so that consecutive steps do not wait on
+/// each other's sums; three and four rows have enough chains already.
+///
+/// # Safety
+/// AVX2 and FMA; `x` holds `M` rows of `k`; `panels` holds `nn.div_ceil(NR)` panels,
+/// 32-byte aligned; `out` valid for `M` rows of `nn` values `ldo` apart.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // row i indexes both accumulator sets and x
+pub(super) unsafe fn few_rows<const M: usize>(
+    x: *const f32,
+    k: usize,
+    panels: *const f32,
+    nn: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let sets = if M <= 2 { 2 } else { 1 };
+    for j in (0..nn).step_by(NR) {
+        let nr = NR.min(nn - j);
+        let panel = panels.add(j * k);
+        let mut c = [[_mm256_setzero_ps(); 2]; M];
+        let mut d = [[_mm256_setzero_ps(); 2]; M];
+        let mut kk = 0;
+        if sets == 2 {
+            while kk + 2 <= k {
+                let p = panel.add(kk * NR);
+                let (b0, b1) = (_mm256_load_ps(p), _mm256_load_ps(p.add(8)));
+                let (b2, b3) = (_mm256_load_ps(p.add(16)), _mm256_load_ps(p.add(24)));
+                for i in 0..M {
+                    let a = _mm256_broadcast_ss(&*x.add(i * k + kk));
+                    c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+                    c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+                    let a = _mm256_broadcast_ss(&*x.add(i * k + kk + 1));
+                    d[i][0] = _mm256_fmadd_ps(a, b2, d[i][0]);
+                    d[i][1] = _mm256_fmadd_ps(a, b3, d[i][1]);
+                }
+                kk += 2;
+            }
+        }
+        while kk < k {
+            let p = panel.add(kk * NR);
+            let (b0, b1) = (_mm256_load_ps(p), _mm256_load_ps(p.add(8)));
+            for i in 0..M {
+                let a = _mm256_broadcast_ss(&*x.add(i * k + kk));
+                c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+                c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+            }
+            kk += 1;
+        }
+        let masks = (nr < NR).then(|| lane_masks(nr));
+        for i in 0..M {
+            let o = out.add(i * ldo + j);
+            let mut v0 = _mm256_add_ps(c[i][0], d[i][0]);
+            let mut v1 = _mm256_add_ps(c[i][1], d[i][1]);
+            match masks {
+                None => {
+                    if accumulate {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(o));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(o.add(8)));
+                    }
+                    _mm256_storeu_ps(o, v0);
+                    _mm256_storeu_ps(o.add(8), v1);
+                }
+                Some((m0, m1)) => {
+                    if accumulate {
+                        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(o, m0));
+                        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(o.add(8), m1));
+                    }
+                    _mm256_maskstore_ps(o, m0, v0);
+                    _mm256_maskstore_ps(o.add(8), m1, v1);
+                }
+            }
+        }
+    }
+}
