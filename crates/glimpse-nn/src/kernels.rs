@@ -16,16 +16,18 @@
 //! to `TILE_M` rows, and above that a packed outer-product kernel where the CPU has
 //! AVX-512; `gemm` (the kernel candle itself calls) takes what none of them fits.
 //!
-//! Where the CPU has AVX-512, a loaded model's linear weights are laid out once, at
-//! load time, in the packed kernel's panels ([`PackedWeight`], in place of the stored
-//! `[out, in]` layout, so a loaded model holds no more than before; while loading,
-//! one layer is briefly held both ways), and every product on them, from one
-//! row up, reads those panels ([`linear_packed`]). Elsewhere, and for training
-//! variables, the weight stays in its stored layout and the kernels above read it.
+//! Where the CPU has AVX2 and FMA, a loaded model's linear weights are laid out once,
+//! at load time, in the packed kernels' panels ([`PackedWeight`]: 32 columns wide with
+//! AVX-512, 16 with AVX2 alone (`avx2`); in place of the stored `[out, in]` layout, so
+//! a loaded model holds no more than before; while loading, one layer is briefly held
+//! both ways), and every product on them, from one row up, reads those panels
+//! ([`linear_packed`]). Elsewhere, and for training variables, the weight stays in its
+//! stored layout and the kernels above read it.
 //!
-//! Attention's per-head products run on AVX-512 tiles of our own there too (`attend`:
-//! each head's keys laid out once per task for 32 queries and more, dot products for
-//! fewer), and on `gemm` elsewhere or for heads whose width is not a multiple of 16.
+//! Attention's per-head products run on tiles of our own there too (`attend`, on
+//! AVX-512 or AVX2: each head's keys laid out once per task for 32 queries and more,
+//! dot products for fewer), and on `gemm` elsewhere or for heads whose width is not a
+//! multiple of 16.
 //!
 //! The parallel loops run on rayon's current pool; a caller that runs inside that pool
 //! (the CLI runs every command on one of its workers) takes a share of each loop itself
@@ -1733,15 +1735,9 @@ pub fn attention(
                     out: dst.at(bi * tq * width + i0 * width + hi * d),
                     ldo: width,
                 };
-                // SAFETY: AVX-512F, AVX2 and FMA present and `d` a multiple of 16
-                // (`fits`); the task writes rows i0..i0+rows of head hi of batch bi only.
-                unsafe {
-                    if own {
-                        attend::head(&task)
-                    } else {
-                        attend::few(&task)
-                    }
-                };
+                // SAFETY: AVX2 and FMA present and `d` a multiple of 16 (`fits`,
+                // `fits_few`); the task writes rows i0..i0+rows of head hi of batch bi only.
+                unsafe { attend::run(&task, own) };
             });
             return;
         }
@@ -2242,11 +2238,12 @@ mod tests {
     #[test]
     fn attention_on_its_own_tiles_matches_sdpa() {
         // Heads 64 and 128 wide (one and two column passes of the output tiles), 16 and
-        // 48 wide (one and three vectors); 83 queries (query tiles of 8 and 6 with part
-        // ones, a second block of 64); keys 83 and a 200-key cache (panels of 32 and a
-        // part one); grouped-query heads; causal, a padding mask, both; and runs of
-        // queries split between tasks (one sequence, two heads). 1, 3 and 31 queries
-        // take the dot-product path.
+        // 48 wide (one and three vectors); 83 queries (query tiles of 8 and 6, or 6 and
+        // 6 on AVX2, with part ones, a second block of 64); keys 83 and a 200-key cache
+        // (panels of 32, or 16, and a part one); grouped-query heads; causal, a padding
+        // mask, both; and runs of queries split between tasks (one sequence, two heads).
+        // 1, 3 and 31 queries take the dot-product path. The tiles are those of the
+        // widest instruction set this CPU has.
         let (b, h, kvh) = (2, 4, 2);
         for (i, d) in [64usize, 128, 16, 48].into_iter().enumerate() {
             let seed = 100 + 10 * i as u64;

@@ -9,9 +9,12 @@
 //! adjacent values per key. Scores: tiles of [`QR`] queries by a panel, each step
 //! along `head_dim` two loads and one broadcast per query. Output: tiles of [`AR`]
 //! queries by up to 64 features, each step along the keys up to four loads of a value
-//! row and one broadcast of a weight per query.
+//! row and one broadcast of a weight per query. CPUs with AVX2 but no AVX-512 run the
+//! same plan at half the width (`avx2`); [`run`] picks.
 
 use super::{reserve, transpose_into, weigh_row, written};
+
+mod avx2;
 
 /// Fewest queries per task for which this path is taken: below it, laying the keys out
 /// costs about as much as the products (decoding's single query keeps `gemm`).
@@ -52,9 +55,23 @@ pub(super) struct Head {
     pub ldo: usize,
 }
 
-/// Whether this path takes a head `dim` wide with `queries` per task on this CPU.
+/// Whether this path takes a head `dim` wide with `queries` per task on this CPU (AVX-512F,
+/// or AVX2 and FMA for the tiles of `avx2`).
 pub(super) fn fits(queries: usize, dim: usize) -> bool {
-    queries >= MIN_QUERIES && dim > 0 && dim.is_multiple_of(16) && super::has_avx512f()
+    queries >= MIN_QUERIES && dim > 0 && dim.is_multiple_of(16) && super::has_avx2_fma()
+}
+
+/// [`head`] ([`few`] unless `own`) on the widest tiles this CPU has.
+///
+/// # Safety
+/// As [`head`], with AVX2 and FMA at least.
+pub(super) unsafe fn run(h: &Head, own: bool) {
+    match (super::has_avx512f(), own) {
+        (true, true) => head(h),
+        (true, false) => few(h),
+        (false, true) => avx2::head(h),
+        (false, false) => avx2::few(h),
+    }
 }
 
 /// `out <- softmax(scale * q k^T + mask) v` for the task's queries.
@@ -251,7 +268,7 @@ pub(super) fn fits_few(queries: usize, dim: usize) -> bool {
         && queries < MIN_QUERIES
         && dim > 0
         && dim.is_multiple_of(16)
-        && super::has_avx512f()
+        && super::has_avx2_fma()
 }
 
 /// As [`head`], for fewer than [`MIN_QUERIES`] queries: no layout, each score a dot
