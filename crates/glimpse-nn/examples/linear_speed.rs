@@ -1,11 +1,12 @@
 //! Times the fused linear kernel on decoding shapes (a few rows: GB/s of weights) and on
 //! encoder shapes (CLIP ViT-B/32 at batch 1 and 8, BLIP's 384 px ViT: GFLOP/s).
 //! From 5 rows up each shape is timed twice, turn about in the same run: as `linear`
-//! picks (the in-place tiled kernel up to its row limit, then the packed AVX-512
-//! kernel where the CPU has it) and with `gemm` only, so that both can be checked
-//! against `gemm` on this machine. Where the CPU has AVX-512, every shape is also
-//! timed on weights laid out at load time (`PackedWeight`, as a loaded model's
-//! linear layers are), in the same turns.
+//! picks for a weight in its stored layout (the in-place tiled kernel up to its row
+//! limit, then the packed AVX-512 kernel where the CPU has it, else `gemm`) and with
+//! `gemm` only, so that both can be checked against `gemm` on this machine. Where the
+//! CPU has AVX2 and FMA, every shape is also timed on weights laid out at load time
+//! (`PackedWeight`, as a loaded model's linear layers are: AVX-512 or AVX2 panels), in
+//! the same turns.
 //!
 //! Last, the cost of the fused activation on the encoders' up-projections (the same
 //! product with and without it, weights hot).

@@ -25,8 +25,9 @@ pub use candle_nn::Module;
 /// whenever a gradient is recorded, it is candle's `Linear`.
 ///
 /// A weight that records no gradient (a loaded model, not a training variable) is laid
-/// out once for the packed kernel where the CPU has AVX-512
-/// ([`PackedWeight`](crate::kernels::PackedWeight)), in place of the stored layout;
+/// out once for the packed kernels where the CPU has AVX2 and FMA (panels for AVX-512
+/// or for AVX2, [`PackedWeight`](crate::kernels::PackedWeight)), in place of the stored
+/// layout;
 /// [`Linear::weight`] then rebuilds the `[out, in]` tensor, so callers in a loop should
 /// ask [`Linear::dims`] or [`Linear::dtype`] instead.
 #[derive(Debug, Clone)]
