@@ -2039,6 +2039,13 @@ mod tests {
                         .unwrap();
                     let want = plain_linear(&x, &w, None).relu().unwrap();
                     assert!(max_diff(&want, &got) < 1e-3, "{what}, relu");
+                    for act in [Activation::Gelu, Activation::QuickGelu] {
+                        let got = linear_packed(&x, &p, Some(&b), Some(act), None)
+                            .unwrap()
+                            .unwrap();
+                        let want = act.apply(&plain).unwrap();
+                        assert!(max_diff(&want, &got) < 1e-3, "{what}, {act:?}");
+                    }
                     let got = linear_packed(&x, &p, Some(&b), None, Some(&r))
                         .unwrap()
                         .unwrap();
