@@ -31,7 +31,7 @@ const KC: usize = 256;
 /// 144 KiB) stays in the 512 KiB L2 while the panels go by; all of a 400- or 577-row
 /// slice would not.
 const MC: usize = 144;
-const _: () = assert!(MC % MR == 0, "a block of rows is whole tiles");
+const _: () = assert!(MC.is_multiple_of(MR), "a block of rows is whole tiles");
 
 /// Lane masks of the two output vectors for a panel whose first `nr` columns exist.
 #[target_feature(enable = "avx2,fma")]
