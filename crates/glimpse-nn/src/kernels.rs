@@ -581,23 +581,7 @@ unsafe fn outer_avx512(
                 let mr = PACK_MR.min(m - i);
                 let xt = xp.add(i / PACK_MR * tile_len) as *const f32;
                 let o = out.add(i * ldo + j);
-                // What the tile starts from: the output after the first slice, else the
-                // output (accumulate), the residual and/or the bias, or zero.
-                let (src, lds, bias) = if acc {
-                    (o as *const f32, ldo, std::ptr::null())
-                } else {
-                    let res = if onto.res.is_null() {
-                        std::ptr::null()
-                    } else {
-                        onto.res.add(i * onto.ldr + j)
-                    };
-                    let bias = if onto.bias.is_null() {
-                        std::ptr::null()
-                    } else {
-                        onto.bias.add(j)
-                    };
-                    (res, onto.ldr, bias)
-                };
+                let (src, lds, bias) = onto.tile_start(acc, o, ldo, i, j);
                 let t = (xt, panel, kc, o, ldo, src, lds, bias, m0, m1);
                 match mr {
                     12 => outer_tile::<12>(t),
@@ -1063,6 +1047,37 @@ impl Onto {
 
     fn is_none(&self) -> bool {
         self.bias.is_null() && self.res.is_null()
+    }
+
+    /// What the register tile at row `i`, column `j` of a block starts from: `(rows,
+    /// their stride, bias)`. After the first slice of `k` (`acc`), or when the product
+    /// accumulates, the output itself (`o`, rows `ldo` apart) and no bias; else the
+    /// residual and/or the bias, each null where absent (then zero).
+    ///
+    /// # Safety
+    /// `i` and `j` inside the block the pointers were made for.
+    unsafe fn tile_start(
+        &self,
+        acc: bool,
+        o: *mut f32,
+        ldo: usize,
+        i: usize,
+        j: usize,
+    ) -> (*const f32, usize, *const f32) {
+        if acc {
+            return (o as *const f32, ldo, std::ptr::null());
+        }
+        let res = if self.res.is_null() {
+            std::ptr::null()
+        } else {
+            self.res.add(i * self.ldr + j)
+        };
+        let bias = if self.bias.is_null() {
+            std::ptr::null()
+        } else {
+            self.bias.add(j)
+        };
+        (res, self.ldr, bias)
     }
 }
 

@@ -108,21 +108,7 @@ pub(super) unsafe fn outer(
                     let mr = MR.min(i0 + mc - i);
                     let xt = xp.add(i / MR * tile_len) as *const f32;
                     let o = out.add(i * ldo + j);
-                    let (src, lds, bias) = if acc {
-                        (o as *const f32, ldo, std::ptr::null())
-                    } else {
-                        let res = if onto.res.is_null() {
-                            std::ptr::null()
-                        } else {
-                            onto.res.add(i * onto.ldr + j)
-                        };
-                        let bias = if onto.bias.is_null() {
-                            std::ptr::null()
-                        } else {
-                            onto.bias.add(j)
-                        };
-                        (res, onto.ldr, bias)
-                    };
+                    let (src, lds, bias) = onto.tile_start(acc, o, ldo, i, j);
                     let t = Tile {
                         xt,
                         panel,
