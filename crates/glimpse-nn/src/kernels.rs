@@ -554,10 +554,7 @@ unsafe fn outer_avx512(
     let xp = xbuf.as_mut_ptr();
     for k0 in (0..k).step_by(PACK_KC) {
         let kc = PACK_KC.min(k - k0);
-        for i in (0..m).step_by(PACK_MR) {
-            let (rows, tile) = (x.as_ptr().add(i * k + k0), xp.add(i / PACK_MR * tile_len));
-            transpose_into(rows, k, PACK_MR.min(m - i), kc, tile, PACK_MR);
-        }
+        pack_rows(x, m, k, k0, kc, xp, tile_len, PACK_MR);
         // After the first slice of `k`, every slice adds onto what the last wrote.
         let acc = accumulate || k0 > 0;
         for j in (0..nn).step_by(PACK_NR) {
@@ -1005,6 +1002,33 @@ unsafe fn transpose_into(
         for r in r0..width {
             *dst.add(kk * width + r) = if r < rows { *src.add(r * ld + kk) } else { 0.0 };
         }
+    }
+}
+
+/// The slice `k0..k0 + kc` of `x`'s `m` rows (`[m, k]`) into tiles of `mr` rows, each
+/// `k`-major (`kk * mr + r`) and `tile_len` apart from `xp` on, zeros for the rows past
+/// `m`: what an outer-product kernel's tiles read, so that a step reads `mr` adjacent
+/// values.
+///
+/// # Safety
+/// AVX2 present; `xp` valid for `m.div_ceil(mr)` tiles of `tile_len >= kc * mr` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    k0: usize,
+    kc: usize,
+    xp: *mut f32,
+    tile_len: usize,
+    mr: usize,
+) {
+    debug_assert!(x.len() >= m * k && k0 + kc <= k && kc * mr <= tile_len);
+    for i in (0..m).step_by(mr) {
+        let (rows, tile) = (x.as_ptr().add(i * k + k0), xp.add(i / mr * tile_len));
+        transpose_into(rows, k, mr.min(m - i), kc, tile, mr);
     }
 }
 

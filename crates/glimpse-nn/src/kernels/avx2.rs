@@ -11,11 +11,11 @@
 //! The panels are [`PackedWeight`](super::PackedWeight)'s, laid out when a model is
 //! loaded. Weights in their stored layout (training, tied heads) keep the tiled kernel
 //! and `gemm`: packing their panels on every call, as the AVX-512 path does, measured
-//! 2-7% behind `gemm` here from 128 rows up (`linear_speed`).
+//! 0-7% behind `gemm` here from 128 rows up (`linear_speed`).
 
 use std::arch::x86_64::*;
 
-use super::{reserve, transpose_into, Onto};
+use super::{pack_rows, reserve, Onto};
 
 /// Rows of `x` per register tile.
 pub(super) const MR: usize = 6;
@@ -77,10 +77,7 @@ pub(super) unsafe fn outer(
     let xp = xbuf.as_mut_ptr();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        for i in (0..m).step_by(MR) {
-            let (rows, tile) = (x.as_ptr().add(i * k + k0), xp.add(i / MR * tile_len));
-            transpose_into(rows, k, MR.min(m - i), kc, tile, MR);
-        }
+        pack_rows(x, m, k, k0, kc, xp, tile_len, MR);
         let acc = accumulate || k0 > 0;
         for i0 in (0..m).step_by(MC) {
             let mc = MC.min(m - i0);
