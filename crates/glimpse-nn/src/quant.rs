@@ -4,9 +4,13 @@
 //! Checkpoints stay float: a model is loaded as usual and its decoder layers are then
 //! quantised in place ([`crate::opt::OptForCausalLM::quantize`],
 //! [`crate::llama::LlamaForCausalLM::quantize`]) with candle's GGML block formats. Only
-//! the weight matrices change; activations stay f32 and each product runs through
-//! candle's quantised kernel (`QMatMul`), which records no backward pass — quantised
-//! models are for inference only, and the models refuse `train = true` once quantised.
+//! the weight matrices change; activations stay f32. On a CPU with AVX2, FMA and F16C,
+//! `Q8_0` weights are laid out once more for our own kernels
+//! ([`crate::kernels::QuantWeight`]: the same dequantised values, products summed in f32
+//! without rounding the activations); elsewhere, and for the 4-bit formats, each
+//! product runs through candle's quantised kernel (`QMatMul`). Neither records a backward pass —
+//! quantised models are for inference only, and the models refuse `train = true` once
+//! quantised.
 //!
 //! Formats, per layer (a block runs along a weight row, so the layer's input width must
 //! be a multiple of the block size):
@@ -20,6 +24,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::sync::Arc;
+
+use crate::kernels::{self, QuantWeight};
 use crate::layers::Linear;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
@@ -89,11 +96,60 @@ pub enum QuantLinear {
     Float(Linear),
     Quantized {
         /// `[out, in]` in `format`.
-        weight: QMatMul,
+        weight: QWeight,
         /// `[out]`, f32.
         bias: Option<Tensor>,
         format: GgmlDType,
     },
+}
+
+/// A quantised weight: laid out for our kernels where the CPU runs them and the format
+/// has one, else candle's.
+#[derive(Debug, Clone)]
+pub enum QWeight {
+    Candle(QMatMul),
+    Own(Arc<QuantWeight>),
+}
+
+impl QWeight {
+    /// `weight` laid out for our kernels where they take it, else for candle's.
+    pub fn new(weight: QTensor) -> Result<Self> {
+        match QuantWeight::new(&weight)? {
+            Some(own) => Ok(Self::Own(Arc::new(own))),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(weight)?)),
+        }
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        match self {
+            Self::Own(w) => w.size_in_bytes(),
+            Self::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        }
+    }
+
+    /// `x @ w.T (+ bias)` for f32 `x` `[..., in]`.
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = match self {
+            Self::Own(w) => {
+                if let Some(y) = kernels::linear_quant(x, w, bias, None, None)? {
+                    return Ok(y);
+                }
+                // The kernels declined (an input recording a backward pass): the
+                // dequantised weight's plain product.
+                let w = w.dequantize(x.device())?;
+                x.broadcast_matmul(&w.t()?)?
+            }
+            Self::Candle(w) => w.forward(x)?,
+        };
+        match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
 }
 
 impl From<Linear> for QuantLinear {
@@ -134,7 +190,7 @@ impl QuantLinear {
         let Some(format) = quant.format_for(in_dim) else {
             return Ok(None);
         };
-        let weight = QMatMul::from_qtensor(QTensor::quantize(&linear.weight()?, format)?)?;
+        let weight = QWeight::new(QTensor::quantize(&linear.weight()?, format)?)?;
         let bias = linear.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
         *self = Self::Quantized {
             weight,
@@ -150,11 +206,7 @@ impl QuantLinear {
         match self {
             Self::Float(l) => l.weight_bytes() + l.bias().map_or(0, tensor_bytes),
             Self::Quantized { weight, bias, .. } => {
-                let w = match weight {
-                    QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
-                };
-                w + bias.as_ref().map_or(0, tensor_bytes)
+                weight.size_in_bytes() + bias.as_ref().map_or(0, tensor_bytes)
             }
         }
     }
@@ -170,11 +222,7 @@ impl Module for QuantLinear {
                 // The kernels take f32 rows everywhere (half inputs only on some devices).
                 let dtype = xs.dtype();
                 let x = xs.to_dtype(DType::F32)?.contiguous()?; // [..., in]
-                let y = weight.forward(&x)?; // [..., out]
-                let y = match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                };
+                let y = weight.forward(&x, bias.as_ref())?; // [..., out]
                 y.to_dtype(dtype)
             }
         }

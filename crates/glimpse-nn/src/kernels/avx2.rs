@@ -25,7 +25,7 @@ pub(super) const NR: usize = super::AVX2_NR;
 
 /// Values along `k` per slice: a weight panel's slice (`KC` x [`NR`], 16 KiB) stays in
 /// the 32 KiB L1 while every row tile of `x` passes over it.
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 
 /// Rows of `x` per pass over the weight's panels: their packed slice (`MC` x [`KC`],
 /// 144 KiB) stays in the 512 KiB L2 while the panels go by; all of a 400- or 577-row
@@ -36,7 +36,7 @@ const _: () = assert!(MC.is_multiple_of(MR), "a block of rows is whole tiles");
 /// Lane masks of the two output vectors for a panel whose first `nr` columns exist.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn lane_masks(nr: usize) -> (__m256i, __m256i) {
+pub(super) unsafe fn lane_masks(nr: usize) -> (__m256i, __m256i) {
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let first = _mm256_set1_epi32(nr.min(8) as i32);
     let second = _mm256_set1_epi32(nr.saturating_sub(8).min(8) as i32);
@@ -51,8 +51,8 @@ unsafe fn lane_masks(nr: usize) -> (__m256i, __m256i) {
 /// tile starts from the bias and/or residual instead of zero (first slice of `k` only).
 ///
 /// # Safety
-/// AVX2 and FMA present; `x` holds `m` rows of `k`; `panels` 32-byte aligned, valid for
-/// `nn.div_ceil(NR)` panels of `k * NR` values; `out` valid for `m` rows of `nn` values,
+/// AVX2 and FMA present; `x` holds `m` rows of `k`; `panels` gives the slices of
+/// `nn.div_ceil(NR)` panels of `k` steps; `out` valid for `m` rows of `nn` values,
 /// `ldo` apart; `onto` as [`Onto`] says.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -60,7 +60,7 @@ pub(super) unsafe fn outer(
     x: &[f32],
     m: usize,
     k: usize,
-    panels: *const f32,
+    mut panels: impl Slices,
     nn: usize,
     out: *mut f32,
     ldo: usize,
@@ -83,13 +83,12 @@ pub(super) unsafe fn outer(
             let mc = MC.min(m - i0);
             for j in (0..nn).step_by(NR) {
                 let nr = NR.min(nn - j);
-                // Panel j / NR starts at (j / NR) * NR * k = j * k.
-                let panel = panels.add(j * k + k0 * NR);
+                let panel = panels.slice(j, k0, kc);
                 // The next panel's slice, fetched a share per row tile: with few rows the
                 // tiles leave the weight's stream idle between panels, and the slices are
                 // a panel's length apart, so the prefetcher would not run ahead.
                 let (next, lines) = if j + NR < nn {
-                    (panels.add((j + NR) * k + k0 * NR), kc * NR / 16)
+                    panels.ahead(j + NR, k0, kc)
                 } else {
                     (std::ptr::null(), 0)
                 };
@@ -99,7 +98,7 @@ pub(super) unsafe fn outer(
                 let mut i = i0;
                 while i < i0 + mc {
                     for _ in 0..share.min(lines - line) {
-                        _mm_prefetch::<_MM_HINT_T0>(next.add(line * 16).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(next.add(line * 64).cast());
                         line += 1;
                     }
                     let mr = MR.min(i0 + mc - i);
@@ -129,6 +128,42 @@ pub(super) unsafe fn outer(
                 }
             }
         }
+    }
+}
+
+/// Where [`outer`]'s tiles read a weight panel's slice along `k` from.
+pub(super) trait Slices {
+    /// The slice `k0..k0 + kc` of the panel whose first column is `j` (a multiple of
+    /// [`NR`]): `kc * NR` values, `k`-major, 32-byte aligned, valid until the next call.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `j` and `k0..k0 + kc` inside the weight.
+    unsafe fn slice(&mut self, j: usize, k0: usize, kc: usize) -> *const f32;
+
+    /// The stored bytes behind that slice: where they start and how many cache lines
+    /// (64 bytes) they take, to prefetch while the tiles work on the previous panel.
+    ///
+    /// # Safety
+    /// As [`Slices::slice`].
+    unsafe fn ahead(&self, j: usize, k0: usize, kc: usize) -> (*const u8, usize);
+}
+
+/// f32 panels laid out already ([`PackedWeight`](super::PackedWeight)'s, or any panels of
+/// [`NR`] columns, `k`-major, 32-byte aligned): panel `p` at `p * NR * k`.
+#[derive(Clone, Copy)]
+pub(super) struct Ready {
+    pub panels: *const f32,
+    pub k: usize,
+}
+
+impl Slices for Ready {
+    unsafe fn slice(&mut self, j: usize, k0: usize, _kc: usize) -> *const f32 {
+        // Panel j / NR starts at (j / NR) * NR * k = j * k.
+        self.panels.add(j * self.k + k0 * NR)
+    }
+
+    unsafe fn ahead(&self, j: usize, k0: usize, kc: usize) -> (*const u8, usize) {
+        (self.panels.add(j * self.k + k0 * NR).cast(), kc * NR / 16)
     }
 }
 
@@ -252,27 +287,43 @@ pub(super) unsafe fn few_rows<const M: usize>(
         }
         let masks = (nr < NR).then(|| lane_masks(nr));
         for i in 0..M {
-            let o = out.add(i * ldo + j);
-            let mut v0 = _mm256_add_ps(c[i][0], d[i][0]);
-            let mut v1 = _mm256_add_ps(c[i][1], d[i][1]);
-            match masks {
-                None => {
-                    if accumulate {
-                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(o));
-                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(o.add(8)));
-                    }
-                    _mm256_storeu_ps(o, v0);
-                    _mm256_storeu_ps(o.add(8), v1);
-                }
-                Some((m0, m1)) => {
-                    if accumulate {
-                        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(o, m0));
-                        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(o.add(8), m1));
-                    }
-                    _mm256_maskstore_ps(o, m0, v0);
-                    _mm256_maskstore_ps(o.add(8), m1, v1);
-                }
+            let v0 = _mm256_add_ps(c[i][0], d[i][0]);
+            let v1 = _mm256_add_ps(c[i][1], d[i][1]);
+            store_sums(out.add(i * ldo + j), v0, v1, masks, accumulate);
+        }
+    }
+}
+
+/// Writes (or with `accumulate`, adds) one output row's sums for a panel: `v0` and `v1`
+/// to `o[..8]` and `o[8..16]`, only the lanes `masks` keep where given (a narrow panel).
+///
+/// # Safety
+/// AVX2; `o` valid for the kept lanes.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn store_sums(
+    o: *mut f32,
+    mut v0: __m256,
+    mut v1: __m256,
+    masks: Option<(__m256i, __m256i)>,
+    accumulate: bool,
+) {
+    match masks {
+        None => {
+            if accumulate {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(o));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(o.add(8)));
             }
+            _mm256_storeu_ps(o, v0);
+            _mm256_storeu_ps(o.add(8), v1);
+        }
+        Some((m0, m1)) => {
+            if accumulate {
+                v0 = _mm256_add_ps(v0, _mm256_maskload_ps(o, m0));
+                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(o.add(8), m1));
+            }
+            _mm256_maskstore_ps(o, m0, v0);
+            _mm256_maskstore_ps(o.add(8), m1, v1);
         }
     }
 }
