@@ -8,9 +8,9 @@
 //! `Q8_0` weights are laid out once more for our own kernels
 //! ([`crate::kernels::QuantWeight`]: the same dequantised values, products summed in f32
 //! without rounding the activations); elsewhere, and for the 4-bit formats, each
-//! product runs through candle's quantised kernel (`QMatMul`). Neither records a backward pass —
-//! quantised models are for inference only, and the models refuse `train = true` once
-//! quantised.
+//! product runs through candle's quantised kernel (`QMatMul`). Neither records a
+//! backward pass — quantised models are for inference only, and the models refuse
+//! `train = true` once quantised.
 //!
 //! Formats, per layer (a block runs along a weight row, so the layer's input width must
 //! be a multiple of the block size):
@@ -23,7 +23,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-
 use std::sync::Arc;
 
 use crate::kernels::{self, QuantWeight};
@@ -393,6 +392,37 @@ mod tests {
         let mut odd = QuantLinear::from(linear(8, 48, false));
         assert_eq!(odd.quantize(Quant::Q8).unwrap(), None);
         assert!(!odd.is_quantized());
+    }
+
+    /// Where our `Q8_0` kernels hold the weight, an input they decline (one recording a
+    /// backward pass) takes the dequantised weight's plain product, with the same result.
+    #[test]
+    fn declined_inputs_take_the_dequantised_product() {
+        let dev = Device::Cpu;
+        let mut q = QuantLinear::from(linear(40, 64, true));
+        q.quantize(Quant::Q8).unwrap();
+        let x = Tensor::arange(0f32, 3.0 * 64.0, &dev)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape((3, 64))
+            .unwrap();
+        let kernel = q.forward(&x).unwrap();
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let plain = q.forward(var.as_tensor()).unwrap();
+        assert!(rel_err(&plain, &kernel) < 1e-5);
+        if let QuantLinear::Quantized {
+            weight: QWeight::Own(w),
+            ..
+        } = &q
+        {
+            // Laid out for our kernels on this CPU: they really were the first path.
+            assert!(
+                crate::kernels::linear_quant(var.as_tensor(), w, None, None, None)
+                    .unwrap()
+                    .is_none()
+            );
+        }
     }
 
     #[test]
