@@ -45,6 +45,8 @@ mod attend;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod q4k;
+#[cfg(target_arch = "x86_64")]
 mod quant;
 #[cfg(not(target_arch = "x86_64"))]
 mod attend {
@@ -1341,22 +1343,63 @@ fn has_quant_kernels() -> bool {
     }
 }
 
-/// A linear layer's `Q8_0` weight `[n, k]` (candle's blocks of 32 values with an f16
-/// scale), laid out once for our quantised kernels: panels of 16 output rows, each a
-/// run of groups along `k` holding the 16 rows' scales and then their values step by
-/// step (`kernels/quant.rs`). The same 8.5 bits per weight as candle's blocks, and the
-/// dequantised values are exactly candle's.
+/// A linear layer's quantised weight `[n, k]` in one of candle's block formats, `Q8_0`
+/// or `Q4K`, laid out once for our quantised kernels: panels of 16 output rows, each a
+/// run of groups along `k` (one per candle block) holding the 16 rows' scales and then
+/// their values (`kernels/quant.rs` and `kernels/q4k.rs` give the byte layouts). The
+/// dequantised values are exactly candle's; `Q8_0` takes the same 8.5 bits per weight,
+/// `Q4K` 4.75 instead of 4.5 (its 6-bit scales kept unpacked).
 ///
-/// Decoding's few rows stream each group once, with a block's sums scaled at its end;
-/// more rows run the f32 outer-product kernel on slices dequantised into L1 as it goes.
-/// candle's own `Q8_0` kernel rounds the activations to 8 bits per block and takes dot
-/// products per output; on an AVX2-only CPU it ran a 600-row prompt at 25 GFLOP/s, and
-/// a 1B LLaMA's prompt about as slowly per row as a decoding step.
+/// `Q8_0`: decoding's few rows stream each group once, with a block's sums scaled at its
+/// end; more rows run the f32 outer-product kernel on slices dequantised into L1 as it
+/// goes; the activations stay f32. candle's own `Q8_0` kernel rounds the activations to
+/// 8 bits per block and takes dot products per output; on an AVX2-only CPU it ran a
+/// 600-row prompt at 25 GFLOP/s, and a 1B LLaMA's prompt about as slowly per row as a
+/// decoding step.
+///
+/// `Q4K`: the activations are rounded to 8 bits per 32 values and the products summed
+/// in integers (`maddubs`), in tiles of up to 4 rows by 16 columns, for decoding and
+/// prompts alike.
 pub struct QuantWeight {
     buf: Vec<u8>,
     start: usize,
     n: usize,
     k: usize,
+    format: QFormat,
+}
+
+/// The block formats [`QuantWeight`] lays out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QFormat {
+    Q8_0,
+    Q4K,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QFormat {
+    /// Values along `k` per candle block and per group of a panel.
+    fn block(self) -> usize {
+        match self {
+            Self::Q8_0 => quant::BLOCK,
+            Self::Q4K => q4k::BLOCK,
+        }
+    }
+
+    /// Bytes of a candle block.
+    fn candle_block(self) -> usize {
+        match self {
+            Self::Q8_0 => quant::CANDLE_BLOCK,
+            Self::Q4K => q4k::CANDLE_BLOCK,
+        }
+    }
+
+    /// Bytes of a panel's group.
+    fn group(self) -> usize {
+        match self {
+            Self::Q8_0 => quant::GROUP,
+            Self::Q4K => q4k::GROUP,
+        }
+    }
 }
 
 impl std::fmt::Debug for QuantWeight {
@@ -1373,26 +1416,28 @@ impl std::fmt::Debug for QuantWeight {
 
 impl QuantWeight {
     /// `weight` laid out for the quantised kernels, or `None` where they do not take it:
-    /// a format other than `Q8_0`, not a matrix, not on the CPU, a CPU without AVX2, FMA
-    /// and F16C, or the kernels turned off.
+    /// a format other than `Q8_0` and `Q4K`, not a matrix, not on the CPU, a CPU without
+    /// AVX2, FMA and F16C, or the kernels turned off.
     pub fn new(weight: &candle_core::quantized::QTensor) -> Result<Option<Self>> {
         #[cfg(target_arch = "x86_64")]
         {
-            if weight.dtype() != candle_core::quantized::GgmlDType::Q8_0
-                || !enabled()
-                || !has_quant_kernels()
-                || !weight.device().is_cpu()
-            {
+            use candle_core::quantized::GgmlDType;
+            let format = match weight.dtype() {
+                GgmlDType::Q8_0 => QFormat::Q8_0,
+                GgmlDType::Q4K => QFormat::Q4K,
+                _ => return Ok(None),
+            };
+            if !enabled() || !has_quant_kernels() || !weight.device().is_cpu() {
                 return Ok(None);
             }
             let Ok((n, k)) = weight.shape().dims2() else {
                 return Ok(None);
             };
-            if n == 0 || k == 0 || !k.is_multiple_of(quant::BLOCK) {
+            if n == 0 || k == 0 || !k.is_multiple_of(format.block()) {
                 return Ok(None);
             }
             let data = weight.data()?;
-            let per_row = k / quant::BLOCK * quant::CANDLE_BLOCK;
+            let per_row = k / format.block() * format.candle_block();
             if data.len() != n * per_row {
                 candle_core::bail!(
                     "quantised weight [{n}, {k}] holds {} bytes, expected {}",
@@ -1400,7 +1445,7 @@ impl QuantWeight {
                     n * per_row
                 );
             }
-            let panel = k / quant::BLOCK * quant::GROUP;
+            let panel = k / format.block() * format.group();
             let panels = n.div_ceil(AVX2_NR);
             let mut buf = vec![0u8; panels * panel + 64];
             let start = buf.as_ptr().align_offset(64).min(64);
@@ -1410,9 +1455,18 @@ impl QuantWeight {
                 .for_each(|(p, dst)| {
                     let rows = AVX2_NR.min(n - p * AVX2_NR);
                     let src = &data[p * AVX2_NR * per_row..(p * AVX2_NR + rows) * per_row];
-                    quant::lay_out_panel(src, rows, k, dst);
+                    match format {
+                        QFormat::Q8_0 => quant::lay_out_panel(src, rows, k, dst),
+                        QFormat::Q4K => q4k::lay_out_panel(src, rows, k, dst),
+                    }
                 });
-            Ok(Some(Self { buf, start, n, k }))
+            Ok(Some(Self {
+                buf,
+                start,
+                n,
+                k,
+                format,
+            }))
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -1428,7 +1482,10 @@ impl QuantWeight {
 
     /// The block format of the values.
     pub fn dtype(&self) -> candle_core::quantized::GgmlDType {
-        candle_core::quantized::GgmlDType::Q8_0
+        match self.format {
+            QFormat::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+            QFormat::Q4K => candle_core::quantized::GgmlDType::Q4K,
+        }
     }
 
     /// Bytes held by the laid-out weight.
@@ -1438,7 +1495,7 @@ impl QuantWeight {
 
     #[cfg(target_arch = "x86_64")]
     fn panel_bytes(&self) -> usize {
-        self.k / quant::BLOCK * quant::GROUP
+        self.k / self.format.block() * self.format.group()
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1457,7 +1514,10 @@ impl QuantWeight {
             for (p, panel) in self.data().chunks_exact(self.panel_bytes()).enumerate() {
                 let rows = AVX2_NR.min(n - p * AVX2_NR);
                 let mut out = vec![vec![0f32; k]; AVX2_NR];
-                quant::dequantize_panel(panel, k, &mut out);
+                match self.format {
+                    QFormat::Q8_0 => quant::dequantize_panel(panel, k, &mut out),
+                    QFormat::Q4K => q4k::dequantize_panel(panel, k, &mut out),
+                }
                 for (c, row) in out.iter().take(rows).enumerate() {
                     w[(p * AVX2_NR + c) * k..(p * AVX2_NR + c + 1) * k].copy_from_slice(row);
                 }
@@ -1494,6 +1554,9 @@ impl QuantWeight {
             debug_assert!(m > SMALL_M || onto.is_none());
             let panels = self.data()[j0 / AVX2_NR * self.panel_bytes()..].as_ptr();
             let (k, xp) = (self.k, x.as_ptr());
+            if self.format == QFormat::Q4K {
+                return q4k::multiply(x, m, k, panels, nn, out, ldo, accumulate, onto);
+            }
             match m {
                 1 => quant::few_rows::<1>(xp, k, panels, nn, out, ldo, accumulate),
                 2 => quant::few_rows::<2>(xp, k, panels, nn, out, ldo, accumulate),
@@ -2342,11 +2405,14 @@ mod tests {
         // Part panels (19, 203: two column blocks that end mid-panel), whole ones (64),
         // `k` of one block, of several and past one slice of the outer kernel (544 =
         // 2*256 + 32); rows through the few-rows kernel (1-4), and the outer one with
-        // remainders and more than one block of rows (151, 300).
+        // remainders and more than one block of rows (151, 300). Q4K: one block and two,
+        // and tiles of 1-4 rows.
         let cases = [
             (GgmlDType::Q8_0, 203, 96),
             (GgmlDType::Q8_0, 64, 32),
             (GgmlDType::Q8_0, 19, 544),
+            (GgmlDType::Q4K, 203, 256),
+            (GgmlDType::Q4K, 19, 512),
         ];
         for (dtype, n, k) in cases {
             let w = rand(&[n, k], 170);
@@ -2366,32 +2432,98 @@ mod tests {
                 let x = rand(&[m, k], 172 + m as u64);
                 let r = rand(&[m, n], 173 + m as u64);
                 let what = format!("{dtype:?} {m}x{k}x{n}");
+                // How far each output may be from the dequantised weight's f32 product:
+                // summation order for Q8_0; for Q4K, which rounds x to 8 bits per 32
+                // values, also sum_k |w[j, k]| * max|x[i, block of k]| / 254 (half a
+                // step of the rounding).
+                let tol = if dtype == GgmlDType::Q4K {
+                    let amax = x
+                        .reshape((m, k / 32, 32))
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_keepdim(2)
+                        .unwrap()
+                        .broadcast_as((m, k / 32, 32))
+                        .unwrap()
+                        .reshape((m, k))
+                        .unwrap();
+                    let bound = (amax / 254.0)
+                        .unwrap()
+                        .matmul(&deq.abs().unwrap().t().unwrap());
+                    bound.unwrap().affine(1.01, 1e-3).unwrap()
+                } else {
+                    Tensor::full(1e-3f32, (m, n), &Device::Cpu).unwrap()
+                };
+                let within = |want: &Tensor, got: &Tensor, slack: f64, what: &str| {
+                    let diff = want.sub(got).unwrap().abs().unwrap();
+                    let over = diff
+                        .sub(&tol.affine(slack, 0.0).unwrap())
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(over <= 0.0, "{what}: {over} past the bound");
+                };
                 let plain = plain_linear(&x, &deq, Some(&b));
                 let got = linear_quant(&x, &qw, Some(&b), None, None)
                     .unwrap()
                     .unwrap();
-                assert!(max_diff(&plain, &got) < 1e-3, "{what}");
+                within(&plain, &got, 1.0, &what);
+                if dtype == GgmlDType::Q4K && max_diff(&plain, &got) == 0.0 {
+                    panic!("{what}: x was not rounded");
+                }
                 let got = linear_quant(&x, &qw, None, None, Some(&r))
                     .unwrap()
                     .unwrap();
                 let want = (plain_linear(&x, &deq, None) + &r).unwrap();
-                assert!(max_diff(&want, &got) < 1e-3, "{what}, residual");
+                within(&want, &got, 1.0, &format!("{what}, residual"));
                 let got = linear_quant(&x, &qw, Some(&b), Some(Activation::Gelu), None)
                     .unwrap()
                     .unwrap();
                 let want = Activation::Gelu.apply(&plain).unwrap();
-                assert!(max_diff(&want, &got) < 1e-3, "{what}, gelu");
+                // GELU's slope stays below 1.13.
+                within(&want, &got, 1.13, &format!("{what}, gelu"));
             }
-            // A view of `x` is copied, not refused.
+            // A view of `x` is copied, not refused: the same as its contiguous copy.
             let x = rand(&[k, 5], 190).t().unwrap();
             let got = linear_quant(&x, &qw, None, None, None).unwrap().unwrap();
-            let want = plain_linear(&x.contiguous().unwrap(), &deq, None);
-            assert!(max_diff(&want, &got) < 1e-3, "{dtype:?}, a transposed x");
+            let x = x.contiguous().unwrap();
+            let want = linear_quant(&x, &qw, None, None, None).unwrap().unwrap();
+            assert_eq!(max_diff(&want, &got), 0.0, "{dtype:?}, a transposed x");
         }
-        // The 4-bit formats stay on candle's kernels.
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4K] {
-            let q = QTensor::quantize(&rand(&[16, 256], 1), dtype).unwrap();
-            assert!(QuantWeight::new(&q).unwrap().is_none(), "{dtype:?}");
+        // The other formats stay on candle's kernels.
+        let q = QTensor::quantize(&rand(&[16, 256], 1), GgmlDType::Q4_0).unwrap();
+        assert!(QuantWeight::new(&q).unwrap().is_none());
+    }
+
+    /// The rounding of `x` for the Q4K kernel: to nearest, 127 steps of the block's
+    /// largest magnitude, the sum kept exact, and a block of zeros stays zero.
+    #[test]
+    fn q4k_rounds_x_per_32_values() {
+        if !has_quant_kernels() {
+            return;
+        }
+        let mut x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        x[32..64].fill(0.0);
+        // SAFETY: AVX2 and FMA are there; x holds 1 row of 96.
+        let r = unsafe { q4k::round_rows(&x, 1, 96) };
+        for b in 0..3 {
+            let xs = &x[32 * b..32 * b + 32];
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_eq!(r.d[b], amax / 127.0);
+            assert!((r.sum[b] - xs.iter().sum::<f32>()).abs() < 1e-4);
+            for (i, v) in xs.iter().enumerate() {
+                let want = if amax > 0.0 {
+                    (v * 127.0 / amax).round_ties_even()
+                } else {
+                    0.0
+                };
+                assert_eq!(r.q[32 * b + i] as f32, want, "block {b}, value {i}");
+            }
         }
     }
 

@@ -5,12 +5,13 @@
 //! quantised in place ([`crate::opt::OptForCausalLM::quantize`],
 //! [`crate::llama::LlamaForCausalLM::quantize`]) with candle's GGML block formats. Only
 //! the weight matrices change; activations stay f32. On a CPU with AVX2, FMA and F16C,
-//! `Q8_0` weights are laid out once more for our own kernels
-//! ([`crate::kernels::QuantWeight`]: the same dequantised values, products summed in f32
-//! without rounding the activations); elsewhere, and for the 4-bit formats, each
-//! product runs through candle's quantised kernel (`QMatMul`). Neither records a
-//! backward pass — quantised models are for inference only, and the models refuse
-//! `train = true` once quantised.
+//! `Q8_0` and `Q4K` weights are laid out once more for our own kernels
+//! ([`crate::kernels::QuantWeight`]: the same dequantised values; `Q8_0` products summed
+//! in f32 without rounding the activations, `Q4K` ones in 8-bit integers with the
+//! activations rounded per 32 values); elsewhere, and for `Q4_0`, each product runs
+//! through candle's quantised kernel (`QMatMul`). Neither records a backward pass —
+//! quantised models are for inference only, and the models refuse `train = true` once
+//! quantised.
 //!
 //! Formats, per layer (a block runs along a weight row, so the layer's input width must
 //! be a multiple of the block size):

@@ -13,11 +13,9 @@
 //! bytes per block of 32 steps along `k`: the 16 rows' f16 scales, then the 32 steps'
 //! values, 16 `i8` per step (row `c` at byte `c`); the last panel padded with zero rows.
 //!
-//! `Q4K` stays on candle's kernel: laid out the same way (scales unpacked, values two to
-//! a byte), the f32 few-rows kernel converting nibbles was no faster than candle's
-//! integer dot products (10-13 GB/s of weights both), and prompts ran at the f32
-//! kernel's 155 GFLOP/s against candle's 199 (`quant_speed`, a 600 x 2048 x 5632
-//! product), so it was not kept.
+//! `Q4K` has a kernel of its own on 8-bit integers (`q4k`). Laid out this way, its
+//! f32 few-rows kernel (each nibble converted to f32) was bound by the conversion, at
+//! 10-13 GB/s of weights, no faster than candle's.
 
 use std::arch::x86_64::*;
 
