@@ -9,7 +9,8 @@
 //! multiply-adds, which the two FMA pipes and three load ports of these cores sustain.
 //!
 //! The panels are [`PackedWeight`](super::PackedWeight)'s, laid out when a model is
-//! loaded. Weights in their stored layout (training, tied heads) keep the tiled kernel
+//! loaded, or a `Q8_0` weight's, dequantised a slice at a time as the kernel goes
+//! (`quant`; [`outer`] takes either through [`Slices`]). Weights in their stored layout (training, tied heads) keep the tiled kernel
 //! and `gemm`: packing their panels on every call, as the AVX-512 path does, measured
 //! 0-7% behind `gemm` here from 128 rows up (`linear_speed`).
 
