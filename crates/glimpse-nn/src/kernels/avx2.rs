@@ -191,24 +191,7 @@ struct Tile {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn tile<const R: usize>(t: &Tile) {
-    let load = |p: *const f32| match t.masks {
-        None => (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))),
-        Some((m0, m1)) => (_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1)),
-    };
-    let mut c = [[_mm256_setzero_ps(); 2]; R];
-    if !t.src.is_null() {
-        for (i, ci) in c.iter_mut().enumerate() {
-            let (a, b) = load(t.src.add(i * t.lds));
-            *ci = [a, b];
-        }
-    }
-    if !t.bias.is_null() {
-        let (b0, b1) = load(t.bias);
-        for ci in c.iter_mut() {
-            ci[0] = _mm256_add_ps(ci[0], b0);
-            ci[1] = _mm256_add_ps(ci[1], b1);
-        }
-    }
+    let mut c = start_sums::<R>(t.src, t.lds, t.bias, t.masks);
     let (xt, panel) = (t.xt, t.panel);
     for kk in 0..t.kc {
         let b0 = _mm256_load_ps(panel.add(kk * NR));
@@ -293,6 +276,40 @@ pub(super) unsafe fn few_rows<const M: usize>(
             store_sums(out.add(i * ldo + j), v0, v1, masks, accumulate);
         }
     }
+}
+
+/// What a tile of `R` rows by a panel's 16 columns starts its sums from: zero, plus the
+/// rows of `src` (`lds` apart: the output itself or a residual) and `bias` (one value per
+/// column), each where not null; only the lanes `masks` keep where given.
+///
+/// # Safety
+/// AVX2; `src` valid for `R` rows and `bias` for the kept lanes, where not null.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn start_sums<const R: usize>(
+    src: *const f32,
+    lds: usize,
+    bias: *const f32,
+    masks: Option<(__m256i, __m256i)>,
+) -> [[__m256; 2]; R] {
+    let load = |p: *const f32| match masks {
+        None => [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))],
+        Some((m0, m1)) => [_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1)],
+    };
+    let mut c = [[_mm256_setzero_ps(); 2]; R];
+    if !src.is_null() {
+        for (i, ci) in c.iter_mut().enumerate() {
+            *ci = load(src.add(i * lds));
+        }
+    }
+    if !bias.is_null() {
+        let b = load(bias);
+        for ci in c.iter_mut() {
+            ci[0] = _mm256_add_ps(ci[0], b[0]);
+            ci[1] = _mm256_add_ps(ci[1], b[1]);
+        }
+    }
+    c
 }
 
 /// Writes (or with `accumulate`, adds) one output row's sums for a panel: `v0` and `v1`

@@ -25,7 +25,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{lane_masks, store_sums, NR};
+use super::avx2::{lane_masks, start_sums, store_sums, NR};
 use super::Onto;
 
 /// Steps along `k` per block (candle's super-block), and per sub-block.
@@ -246,23 +246,7 @@ struct Tile {
 #[inline]
 #[allow(clippy::needless_range_loop)] // r indexes the sums and the rows of x
 unsafe fn tile<const R: usize>(t: &Tile) {
-    let load = |p: *const f32| match t.masks {
-        None => [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))],
-        Some((m0, m1)) => [_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1)],
-    };
-    let mut c = [[_mm256_setzero_ps(); 2]; R];
-    if !t.src.is_null() {
-        for (r, cr) in c.iter_mut().enumerate() {
-            *cr = load(t.src.add(r * t.lds));
-        }
-    }
-    if !t.bias.is_null() {
-        let b = load(t.bias);
-        for cr in c.iter_mut() {
-            cr[0] = _mm256_add_ps(cr[0], b[0]);
-            cr[1] = _mm256_add_ps(cr[1], b[1]);
-        }
-    }
+    let mut c = start_sums::<R>(t.src, t.lds, t.bias, t.masks);
     let (low, ones) = (_mm256_set1_epi8(0xF), _mm256_set1_epi16(1));
     let subs_per_row = t.k / SUB;
     for b in 0..t.k / BLOCK {
