@@ -2,8 +2,9 @@
 //!
 //! * [`attention`]: the one scaled dot-product attention (self, cross, causal, custom
 //!   masks, grouped-query) and the key/value cache that callers pass in.
-//! * [`layers`]: activations, linear/layer-norm helpers that pick fused kernels for
-//!   inference and differentiable ones for training.
+//! * [`activation`]: the feed-forward activations, named as in Hugging Face configs.
+//! * [`layers`]: linear/layer-norm helpers that pick fused kernels for inference and
+//!   differentiable ones for training.
 //! * [`kernels`]: fused CPU kernels for f32 inference (linear with its epilogue,
 //!   attention over heads in place, layer norm), used by the layers when they apply.
 //! * [`vit`]: the vision transformer used by CLIP, BLIP and BLIP-2 image encoders.
@@ -16,6 +17,7 @@
 //! Modules are built with `fn new(cfg, vb: VarBuilder)` where the `VarBuilder` prefix
 //! equals the checkpoint key, so a port reads like the reference's parameter list.
 
+pub mod activation;
 pub mod attention;
 pub mod bert;
 pub mod kernels;
