@@ -9,7 +9,7 @@
 //!
 //! The core entry point takes input *embeddings* ([`OptForCausalLM::forward_embeds`]) so
 //! BLIP-2 can prepend projected Q-Former outputs. The cache is an argument
-//! ([`DecoderCache`], shared with [`crate::llama`]).
+//! ([`DecoderCache`], from [`crate::decoder`], shared with [`crate::llama`]).
 //!
 //! For decoding, [`OptForCausalLM::quantize`] turns the attention projections and
 //! feed-forward of every layer into 8- or 4-bit weights (see [`crate::quant`]).
@@ -20,9 +20,9 @@ use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::{attend, split_heads, AttnMask, KvCache};
+use crate::decoder::{self, linear, TokenIds};
+pub use crate::decoder::{DecoderCache, Positions};
 use crate::layers::{Activation, LayerNorm};
-pub use crate::llama::cache::{DecoderCache, Positions};
-use crate::llama::TokenIds;
 use crate::quant::{Quant, QuantLinear, QuantReport};
 
 /// Fairseq reserved position ids 0 and 1; the table has `max_position_embeddings + 2` rows.
@@ -84,10 +84,6 @@ impl OptConfig {
     pub fn word_embed_proj_dim(&self) -> usize {
         self.word_embed_proj_dim.unwrap_or(self.hidden_size)
     }
-}
-
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<QuantLinear> {
-    crate::layers::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
 }
 
 /// A layer norm that has no parameters when `layer_norm_elementwise_affine` is false.
@@ -310,12 +306,8 @@ impl OptForCausalLM {
         } else {
             None
         };
-        let lm_head = if cfg.tie_word_embeddings || !vb_head.contains_tensor("weight") {
-            Linear::shared(embed_tokens.embeddings().clone(), None)
-        } else {
-            crate::layers::linear_no_bias(w, cfg.vocab_size, vb_head)?
-        }
-        .into();
+        let tied = cfg.tie_word_embeddings || !vb_head.contains_tensor("weight");
+        let lm_head = decoder::lm_head(&embed_tokens, tied, w, cfg.vocab_size, vb_head)?;
         Ok(Self {
             embed_tokens,
             embed_positions,
@@ -342,13 +334,7 @@ impl OptForCausalLM {
     /// the float weights are dropped. The report names any layer whose width fits no
     /// block (kept float). Afterwards a `train = true` forward is an error.
     pub fn quantize(&mut self, quant: Quant) -> Result<QuantReport> {
-        let mut report = QuantReport::new(quant);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (name, linear) in layer.linears_mut() {
-                report.quantize(format!("layers.{i}.{name}"), linear)?;
-            }
-        }
-        Ok(report)
+        decoder::quantize_layers(quant, self.layers.iter_mut().map(|l| l.linears_mut()))
     }
 
     /// Whether any weight is quantised (the model is then inference-only).
@@ -388,11 +374,7 @@ impl OptForCausalLM {
         cache: &mut DecoderCache,
         train: bool,
     ) -> Result<Tensor> {
-        if train && self.is_quantized() {
-            candle_core::bail!(
-                "this OPT model has quantised weights, which have no gradient: train a float model"
-            );
-        }
+        decoder::check_trainable("OPT", train, || self.is_quantized())?;
         let (b, t, _) = embeds.dims3()?;
         let step = cache.begin_step(attention_mask, b, t, embeds.dtype(), embeds.device())?;
         let pos = self.positions(&step.positions)?; // [1 or b, t, d]

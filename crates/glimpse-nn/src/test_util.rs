@@ -24,3 +24,12 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .unwrap()
 }
+
+/// `x @ w.T (+ b)` with candle's ops: what the fused linear kernels must match.
+pub fn plain_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let y = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+    match b {
+        Some(b) => y.broadcast_add(b).unwrap(),
+        None => y,
+    }
+}

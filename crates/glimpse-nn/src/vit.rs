@@ -141,8 +141,8 @@ impl VitEmbeddings {
 impl VitEmbeddings {
     /// The patch projection as one product over the image's patches, each flattened
     /// channel-major as the conv weight `[d, c, p, p]` is, on the fused linear kernel.
-    /// candle's `conv2d` unfolds the image and multiplies through its generic path:
-    /// 8.2 ms against 2.3 ms for CLIP B/32 at batch 1 here (`examples/patch_speed.rs`).
+    /// candle's `conv2d` unfolds the image and multiplies through its generic path, several
+    /// times slower (`examples/patch_speed.rs` compares them).
     /// `None` where the kernel does not apply (training, CUDA, half precision, kernels
     /// off) or the channels differ from the weight's (the conv path reports that).
     ///

@@ -244,7 +244,7 @@ fn embeds_for(model: &T5ForConditionalGeneration, rows: &[&[u32]]) -> (Tensor, T
         ids.extend(
             r.iter()
                 .copied()
-                .chain(std::iter::repeat(0).take(width - r.len())),
+                .chain(std::iter::repeat_n(0, width - r.len())),
         );
         mask.extend((0..width).map(|j| (j < r.len()) as u32));
     }

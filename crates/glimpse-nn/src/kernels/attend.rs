@@ -1,7 +1,6 @@
 //! Attention's two per-head products for one head and a run of its queries, on
-//! AVX-512 register tiles, where `gemm` packed both operands anew for every block of
-//! queries (its packing was about a third of its time on the 384 px ViT's 577
-//! positions in `perf`).
+//! AVX-512 register tiles, where `gemm` would pack both operands anew for every block
+//! of queries.
 //!
 //! The head's keys are laid out once per task, in `k`-major panels of [`NR`] keys
 //! (the packed linear kernel's layout, with the keys as the weight's rows), and then
@@ -12,7 +11,10 @@
 //! row and one broadcast of a weight per query. CPUs with AVX2 but no AVX-512 run the
 //! same plan at half the width (`avx2`); [`run`] picks.
 
-use super::{reserve, transpose_into, weigh_row, written};
+use super::attention::weigh_row;
+use super::dispatch::{has_avx2_fma, has_avx512f};
+use super::packing::transpose_into;
+use super::{reserve, written};
 
 mod avx2;
 
@@ -58,7 +60,7 @@ pub(super) struct Head {
 /// Whether this path takes a head `dim` wide with `queries` per task on this CPU (AVX-512F,
 /// or AVX2 and FMA for the tiles of `avx2`).
 pub(super) fn fits(queries: usize, dim: usize) -> bool {
-    queries >= MIN_QUERIES && dim > 0 && dim.is_multiple_of(16) && super::has_avx2_fma()
+    queries >= MIN_QUERIES && dim > 0 && dim.is_multiple_of(16) && has_avx2_fma()
 }
 
 /// [`head`] ([`few`] unless `own`) on the widest tiles this CPU has.
@@ -66,7 +68,7 @@ pub(super) fn fits(queries: usize, dim: usize) -> bool {
 /// # Safety
 /// As [`head`], with AVX2 and FMA at least.
 pub(super) unsafe fn run(h: &Head, own: bool) {
-    match (super::has_avx512f(), own) {
+    match (has_avx512f(), own) {
         (true, true) => head(h),
         (true, false) => few(h),
         (false, true) => avx2::head(h),
@@ -264,11 +266,7 @@ unsafe fn value_tile<const MR: usize, const NZ: usize>(t: ValueTile) {
 /// Whether [`few`] takes `queries` per head (decoding's one per step, beams, a short
 /// prompt) `dim` wide on this CPU.
 pub(super) fn fits_few(queries: usize, dim: usize) -> bool {
-    queries > 0
-        && queries < MIN_QUERIES
-        && dim > 0
-        && dim.is_multiple_of(16)
-        && super::has_avx2_fma()
+    queries > 0 && queries < MIN_QUERIES && dim > 0 && dim.is_multiple_of(16) && has_avx2_fma()
 }
 
 /// As [`head`], for fewer than [`MIN_QUERIES`] queries: no layout, each score a dot

@@ -1,28 +1,30 @@
 //! The packed outer-product kernel and the few-rows kernel over laid-out weights, for
 //! CPUs with AVX2 and FMA but no AVX-512 (AMD Zen 2/3, Intel before Skylake-X).
 //!
-//! The same design as the AVX-512 kernels in the parent module, at half the vector
-//! width: register tiles of [`MR`] rows by [`NR`] columns (12 accumulators of 8 lanes;
-//! with the two weight vectors and one broadcast that fills the 16 registers), weight
+//! The same design as the AVX-512 kernels (`outer`), at half the vector width:
+//! register tiles of [`MR`] rows by [`NR`] columns (12 accumulators of 8 lanes; with
+//! the two weight vectors and one broadcast that fills the 16 registers), weight
 //! panels of [`NR`] output rows, `k`-major, and slices of [`KC`] along `k`. Each step of
 //! a tile loads two weight vectors and broadcasts six values of `x` for twelve
 //! multiply-adds, which the two FMA pipes and three load ports of these cores sustain.
 //!
 //! The panels are [`PackedWeight`](super::PackedWeight)'s, laid out when a model is
 //! loaded, or a `Q8_0` weight's, dequantised a slice at a time as the kernel goes
-//! (`quant`; [`outer`] takes either through [`Slices`]). Weights in their stored layout (training, tied heads) keep the tiled kernel
-//! and `gemm`: packing their panels on every call, as the AVX-512 path does, measured
-//! 0-7% behind `gemm` here from 128 rows up (`linear_speed`).
+//! (`quant`; [`outer`] takes either through [`Slices`]). Weights in their stored layout
+//! (training, tied heads) keep the tiled kernel and `gemm`: packing their panels on every
+//! call, as the AVX-512 path does, does not beat `gemm` at AVX2 width.
 
 use std::arch::x86_64::*;
 
-use super::{pack_rows, reserve, Onto};
+use super::outer::Onto;
+use super::packing::pack_rows;
+use super::reserve;
 
 /// Rows of `x` per register tile.
 pub(super) const MR: usize = 6;
 
 /// Output columns per register tile and per weight panel (two 8-lane registers).
-pub(super) const NR: usize = super::AVX2_NR;
+pub(super) const NR: usize = super::packing::AVX2_NR;
 
 /// Values along `k` per slice: a weight panel's slice (`KC` x [`NR`], 16 KiB) stays in
 /// the 32 KiB L1 while every row tile of `x` passes over it.

@@ -19,14 +19,13 @@
 //! sub-block's sum of `x` (in f32, not rounded).
 //!
 //! The tiles are 1 to 4 rows of `x` by a panel's 16 columns over all of `k`; with more
-//! rows the tiles of a panel follow each other while the panel stays in L1/L2. The f32
-//! few-rows kernel (each value converted to f32) was bound by that conversion, at 10-13
-//! GB/s of weights, about candle's rate.
+//! rows the tiles of a panel follow each other while the panel stays in L1/L2. Integer
+//! sums because converting each 4-bit value to f32 bounds an f32 kernel at candle's rate.
 
 use std::arch::x86_64::*;
 
 use super::avx2::{lane_masks, start_sums, store_sums, NR};
-use super::Onto;
+use super::outer::Onto;
 
 /// Steps along `k` per block (candle's super-block), and per sub-block.
 pub(super) const BLOCK: usize = 256;
@@ -295,5 +294,40 @@ unsafe fn tile<const R: usize>(t: &Tile) {
     }
     for (r, cr) in c.iter().enumerate() {
         store_sums(t.out.add(r * t.ldo), cr[0], cr[1], t.masks, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kernels::dispatch::has_quant_kernels;
+    use crate::kernels::q4k;
+
+    /// The rounding of `x` for the Q4K kernel: to nearest, 127 steps of the block's
+    /// largest magnitude, the sum kept exact, and a block of zeros stays zero.
+    #[test]
+    fn q4k_rounds_x_per_32_values() {
+        if !has_quant_kernels() {
+            return;
+        }
+        let mut x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        x[32..64].fill(0.0);
+        // SAFETY: AVX2 and FMA are there; x holds 1 row of 96.
+        let r = unsafe { q4k::round_rows(&x, 1, 96) };
+        for b in 0..3 {
+            let xs = &x[32 * b..32 * b + 32];
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_eq!(r.d[b], amax / 127.0);
+            assert!((r.sum[b] - xs.iter().sum::<f32>()).abs() < 1e-4);
+            for (i, v) in xs.iter().enumerate() {
+                let want = if amax > 0.0 {
+                    (v * 127.0 / amax).round_ties_even()
+                } else {
+                    0.0
+                };
+                assert_eq!(r.q[32 * b + i] as f32, want, "block {b}, value {i}");
+            }
+        }
     }
 }

@@ -13,14 +13,13 @@
 //! bytes per block of 32 steps along `k`: the 16 rows' f16 scales, then the 32 steps'
 //! values, 16 `i8` per step (row `c` at byte `c`); the last panel padded with zero rows.
 //!
-//! `Q4K` has a kernel of its own on 8-bit integers (`q4k`). Laid out this way, its
-//! f32 few-rows kernel (each nibble converted to f32) was bound by the conversion, at
-//! 10-13 GB/s of weights, no faster than candle's.
+//! `Q4K` has a kernel of its own on 8-bit integers (`q4k`).
 
 use std::arch::x86_64::*;
 
 use super::avx2::{self, lane_masks, store_sums, Slices, NR};
-use super::{reserve, Onto};
+use super::outer::Onto;
+use super::reserve;
 
 /// Steps along `k` per `Q8_0` block.
 pub(super) const BLOCK: usize = 32;
@@ -191,8 +190,7 @@ impl Slices for Dequantised {
 /// `dequantize` computes it (exact in f32).
 ///
 /// A function of its own, not the body of [`Dequantised::slice`]: a trait method takes
-/// no target features, and the intrinsics would then be calls, not instructions (that
-/// ran prompts at 101-107 GFLOP/s instead of 153-166).
+/// no target features, and the intrinsics would then be calls, not instructions.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `from` valid for `groups` groups, 32-byte aligned; `dst` for

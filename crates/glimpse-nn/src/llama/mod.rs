@@ -4,7 +4,7 @@
 //!
 //! The core entry point takes input *embeddings* so a caller can splice projected image
 //! features in place of image tokens ([`LlamaForCausalLM::forward_embeds`]). The cache is
-//! an argument ([`DecoderCache`]), shared with [`crate::opt`].
+//! an argument ([`DecoderCache`], from [`crate::decoder`], shared with [`crate::opt`]).
 //!
 //! Positions come from the attention mask (`cumsum(mask) - 1`, 0 at padding), which is
 //! what the reference's `generate` passes; the reference's plain forward uses `0..len`
@@ -13,18 +13,17 @@
 //! For decoding, [`LlamaForCausalLM::quantize`] turns the attention projections and
 //! the MLP of every layer into 8- or 4-bit weights (see [`crate::quant`]).
 
-pub mod cache;
 pub mod rope;
 
-pub use cache::{DecoderCache, Positions, StepInputs};
+pub use crate::decoder::{DecoderCache, Positions, StepInputs, TokenIds};
 pub use rope::{RopeParameters, RopeScaling, RotaryEmbedding};
 
-use crate::layers::Linear;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::{attend, split_heads, AttnMask, KvCache};
+use crate::decoder::{self, linear};
 use crate::layers::Activation;
 use crate::quant::{Quant, QuantLinear, QuantReport};
 
@@ -55,23 +54,6 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<TokenIds>,
-}
-
-/// A token id or a list of them (`eos_token_id` may be either).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(id) => vec![*id],
-            Self::Many(ids) => ids.clone(),
-        }
-    }
 }
 
 impl Default for LlamaConfig {
@@ -150,10 +132,6 @@ impl RmsNorm {
         let normed = x.broadcast_div(&(var + self.eps)?.sqrt()?)?; // [..., size]
         normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
     }
-}
-
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<QuantLinear> {
-    crate::layers::linear_b(in_dim, out_dim, bias, vb).map(QuantLinear::from)
 }
 
 /// `self_attn`: grouped-query attention with rotary positions.
@@ -336,12 +314,13 @@ impl LlamaForCausalLM {
             .map(|i| LlamaDecoderLayer::new(cfg, vb_model.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb_model.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::shared(embed_tokens.embeddings().clone(), None)
-        } else {
-            crate::layers::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb_head)?
-        }
-        .into();
+        let lm_head = decoder::lm_head(
+            &embed_tokens,
+            cfg.tie_word_embeddings,
+            cfg.hidden_size,
+            cfg.vocab_size,
+            vb_head,
+        )?;
         let rotary_emb = RotaryEmbedding::new(
             scaling,
             theta,
@@ -374,13 +353,7 @@ impl LlamaForCausalLM {
     /// report names any layer whose width fits no block (kept float). Afterwards a
     /// `train = true` forward is an error.
     pub fn quantize(&mut self, quant: Quant) -> Result<QuantReport> {
-        let mut report = QuantReport::new(quant);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (name, linear) in layer.linears_mut() {
-                report.quantize(format!("layers.{i}.{name}"), linear)?;
-            }
-        }
-        Ok(report)
+        decoder::quantize_layers(quant, self.layers.iter_mut().map(|l| l.linears_mut()))
     }
 
     /// Whether any weight is quantised (the model is then inference-only).
@@ -416,11 +389,7 @@ impl LlamaForCausalLM {
         cache: &mut DecoderCache,
         train: bool,
     ) -> Result<Tensor> {
-        if train && self.is_quantized() {
-            candle_core::bail!(
-                "this LLaMA model has quantised weights, which have no gradient: train a float model"
-            );
-        }
+        decoder::check_trainable("LLaMA", train, || self.is_quantized())?;
         let (b, t, _) = embeds.dims3()?;
         let step = cache.begin_step(attention_mask, b, t, embeds.dtype(), embeds.device())?;
         let positions = match position_ids {

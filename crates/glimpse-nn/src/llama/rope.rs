@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::Deserialize;
 
-use super::cache::Positions;
+use crate::decoder::Positions;
 
 /// A RoPE variant and its parameters, resolved from a config's `rope_parameters`
 /// (transformers 5) or `rope_theta` + `rope_scaling` (earlier files).

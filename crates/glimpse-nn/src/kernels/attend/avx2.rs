@@ -7,7 +7,9 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{reserve, transpose_into, weigh_row, written};
+use super::super::attention::weigh_row;
+use super::super::packing::transpose_into;
+use super::super::{reserve, written};
 use super::{Head, QB};
 
 /// Keys per panel (two vectors of scores).

@@ -1,4 +1,4 @@
-//! The decoding state shared by the decoder-only language models ([`crate::opt`],
+//! The decoding state of the decoder-only language models ([`crate::opt`],
 //! [`crate::llama`]): one [`KvCache`] per layer, how many positions are cached, and the
 //! 0/1 attention mask of everything seen so far.
 //!
