@@ -109,7 +109,7 @@ pub trait Embed {
 }
 
 /// Zero-shot classification over [`Embed`]'s embeddings, with a learned temperature.
-pub trait Classify {
+pub trait Classify: Embed {
     /// The factor that multiplies cosine similarities before the softmax.
     fn logit_scale_exp(&self) -> Result<f32>;
 }
