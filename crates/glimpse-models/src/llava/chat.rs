@@ -20,6 +20,9 @@ use super::template::{ChatMessage, Role};
 use crate::capability::{ChatTurn, Conversation};
 use crate::{Error, Result};
 
+/// Sees each step's new token per row; `false` stops the reply.
+type OnStep<'a> = &'a mut dyn FnMut(&[Option<u32>]) -> bool;
+
 /// A conversation about one image plus the cache that holds it.
 pub struct ChatSession<'m> {
     model: &'m LlavaForConditionalGeneration,
@@ -99,7 +102,7 @@ impl<'m> ChatSession<'m> {
         &mut self,
         text: &str,
         gen: &GenerationConfig,
-        on_step: Option<&mut dyn FnMut(&[Option<u32>]) -> bool>,
+        on_step: Option<OnStep<'_>>,
     ) -> Result<ChatTurn> {
         if text.trim().is_empty() {
             return Err(Error::Model {
