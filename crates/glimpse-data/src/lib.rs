@@ -13,7 +13,7 @@ mod error;
 mod image_io;
 mod processor;
 pub mod synth;
-mod text;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use image_io::{

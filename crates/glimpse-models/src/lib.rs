@@ -9,16 +9,21 @@
 //!   `BlipForQuestionAnswering`.
 //! * [`blip2`]: `Blip2ForConditionalGeneration` (OPT, T5), `Blip2ForImageTextRetrieval`.
 //! * [`llava`]: `LlavaForConditionalGeneration`.
+//! * [`capability`]: what a loaded model can do, as traits (embed, classify, match,
+//!   caption, answer, chat, quantize) that each family implements.
+//! * [`registry`]: the classes Glimpse loads, one registration each.
 //! * [`pipeline`]: one entry point (load any supported directory, then embed, match,
-//!   classify, caption, ask) used by the CLI.
+//!   classify, caption, ask, chat) used by the CLI.
 
 pub mod allocator;
 pub mod blip;
 pub mod blip2;
+pub mod capability;
 pub mod checkpoint;
 pub mod clip;
 mod error;
 pub mod llava;
 pub mod pipeline;
+pub mod registry;
 
 pub use error::{Error, Result};

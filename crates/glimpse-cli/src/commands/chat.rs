@@ -1,4 +1,4 @@
-//! `glimpse chat`: multi-turn chat about one image with a LLaVA model.
+//! `glimpse chat`: multi-turn chat about one image with a model that chats (LLaVA).
 //!
 //! Interactive by default (prompt `> ` on stdout, the reply streamed token by token,
 //! `/quit` or end of input to stop). With `--turns FILE` (or `--json` and the turns on
@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use glimpse_data::text::StreamDecoder;
+use glimpse_data::TextTokenizer;
 use glimpse_generate::GenerationConfig;
-use glimpse_models::checkpoint::{plan_load, ModelFiles};
-use glimpse_models::llava::{ChatSession, LlavaForConditionalGeneration, LlavaProcessor};
+use glimpse_models::capability::{ChatTurn, Conversation};
 use serde::Serialize;
 
-use super::{device, read_image};
+use super::{load_quantized, read_image, Bundled};
 use crate::cli::{DecodeArgs, ModelArgs};
 use crate::output::print_json;
 
@@ -62,32 +63,20 @@ pub fn run(args: ChatArgs) -> Result<()> {
         (None, false) => None,
     };
     let image = read_image(&args.image)?;
-    let device = device(&args.common.device)?;
-    let Some(model_name) = &args.common.model else {
-        anyhow::bail!("chat needs --model: a LLaVA checkpoint (there is no bundled chat model)");
-    };
-    let files = ModelFiles::resolve(model_name).with_context(|| format!("--model {model_name}"))?;
-    // LLaVA's own load checks the memory plan; print it first, as every command does.
-    eprintln!("{}", plan_load(&files, &device)?);
-    let mut model = LlavaForConditionalGeneration::load(&files, &device)
-        .with_context(|| format!("loading model `{model_name}` as LLaVA"))?;
-    if let Some(quant) = args.quantize {
-        eprintln!("{}", model.quantize_language_model(quant)?);
+    if args.common.model.is_none() {
+        bail!("chat needs --model: a LLaVA checkpoint (there is no bundled chat model)");
     }
-    let processor = LlavaProcessor::load(&files, model.config())
-        .with_context(|| format!("loading the processor of `{model_name}`"))?;
-    let pixels = processor
-        .image_processor
-        .preprocess_batch(std::slice::from_ref(&image), &device)
+    // With --model given, the bundled default is never used.
+    let pipeline = load_quantized(&args.common, Bundled::Caption, args.quantize)?;
+    let pixels = pipeline
+        .pixel_values(std::slice::from_ref(&image))
         .with_context(|| format!("--image {}", args.image.display()))?;
-    let gen = model.generation_config(&gen);
-    let mut session = ChatSession::new(&model, &processor, &pixels)?;
-    if let Some(system) = &args.system {
-        session = session.with_system(system);
-    }
+    let gen = pipeline.generation_config(gen);
+    let mut session = pipeline.start_chat(&pixels, args.system.as_deref())?;
+    let tokenizer = pipeline.tokenizer();
 
     let Some(turns) = scripted else {
-        return interactive(&mut session, &processor, &gen);
+        return interactive(session.as_mut(), tokenizer, &gen);
     };
     let mut out = Vec::with_capacity(turns.len());
     for text in &turns {
@@ -95,7 +84,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             session.send(text, &gen)?
         } else {
             println!("> {text}");
-            reply(&mut session, &processor, text, &gen)?
+            reply(session.as_mut(), tokenizer, text, &gen)?
         };
         out.push(TurnOutput {
             user: turn.user,
@@ -111,8 +100,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
 
 /// Reads turns from stdin until `/quit` or end of input.
 fn interactive(
-    session: &mut ChatSession,
-    processor: &LlavaProcessor,
+    session: &mut dyn Conversation,
+    tokenizer: &TextTokenizer,
     gen: &GenerationConfig,
 ) -> Result<()> {
     let stdin = std::io::stdin();
@@ -130,7 +119,7 @@ fn interactive(
             "/quit" | "/exit" => return Ok(()),
             "" => continue,
             _ => {
-                reply(session, processor, text, gen)?;
+                reply(session, tokenizer, text, gen)?;
             }
         }
     }
@@ -138,51 +127,33 @@ fn interactive(
 
 /// One turn printed for people: streamed when decoding allows it (not with beams).
 fn reply(
-    session: &mut ChatSession,
-    processor: &LlavaProcessor,
+    session: &mut dyn Conversation,
+    tokenizer: &TextTokenizer,
     text: &str,
     gen: &GenerationConfig,
-) -> Result<glimpse_models::llava::ChatTurn> {
+) -> Result<ChatTurn> {
     if gen.num_beams > 1 {
         let turn = session.send(text, gen)?;
         println!("{}", turn.answer);
         return Ok(turn);
     }
-    let eos = &gen.eos_token_ids;
-    let mut ids = Vec::new();
-    let mut shown = String::new();
-    let turn = session.send_stream(text, gen, |id| {
-        ids.push(id);
-        // Print only text that is final: byte-fallback pieces (`<0xNN>`) decode as a
-        // group once the next ordinary token arrives.
-        let byte_piece = processor
-            .tokenizer
-            .inner()
-            .id_to_token(id)
-            .is_some_and(|t| t.starts_with("<0x"));
-        if byte_piece {
-            return true;
-        }
-        if let Ok(now) = processor.decode_reply(&ids, eos) {
-            if !now.ends_with('\u{FFFD}') {
-                show_growth(&mut shown, &now);
-            }
+    let mut decoder = StreamDecoder::new(tokenizer, &gen.eos_token_ids);
+    let turn = session.send_stream(text, gen, &mut |id| {
+        // A failed partial decode shows nothing yet; the full reply below decides.
+        if let Ok(piece) = decoder.push(id) {
+            show(&piece);
         }
         true
     })?;
-    show_growth(&mut shown, &turn.answer);
+    show(&decoder.finish()?);
     println!();
     Ok(turn)
 }
 
-/// Prints the part of `now` beyond what is on screen, when `now` extends it.
-fn show_growth(shown: &mut String, now: &str) {
-    if let Some(rest) = now.strip_prefix(shown.as_str()) {
-        if !rest.is_empty() {
-            print!("{rest}");
-            let _ = std::io::stdout().flush();
-            *shown = now.to_string();
-        }
+fn show(piece: &str) {
+    if !piece.is_empty() {
+        print!("{piece}");
+        let _ = std::io::stdout().flush();
     }
 }
 

@@ -112,7 +112,7 @@ impl TokenizerSettings {
             .model_max_length
             .as_ref()
             .and_then(Value::as_f64)
-            .filter(|&n| n >= 1.0 && n <= SANE_MAX_LENGTH)
+            .filter(|n| (1.0..=SANE_MAX_LENGTH).contains(n))
             .map(|n| n as usize);
         Ok(TokenizerSettings {
             tokenizer_class: cfg.tokenizer_class.clone(),

@@ -4,8 +4,10 @@
 //! special token as the reference's does, and decoding applies the two fix-ups that
 //! transformers adds on top of the Rust decoder (CLIP's `</w>` suffix, and the optional
 //! clean-up of spaces before punctuation for non-BPE models).
+//! [`StreamDecoder`] turns generated ids into text as they arrive.
 
 mod config;
+mod stream;
 
 use std::path::Path;
 
@@ -15,6 +17,7 @@ use tokenizers::{AddedToken, Encoding, Tokenizer, TruncationDirection};
 
 use crate::error::{Error, Result};
 use config::TokenizerSettings;
+pub use stream::StreamDecoder;
 
 /// A padded batch of token ids.
 #[derive(Debug, Clone)]

@@ -15,6 +15,9 @@
 //! Precision: the reference keeps the Q-Former and the queries in f32 whatever the
 //! model's dtype; `load_with_dtype` does the same. `Blip2ForConditionalGeneration::load`
 //! computes in f32 on the CPU and in the stored dtype elsewhere.
+//!
+//! In the pipeline the generation model captions, answers and quantises its language
+//! model; the retrieval model scores image-text pairs (ITC and ITM).
 
 mod config;
 mod decode;
@@ -30,6 +33,18 @@ pub use qformer::{Blip2QFormerLayer, Blip2QFormerModel, Blip2TextEmbeddings};
 pub use retrieval::{itc_scores, Blip2ForImageTextRetrieval};
 pub use vision::Blip2VisionModel;
 
+use candle_core::{DType, Tensor};
+use glimpse_data::{TextBatch, TextTokenizer};
+use glimpse_generate::GenerationConfig;
+use glimpse_nn::quant::{Quant, QuantReport};
+
+use crate::capability::{
+    decode_all, Answer, Capability, Caption, Generated, Match, MatchScores, Model,
+    QuantizeLanguageModel,
+};
+use crate::registry::{Architecture, Registration};
+use crate::Result;
+
 /// Runs the shared decoding loop; its errors become model errors.
 fn run_generate<M: glimpse_generate::Decoder>(
     model: &M,
@@ -44,4 +59,120 @@ fn run_generate<M: glimpse_generate::Decoder>(
             msg: other.to_string(),
         },
     })
+}
+
+pub(crate) const GENERATION_REGISTRATION: Registration = Registration {
+    architecture: Architecture::Blip2Generation,
+    capabilities: &[
+        Capability::Caption,
+        Capability::Answer,
+        Capability::Quantize,
+    ],
+    load: |files, device| {
+        Ok(Box::new(Blip2ForConditionalGeneration::load(
+            files, device,
+        )?))
+    },
+};
+
+pub(crate) const RETRIEVAL_REGISTRATION: Registration = Registration {
+    architecture: Architecture::Blip2Retrieval,
+    capabilities: &[Capability::Match],
+    load: |files, device| Ok(Box::new(Blip2ForImageTextRetrieval::load(files, device)?)),
+};
+
+impl Model for Blip2ForConditionalGeneration {
+    fn architecture(&self) -> Architecture {
+        Architecture::Blip2Generation
+    }
+
+    fn generation_config(&self, gen: GenerationConfig) -> GenerationConfig {
+        Blip2ForConditionalGeneration::generation_config(self, &gen)
+    }
+
+    fn as_caption(&self) -> Option<&dyn Caption> {
+        Some(self)
+    }
+
+    fn as_answer(&self) -> Option<&dyn Answer> {
+        Some(self)
+    }
+
+    fn as_quantize(&mut self) -> Option<&mut dyn QuantizeLanguageModel> {
+        Some(self)
+    }
+}
+
+impl Caption for Blip2ForConditionalGeneration {
+    /// The prompt, when given, starts the text (the model continues it).
+    fn caption(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        prompt: Option<&str>,
+        gen: &GenerationConfig,
+    ) -> Result<Vec<Generated>> {
+        let prompt_ids = prompt.map(|p| tokenizer.encode(p, true)).transpose()?;
+        let ids = self.generate(pixel_values, prompt_ids.as_deref(), gen)?;
+        let prefix = prompt
+            .map(|p| format!("{} ", p.trim_end()))
+            .unwrap_or_default();
+        Ok(decode_all(tokenizer, ids)?
+            .into_iter()
+            .map(|g| Generated {
+                text: format!("{prefix}{}", g.text.trim_start()),
+                ..g
+            })
+            .collect())
+    }
+}
+
+impl Answer for Blip2ForConditionalGeneration {
+    /// The zero-shot VQA prompt "Question: {} Answer:".
+    fn answer(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        question: &str,
+        gen: &GenerationConfig,
+    ) -> Result<Generated> {
+        let prompt = tokenizer.encode(&vqa_prompt(question.trim()), true)?;
+        let ids = self.generate(pixel_values, Some(&prompt), gen)?;
+        let mut answer = decode_all(tokenizer, ids)?.remove(0);
+        answer.text = answer.text.trim().to_string();
+        Ok(answer)
+    }
+}
+
+impl QuantizeLanguageModel for Blip2ForConditionalGeneration {
+    fn quantize_language_model(&mut self, quant: Quant) -> Result<QuantReport> {
+        Blip2ForConditionalGeneration::quantize_language_model(self, quant)
+    }
+}
+
+impl Model for Blip2ForImageTextRetrieval {
+    fn architecture(&self) -> Architecture {
+        Architecture::Blip2Retrieval
+    }
+
+    fn max_text_len(&self) -> Option<usize> {
+        Some(self.config().qformer_config.max_position_embeddings)
+    }
+
+    fn as_match(&self) -> Option<&dyn Match> {
+        Some(self)
+    }
+}
+
+impl Match for Blip2ForImageTextRetrieval {
+    /// ITC is the best of the query embeddings, as the reference scores it.
+    fn match_scores(&self, pixel_values: &Tensor, texts: &TextBatch) -> Result<MatchScores> {
+        let mask = Some(&texts.attention_mask);
+        let itc = self.itc(pixel_values, &texts.input_ids, mask)?.squeeze(0)?; // [n]
+        let itm = self.itm_probs(pixel_values, &texts.input_ids, mask)?; // [n]
+        Ok(MatchScores {
+            itc: itc.to_dtype(DType::F32)?.to_vec1()?,
+            itm: Some(itm.to_vec1()?),
+        })
+    }
 }

@@ -5,7 +5,8 @@
 //! `get_image_features` / `get_text_features`; [`ClipModel::logits_per_image`]
 //! normalises them and applies the learned temperature. Losses live with the trainer.
 //! The vision tower is [`glimpse_nn::vit::VisionTransformer`] in the CLIP layout; the
-//! text tower ([`ClipTextTransformer`]) shares its encoder layers.
+//! text tower ([`ClipTextTransformer`]) shares its encoder layers. As a pipeline model
+//! it embeds, classifies zero-shot and scores image-text pairs by cosine.
 
 mod config;
 mod text;
@@ -19,8 +20,10 @@ use glimpse_nn::layers::linear_no_bias;
 use glimpse_nn::layers::Linear;
 use glimpse_nn::vit::{VisionTransformer, VitConfig};
 
+use crate::capability::{cosine, Capability, Classify, Embed, Match, MatchScores, Model};
 use crate::checkpoint::{ModelFiles, Weights};
 use crate::error::{Error, Result};
+use crate::registry::{Architecture, Registration};
 
 /// `CLIPModel`: both towers, their projections and the temperature.
 #[derive(Debug, Clone)]
@@ -152,4 +155,63 @@ impl ClipModel {
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?; // [n, 1]
     Ok(x.broadcast_div(&norm)?)
+}
+
+pub(crate) const REGISTRATION: Registration = Registration {
+    architecture: Architecture::Clip,
+    capabilities: &[Capability::Embed, Capability::Classify, Capability::Match],
+    load: |files, device| Ok(Box::new(ClipModel::load(files, device)?)),
+};
+
+impl Model for ClipModel {
+    fn architecture(&self) -> Architecture {
+        Architecture::Clip
+    }
+
+    fn max_text_len(&self) -> Option<usize> {
+        Some(self.config.text_config.max_position_embeddings)
+    }
+
+    fn as_embed(&self) -> Option<&dyn Embed> {
+        Some(self)
+    }
+
+    fn as_classify(&self) -> Option<&dyn Classify> {
+        Some(self)
+    }
+
+    fn as_match(&self) -> Option<&dyn Match> {
+        Some(self)
+    }
+}
+
+impl Embed for ClipModel {
+    fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.get_image_features(pixel_values)
+    }
+
+    fn text_embeds(&self, texts: &glimpse_data::TextBatch) -> Result<Tensor> {
+        self.get_text_features(&texts.input_ids, &texts.attention_mask)
+    }
+}
+
+impl Classify for ClipModel {
+    fn logit_scale_exp(&self) -> Result<f32> {
+        ClipModel::logit_scale_exp(self)
+    }
+}
+
+impl Match for ClipModel {
+    /// ITC only: CLIP has no matching head.
+    fn match_scores(
+        &self,
+        pixel_values: &Tensor,
+        texts: &glimpse_data::TextBatch,
+    ) -> Result<MatchScores> {
+        let itc = cosine(&self.image_embeds(pixel_values)?, &self.text_embeds(texts)?)?; // [1, n]
+        Ok(MatchScores {
+            itc: itc.squeeze(0)?.to_vec1()?,
+            itm: None,
+        })
+    }
 }

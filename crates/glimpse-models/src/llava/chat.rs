@@ -17,23 +17,11 @@ use glimpse_generate::GenerationConfig;
 use super::model::{run_generate, LlavaCache, LlavaForConditionalGeneration};
 use super::processor::LlavaProcessor;
 use super::template::{ChatMessage, Role};
+use crate::capability::{ChatTurn, Conversation};
 use crate::{Error, Result};
 
-/// What one turn did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatTurn {
-    pub user: String,
-    /// The template's output for the whole conversation so far.
-    pub prompt: String,
-    /// Its ids, `<image>` expanded.
-    pub input_ids: Vec<u32>,
-    /// How many of `input_ids` came from the cache instead of being run again.
-    pub reused: usize,
-    /// Generated ids (the eos that ended the reply included).
-    pub token_ids: Vec<u32>,
-    /// The reply's text (eos dropped, special tokens skipped).
-    pub answer: String,
-}
+/// Sees each step's new token per row; `false` stops the reply.
+type OnStep<'a> = &'a mut dyn FnMut(&[Option<u32>]) -> bool;
 
 /// A conversation about one image plus the cache that holds it.
 pub struct ChatSession<'m> {
@@ -114,7 +102,7 @@ impl<'m> ChatSession<'m> {
         &mut self,
         text: &str,
         gen: &GenerationConfig,
-        on_step: Option<&mut dyn FnMut(&[Option<u32>]) -> bool>,
+        on_step: Option<OnStep<'_>>,
     ) -> Result<ChatTurn> {
         if text.trim().is_empty() {
             return Err(Error::Model {
@@ -178,5 +166,24 @@ impl<'m> ChatSession<'m> {
     fn reset(&mut self) {
         self.cache = self.model.new_cache(Some(&self.image_features));
         self.cached_ids.clear();
+    }
+}
+
+impl Conversation for ChatSession<'_> {
+    fn send(&mut self, text: &str, gen: &GenerationConfig) -> Result<ChatTurn> {
+        ChatSession::send(self, text, gen)
+    }
+
+    fn send_stream(
+        &mut self,
+        text: &str,
+        gen: &GenerationConfig,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<ChatTurn> {
+        ChatSession::send_stream(self, text, gen, on_token)
+    }
+
+    fn cached_len(&self) -> usize {
+        ChatSession::cached_len(self)
     }
 }
