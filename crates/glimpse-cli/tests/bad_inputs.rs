@@ -292,6 +292,8 @@ struct Ended {
 
 /// Runs the binary in the repository root, killing it after [`TIMEOUT`]; reaps it
 /// with `wait4` to read its peak memory.
+// The child is reaped by `wait4`, which clippy does not see.
+#[allow(clippy::zombie_processes)]
 fn run(args: &[String], scratch: &Path) -> Ended {
     let out_path = scratch.join("stdout");
     let err_path = scratch.join("stderr");
