@@ -9,6 +9,7 @@
 //!   `BlipForQuestionAnswering`.
 //! * [`blip2`]: `Blip2ForConditionalGeneration` (OPT, T5), `Blip2ForImageTextRetrieval`.
 //! * [`llava`]: `LlavaForConditionalGeneration`.
+//! * [`finite`]: the check that a model's outputs hold no NaN or infinity.
 //! * [`pipeline`]: one entry point (load any supported directory, then embed, match,
 //!   classify, caption, ask) used by the CLI.
 
@@ -18,7 +19,9 @@ pub mod blip2;
 pub mod checkpoint;
 pub mod clip;
 mod error;
+pub mod finite;
 pub mod llava;
 pub mod pipeline;
+mod positions;
 
 pub use error::{Error, Result};
