@@ -13,10 +13,22 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+/// A failed write to stdout; `main` exits quietly when the pipe was closed.
+#[derive(Debug)]
+pub struct StdoutError(pub io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
 /// Writes `text` and a newline on stdout.
 pub fn line(text: impl std::fmt::Display) -> Result<()> {
     let mut out = io::stdout().lock();
-    writeln!(out, "{text}").context("writing to stdout")
+    writeln!(out, "{text}").map_err(|e| StdoutError(e).into())
 }
 
 /// `println!` that hands a failed write back with `?` instead of panicking.
@@ -36,7 +48,7 @@ pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
 /// Flushes stdout, whose buffer the runtime would otherwise flush at exit, dropping
 /// any error.
 pub fn flush() -> Result<()> {
-    io::stdout().flush().context("writing to stdout")
+    io::stdout().flush().map_err(|e| StdoutError(e).into())
 }
 
 /// Writes `text` and a newline on stderr, ignoring failure: a note is no reason to
@@ -45,12 +57,12 @@ pub fn note(text: impl std::fmt::Display) {
     let _ = writeln!(io::stderr().lock(), "{text}");
 }
 
-/// Whether `err` comes from writing into a closed pipe.
+/// Whether `err` comes from writing results into a closed pipe.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            .downcast_ref::<StdoutError>()
+            .is_some_and(|e| e.0.kind() == io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -77,9 +89,9 @@ pub fn error_chain(err: &anyhow::Error) -> String {
 
 /// Makes the `println!`-family panics of a closed or failing stdout or stderr (std
 /// panics with "failed printing to stdout: ...") end the process the way a failed
-/// fallible write does: quietly with success on a closed pipe, otherwise with a
-/// message where one can still be written and a failure status. Every other panic
-/// goes to the default hook.
+/// fallible write does: quietly with success on a closed stdout pipe, otherwise with
+/// a failure status and, for stdout, a message. Every other panic goes to the
+/// default hook.
 pub fn exit_on_print_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -90,13 +102,14 @@ pub fn exit_on_print_panics() {
         else {
             return default(info);
         };
-        let broken_pipe = failure.contains(&format!("(os error {})", EPIPE));
-        if broken_pipe {
+        if message.starts_with("failed printing to stderr") {
+            // Nowhere to say why; the work was not finished.
+            std::process::exit(1);
+        }
+        if failure.contains(&format!("(os error {EPIPE})")) {
             std::process::exit(0);
         }
-        if message.starts_with("failed printing to stdout") {
-            note(format_args!("error: writing to stdout: {failure}"));
-        }
+        note(format_args!("error: writing to stdout: {failure}"));
         std::process::exit(1);
     }));
 }
@@ -149,9 +162,11 @@ mod tests {
 
     #[test]
     fn broken_pipe_is_found_under_context() {
-        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe))
-            .context("writing to stdout");
+        let err = anyhow::Error::new(StdoutError(io::ErrorKind::BrokenPipe.into()))
+            .context("printing the report");
         assert!(is_broken_pipe(&err));
-        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+        // A closed socket while downloading a model is a real failure.
+        let other = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(!is_broken_pipe(&other));
     }
 }

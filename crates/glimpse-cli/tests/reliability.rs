@@ -70,7 +70,7 @@ fn broken_pipe_exits_quietly() {
         let out = with_closed_stdout(&args);
         no_panic(&out);
         assert!(out.status.success(), "json {json}: {}", text(&out));
-        assert!(!text(&out).contains("error"), "{}", text(&out));
+        assert!(!text(&out).contains("error:"), "{}", text(&out));
     }
 
     let tmp = tempfile::tempdir().unwrap();
