@@ -1,6 +1,7 @@
 //! `glimpse`: a thin binary over the Glimpse libraries. It parses flags, validates them,
 //! calls `glimpse_models::pipeline`, and prints — for people, or as JSON with `--json`.
-//! Errors go to stderr with a message naming the bad input and a non-zero exit.
+//! Errors go to stderr with a message naming the bad input and a non-zero exit; a
+//! closed stdout (`glimpse ... | head`) ends the command quietly with success.
 
 mod cli;
 mod commands;
@@ -59,11 +60,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    output::exit_on_print_panics();
     let cli = cli::Cli::parse();
-    match on_pool(move || commands::run(cli)) {
+    match on_pool(move || commands::run(cli)).and_then(|()| output::flush()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            output::note(format_args!("error: {}", output::error_chain(&err)));
             ExitCode::FAILURE
         }
     }

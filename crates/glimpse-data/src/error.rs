@@ -14,6 +14,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A directory could not be created.
+    #[error("cannot create directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     /// The image file holds no bytes.
     #[error("{name}: the file is empty, not an image")]
     EmptyImage { name: String },

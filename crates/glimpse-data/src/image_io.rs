@@ -9,12 +9,17 @@
 //! Decoding is bounded: the header is read first and an image whose dimensions or
 //! decoded size exceed [`ImageLimits`] is refused before its pixel buffer exists, so a
 //! hostile 100000x100000 header costs nothing.
+//!
+//! A truncated file is refused, as Pillow refuses it. The PNG, GIF, WebP, BMP and TIFF
+//! decoders report missing data themselves; the JPEG decoder fills the missing rows
+//! with grey and succeeds, so a JPEG must reach its end-of-image marker.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::error::{DecodingError, ImageFormatHint};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -78,13 +83,9 @@ fn decode_reader<R: BufRead + Seek>(
     name: &str,
     limits: ImageLimits,
 ) -> Result<RgbImage> {
-    let decode_err = |source| Error::Decode {
-        name: name.to_string(),
-        source,
-    };
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
-        .map_err(|e| decode_err(image::ImageError::IoError(e)))?;
+        .map_err(|e| decode_error(name, ImageError::IoError(e)))?;
     if reader.format().is_none() {
         // The magic bytes decide when they can; the extension is only a fallback,
         // so a PNG named .jpg still loads and a text file named .jpg fails to decode.
@@ -97,6 +98,80 @@ fn decode_reader<R: BufRead + Seek>(
             }
         }
     }
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        // The JPEG decoder reads the whole file into memory anyway.
+        let mut bytes = Vec::new();
+        reader
+            .into_inner()
+            .read_to_end(&mut bytes)
+            .map_err(|e| decode_error(name, ImageError::IoError(e)))?;
+        if !jpeg_is_complete(&bytes) {
+            return Err(decode_error(
+                name,
+                ImageError::Decoding(DecodingError::new(
+                    ImageFormatHint::Exact(ImageFormat::Jpeg),
+                    "the file ends before the end-of-image marker: it is truncated",
+                )),
+            ));
+        }
+        return decode_known(
+            ImageReader::with_format(Cursor::new(bytes), ImageFormat::Jpeg),
+            name,
+            limits,
+        );
+    }
+    decode_known(reader, name, limits)
+}
+
+fn decode_error(name: &str, source: ImageError) -> Error {
+    Error::Decode {
+        name: name.to_string(),
+        source,
+    }
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker (EOI). Marker segments are
+/// skipped by their length (an EXIF thumbnail inside one carries its own EOI); in
+/// entropy-coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart marker,
+/// so the walk steps over those and stops at the next real marker.
+fn jpeg_is_complete(data: &[u8]) -> bool {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        // Not a JPEG stream at all: the decoder says what is wrong with it.
+        return true;
+    }
+    let mut i = 2;
+    loop {
+        while i < data.len() && data[i] != 0xFF {
+            i += 1;
+        }
+        while i < data.len() && data[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = data.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            // Stuffing, restart markers and TEM stand alone.
+            0x00 | 0x01 | 0xD0..=0xD7 => {}
+            _ => {
+                let Some(len) = data.get(i..i + 2) else {
+                    return false;
+                };
+                i += usize::from(u16::from_be_bytes([len[0], len[1]]));
+            }
+        }
+    }
+}
+
+/// Decodes with the format decided, within `limits`.
+fn decode_known<R: BufRead + Seek>(
+    mut reader: ImageReader<R>,
+    name: &str,
+    limits: ImageLimits,
+) -> Result<RgbImage> {
+    let decode_err = |source| decode_error(name, source);
     // Dimension limits are checked by us (to name the size in the error); the
     // allocation limit also bounds the decoders' internal buffers.
     let mut decoder_limits = Limits::default();
@@ -198,6 +273,54 @@ mod tests {
         let rgba = image::RgbaImage::from_raw(1, 1, vec![10, 20, 30, 0]).unwrap();
         let rgb = to_rgb_like_pil(DynamicImage::ImageRgba8(rgba));
         assert_eq!(rgb.as_raw(), &[10, 20, 30]);
+    }
+
+    fn encoded(format: ImageFormat) -> Vec<u8> {
+        // Noise, so that no encoder can squeeze the pixels into a few bytes.
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            let v = (x * 7919 + y * 104_729) ^ (x * y * 31);
+            image::Rgb([v as u8, (v >> 3) as u8, (v >> 6) as u8])
+        });
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused() {
+        let bytes = encoded(ImageFormat::Jpeg);
+        assert!(decode_image(&bytes, "whole.jpg").is_ok());
+        for keep in [bytes.len() / 3, bytes.len() - 2] {
+            let err = decode_image(&bytes[..keep], "cut.jpg")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("cut.jpg") && err.contains("truncated"),
+                "{err}"
+            );
+        }
+        // Bytes after the end-of-image marker are not a truncation.
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(b"trailing");
+        assert!(decode_image(&padded, "padded.jpg").is_ok());
+    }
+
+    #[test]
+    fn truncated_images_of_every_format_are_refused() {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+        ] {
+            let bytes = encoded(format);
+            let name = format!("img.{}", format.extensions_str()[0]);
+            assert!(decode_image(&bytes, &name).is_ok(), "{format:?}");
+            let cut = &bytes[..bytes.len() * 2 / 3];
+            let err = decode_image(cut, &name);
+            assert!(err.is_err(), "{format:?}: a truncated file decodes");
+        }
     }
 
     #[test]

@@ -36,6 +36,18 @@ pub enum Error {
     /// A config.json that deserialised but makes no sense (or names another class).
     #[error("config {}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
+
+    /// The model's outputs hold NaN or infinite values: its weights are broken.
+    #[error(
+        "model `{model}` produced {value} in its {what} (value #{}): its weights hold NaN or \
+         infinite values", index + 1
+    )]
+    NonFinite {
+        model: String,
+        what: String,
+        value: f32,
+        index: usize,
+    },
 }
 
 impl From<glimpse_generate::GenerateError> for Error {

@@ -12,6 +12,7 @@
 //! * [`capability`]: what a loaded model can do, as traits (embed, classify, match,
 //!   caption, answer, chat, quantize) that each family implements.
 //! * [`registry`]: the classes Glimpse loads, one registration each.
+//! * [`finite`]: the check that a model's outputs hold no NaN or infinity.
 //! * [`pipeline`]: one entry point (load any supported directory, then embed, match,
 //!   classify, caption, ask, chat) used by the CLI.
 
@@ -22,8 +23,10 @@ pub mod capability;
 pub mod checkpoint;
 pub mod clip;
 mod error;
+pub mod finite;
 pub mod llava;
 pub mod pipeline;
+mod positions;
 pub mod registry;
 
 pub use error::{Error, Result};

@@ -346,9 +346,18 @@ impl OptForCausalLM {
     fn positions(&self, positions: &Positions) -> Result<Tensor> {
         let table = self.embed_positions.embeddings();
         match positions {
-            Positions::Range { start, len } => table
-                .narrow(0, start + POSITION_OFFSET as usize, *len)?
-                .unsqueeze(0),
+            Positions::Range { start, len } => {
+                let max = table.dim(0)? - POSITION_OFFSET as usize;
+                if start + len > max {
+                    candle_core::bail!(
+                        "position {} is past the model's max_position_embeddings = {max}",
+                        start + len - 1
+                    );
+                }
+                table
+                    .narrow(0, start + POSITION_OFFSET as usize, *len)?
+                    .unsqueeze(0)
+            }
             Positions::PerRow { ids, keep, .. } => {
                 // The reference's ids: cumsum * mask - 1 (so -1 at padding), plus the offset.
                 let (b, t) = ids.dims2()?;

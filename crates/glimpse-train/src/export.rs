@@ -3,6 +3,11 @@
 //! BLIP pretraining run → `caption/` (`BlipForConditionalGeneration`) and
 //! `retrieval/` (`BlipForImageTextRetrieval`). Each holds `model.safetensors`,
 //! `config.json`, the tokenizer files and `preprocessor_config.json`.
+//!
+//! The export is written into a temporary sibling of the output directory and renamed
+//! into place, so the directory never mixes files of two models (the loader prefers a
+//! shard index left beside a new `model.safetensors`). A non-empty output directory
+//! that is not a previous export is replaced only when forced.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,12 @@ pub struct Exported {
     pub tensors: usize,
 }
 
+/// The files an export writes into a model directory.
+const EXPORT_FILES: [&str; 3] = ["model.safetensors", "config.json", "generation_config.json"];
+
+/// The model directories inside a BLIP export.
+const EXPORT_DIRS: [&str; 2] = ["caption", "retrieval"];
+
 fn write_model(
     out: &Path,
     model_dir: &Path,
@@ -44,14 +55,15 @@ fn write_model(
     tensors: BTreeMap<String, Tensor>,
     extra: &[(&str, Value)],
 ) -> Result<Exported> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io_ctx(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| cannot_create(out, e))?;
     let mut cfg = config.clone();
     cfg["architectures"] = serde_json::json!([architecture]);
     let n = tensors.len();
-    let tmp = out.join("model.safetensors.tmp");
-    let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::io_ctx(&tmp, e))?;
-    std::fs::rename(&tmp, out.join("model.safetensors")).map_err(|e| Error::io_ctx(out, e))?;
+    // Serialised here and written with `fs::write`, so the file gets the mode every
+    // other file gets (0666 less the umask), not the 0600 of a temporary file.
+    let weights = out.join("model.safetensors");
+    let bytes = safetensors::serialize(&tensors, None).map_err(|e| Error::io_ctx(&weights, e))?;
+    std::fs::write(&weights, bytes).map_err(|e| Error::io_ctx(&weights, e))?;
     let cfg_path = out.join("config.json");
     std::fs::write(
         &cfg_path,
@@ -61,7 +73,10 @@ fn write_model(
     for f in SIDE_FILES {
         let src = model_dir.join(f);
         if src.is_file() {
-            std::fs::copy(&src, out.join(f)).map_err(|e| Error::io_ctx(&src, e))?;
+            // Read and written rather than copied, which would keep the source's mode.
+            let bytes = std::fs::read(&src).map_err(|e| Error::io_ctx(&src, e))?;
+            let dst = out.join(f);
+            std::fs::write(&dst, bytes).map_err(|e| Error::io_ctx(&dst, e))?;
         }
     }
     for (name, v) in extra {
@@ -76,6 +91,118 @@ fn write_model(
     })
 }
 
+fn cannot_create(dir: &Path, e: std::io::Error) -> Error {
+    Error::Train(format!("cannot create directory {}: {e}", dir.display()))
+}
+
+/// Whether `dir` holds only what an export writes (a model directory, or BLIP's
+/// `caption/` and `retrieval/`), so that replacing it loses nothing else.
+fn is_previous_export(dir: &Path, nested: bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|entry| {
+        let Ok(entry) = entry else { return false };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Ok(kind) = entry.file_type() else {
+            return false;
+        };
+        if kind.is_dir() {
+            !nested
+                && EXPORT_DIRS.contains(&name.as_ref())
+                && is_previous_export(&entry.path(), true)
+        } else {
+            kind.is_file()
+                && (EXPORT_FILES.contains(&name.as_ref()) || SIDE_FILES.contains(&name.as_ref()))
+        }
+    })
+}
+
+/// Refuses an output path that is a file, or a non-empty directory that is not a
+/// previous export unless `force`.
+fn check_target(out: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io_ctx(out, e)),
+        Ok(meta) if !meta.is_dir() => Err(Error::io_ctx(
+            out,
+            "exists and is not a directory; choose another output directory",
+        )),
+        Ok(_) if force || is_previous_export(out, false) => Ok(()),
+        Ok(_) => Err(Error::io_ctx(
+            out,
+            "is not empty and does not hold a previous export; choose another output \
+             directory, or force replacing it and everything in it (--force)",
+        )),
+    }
+}
+
+/// A sibling of `out` for building the export; removed on drop unless committed.
+struct Staging {
+    dir: PathBuf,
+    /// Where an existing `out` waits while the staged directory takes its place.
+    old: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(out: &Path) -> Result<Self> {
+        let name = out
+            .file_name()
+            .ok_or_else(|| Error::io_ctx(out, "the output path has no directory name"))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| cannot_create(&parent, e))?;
+        let pid = std::process::id();
+        let dir = parent.join(format!(".{name}.export-{pid}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io_ctx(&dir, e))?;
+        }
+        std::fs::create_dir(&dir).map_err(|e| cannot_create(&dir, e))?;
+        Ok(Staging {
+            dir,
+            old: parent.join(format!(".{name}.replaced-{pid}")),
+            out: out.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Puts the staged directory at `out`. An existing `out` is first moved aside (a
+    /// rename cannot replace a non-empty directory), then removed.
+    fn commit(mut self) -> Result<()> {
+        let old = self.old.clone();
+        let had_old = self.out.exists();
+        if had_old {
+            std::fs::rename(&self.out, &old).map_err(|e| Error::io_ctx(&self.out, e))?;
+        }
+        if let Err(e) = std::fs::rename(&self.dir, &self.out) {
+            if had_old {
+                let _ = std::fs::rename(&old, &self.out);
+            }
+            return Err(Error::io_ctx(&self.out, e));
+        }
+        self.committed = true;
+        if had_old {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io_ctx(&old, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// `generation_config.json` of a BLIP decoder: starts at bos, ends at `[SEP]`.
 fn generation_json(cfg: &BlipConfig, max_length: usize) -> Value {
     let t = &cfg.text_config;
@@ -88,8 +215,24 @@ fn generation_json(cfg: &BlipConfig, max_length: usize) -> Value {
 }
 
 /// Exports the checkpoint that `run` names (a run directory: its latest checkpoint; or
-/// one checkpoint directory) into `out`.
-pub fn export(run: &Path, out: &Path) -> Result<Vec<Exported>> {
+/// one checkpoint directory) into `out`, which must be absent, empty or a previous
+/// export unless `force`; it is replaced as a whole.
+pub fn export(run: &Path, out: &Path, force: bool) -> Result<Vec<Exported>> {
+    check_target(out, force)?;
+    let staging = Staging::new(out)?;
+    let staged = staging.dir.clone();
+    let mut done = export_into(run, &staged)?;
+    staging.commit()?;
+    for e in &mut done {
+        e.dir = match e.dir.strip_prefix(&staged) {
+            Ok(sub) if !sub.as_os_str().is_empty() => out.join(sub),
+            _ => out.to_path_buf(),
+        };
+    }
+    Ok(done)
+}
+
+fn export_into(run: &Path, out: &Path) -> Result<Vec<Exported>> {
     let (run_dir, ckpt) = resolve_checkpoint(run)?;
     let recipe = Recipe::from_file(&run_dir.join("recipe.toml"))?;
     let model_dir = run_dir.join("model");

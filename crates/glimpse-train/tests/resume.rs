@@ -158,7 +158,7 @@ fn check_resume(kind: &str, config: &str) -> PathBuf {
 fn clip_resume_is_bitwise_and_export_loads() {
     let run = check_resume("clip", CLIP_CONFIG);
     let out = run.join("export");
-    glimpse_train::export::export(&run, &out).unwrap();
+    glimpse_train::export::export(&run, &out, false).unwrap();
     let files = ModelFiles::from_dir(&out, "clip").unwrap();
     ClipModel::load(&files, &Device::Cpu).unwrap();
 }
@@ -167,7 +167,7 @@ fn clip_resume_is_bitwise_and_export_loads() {
 fn blip_resume_is_bitwise_and_export_loads() {
     let run = check_resume("blip", BLIP_CONFIG);
     let out = run.join("export");
-    let done = glimpse_train::export::export(&run, &out).unwrap();
+    let done = glimpse_train::export::export(&run, &out, false).unwrap();
     assert_eq!(done.len(), 2);
     let cap = ModelFiles::from_dir(&out.join("caption"), "caption").unwrap();
     BlipForConditionalGeneration::load(&cap, &Device::Cpu).unwrap();

@@ -234,7 +234,7 @@ fn vision_pretraining_trains_resumes_and_seeds_blip() {
     check_init(&tmp, &data, &tmp.join("vision"), "blip", BLIP_CONFIG);
 
     // The run has no Hugging Face architecture: export says what to do instead.
-    let e = glimpse_train::export::export(&tmp.join("vision"), &tmp.join("x"))
+    let e = glimpse_train::export::export(&tmp.join("vision"), &tmp.join("x"), false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("init_vision"), "{e}");

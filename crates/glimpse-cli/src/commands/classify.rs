@@ -26,6 +26,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let pipeline = load(&args.common, super::Bundled::Clip)?;
     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
     let probs = pipeline.classify(&image, &refs, &args.template)?;
+    super::check_finite(&args.common, super::Bundled::Clip, "probabilities", &probs)?;
     if args.common.json {
         return print_json(&ClassifyOutput { labels, probs });
     }

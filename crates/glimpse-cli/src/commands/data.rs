@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use glimpse_data::synth::{self, Split, SynthConfig};
 
-use crate::output;
+use crate::output::{self, outln};
 
 #[derive(Debug, Args)]
 pub struct DataArgs {
@@ -86,7 +86,7 @@ fn run_synth(a: SynthArgs) -> Result<()> {
     if a.json {
         return output::print_json(m);
     }
-    println!(
+    outln!(
         "wrote {} shard(s), kept {} existing, in {}",
         report.shards_written,
         report.shards_skipped,
@@ -94,7 +94,7 @@ fn run_synth(a: SynthArgs) -> Result<()> {
     );
     for s in Split::ALL {
         let p = m.split(s);
-        println!(
+        outln!(
             "  {:<5} {:>8} samples {:>6} corrupted {:>4} shard(s)",
             s.as_str(),
             p.samples,
@@ -102,6 +102,6 @@ fn run_synth(a: SynthArgs) -> Result<()> {
             p.shards.len()
         );
     }
-    println!("  manifest: {}", a.out.join("manifest.json").display());
+    outln!("  manifest: {}", a.out.join("manifest.json").display());
     Ok(())
 }

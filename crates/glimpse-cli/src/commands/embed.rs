@@ -34,6 +34,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
         text_embeds.extend(pipeline.text_embeds(&texts)?.to_vec2::<f32>()?);
     }
+    super::check_finite(
+        &args.common,
+        super::Bundled::Clip,
+        "embeddings",
+        image_embeds.iter().chain(&text_embeds).flatten(),
+    )?;
 
     if args.common.json {
         return print_json(&EmbedOutput {

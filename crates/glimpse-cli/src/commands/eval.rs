@@ -9,7 +9,7 @@ use glimpse_train::eval::{evaluate, EvalOptions, EvalReport, Metrics, Tally, Tas
 
 use super::{load, model_name, Bundled};
 use crate::cli::{DecodeArgs, ModelArgs};
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -79,26 +79,29 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.common.json {
         return print_json(&report);
     }
-    print_report(&report);
-    Ok(())
+    print_report(&report)
 }
 
 fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
-fn print_report(r: &EvalReport) {
-    println!(
+fn print_report(r: &EvalReport) -> Result<()> {
+    outln!(
         "{} of {} on {}: {} images, {} skipped",
-        r.task, r.model, r.data, r.samples, r.skipped
+        r.task,
+        r.model,
+        r.data,
+        r.samples,
+        r.skipped
     );
     match &r.metrics {
         Metrics::Retrieval(m) => {
             if let Some(k) = m.rerank {
-                println!("  top {k} re-ranked by ITM");
+                outln!("  top {k} re-ranked by ITM");
             }
             for (name, d) in [("image->text", &m.i2t), ("text->image", &m.t2i)] {
-                println!(
+                outln!(
                     "  {name}  R@1 {:>7}  R@5 {:>7}  R@10 {:>7}  mean rank {:.1}  median rank {:.1}",
                     pct(d.r1),
                     pct(d.r5),
@@ -107,7 +110,7 @@ fn print_report(r: &EvalReport) {
                     d.median_rank
                 );
             }
-            println!(
+            outln!(
                 "  mean recall {} ({} images, {} texts)",
                 pct(m.r_mean),
                 m.n_images,
@@ -115,7 +118,7 @@ fn print_report(r: &EvalReport) {
             );
         }
         Metrics::ZeroShot(m) => {
-            println!(
+            outln!(
                 "  top-1 accuracy {} (mean per class {}) on {} images, {} labels, template {:?}",
                 pct(m.accuracy),
                 pct(m.mean_per_class_accuracy),
@@ -125,12 +128,17 @@ fn print_report(r: &EvalReport) {
             );
         }
         Metrics::Caption(m) => {
-            println!(
+            outln!(
                 "  BLEU-4 {:.4} (BLEU-1..3 {:.4} {:.4} {:.4})  CIDEr-D {:.4}  on {} images",
-                m.bleu4, m.bleu[0], m.bleu[1], m.bleu[2], m.cider, m.n_images
+                m.bleu4,
+                m.bleu[0],
+                m.bleu[1],
+                m.bleu[2],
+                m.cider,
+                m.n_images
             );
             if let Some(a) = &m.attributes {
-                println!(
+                outln!(
                     "  attributes on {} single-object images: all correct {}",
                     a.n_images,
                     pct(a.all_correct)
@@ -144,9 +152,11 @@ fn print_report(r: &EvalReport) {
                     ("background", &a.background),
                 ];
                 for (name, t) in rows {
-                    println!(
+                    outln!(
                         "    {name:<10} correct {:>5}  wrong {:>5}  not mentioned {:>5}",
-                        t.correct, t.wrong, t.not_mentioned
+                        t.correct,
+                        t.wrong,
+                        t.not_mentioned
                     );
                 }
             }
@@ -156,21 +166,23 @@ fn print_report(r: &EvalReport) {
                     Some(false) => "  [wrong or incomplete]",
                     None => "",
                 };
-                println!(
+                outln!(
                     "  {}: {:?} (reference {:?}){mark}",
-                    e.key, e.caption, e.reference
+                    e.key,
+                    e.caption,
+                    e.reference
                 );
             }
         }
         Metrics::Vqa(m) => {
-            println!(
+            outln!(
                 "  exact-match accuracy {} on {} questions about {} images",
                 pct(m.accuracy),
                 m.n_questions,
                 m.n_images
             );
             for e in &m.examples {
-                println!(
+                outln!(
                     "  {}: {:?} -> {:?} (accepted {:?}){}",
                     e.key,
                     e.question,
@@ -182,12 +194,13 @@ fn print_report(r: &EvalReport) {
         }
     }
     if r.skipped > 0 {
-        println!("  skipped {}:", r.skipped);
+        outln!("  skipped {}:", r.skipped);
         for s in &r.skipped_reasons {
-            println!("    {s}");
+            outln!("    {s}");
         }
         if r.skipped > r.skipped_reasons.len() {
-            println!("    ...");
+            outln!("    ...");
         }
     }
+    Ok(())
 }

@@ -18,6 +18,12 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let pipeline = load(&args.common, super::Bundled::Retrieval)?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let scores = pipeline.match_scores(&image, &texts)?;
+    super::check_finite(
+        &args.common,
+        super::Bundled::Retrieval,
+        "scores",
+        scores.itc.iter().chain(scores.itm.iter().flatten()),
+    )?;
     if args.common.json {
         return print_json(&MatchOutput {
             itc: scores.itc,

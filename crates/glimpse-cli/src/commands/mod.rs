@@ -119,7 +119,7 @@ pub fn load(args: &ModelArgs, default: Bundled) -> Result<Pipeline> {
     let context = || format!("loading model `{model}`");
     let files = ModelFiles::resolve(&model).with_context(context)?;
     let plan = plan_load(&files, &device).with_context(context)?;
-    eprintln!("{plan}");
+    crate::output::note(&plan);
     plan.check().with_context(context)?;
     Pipeline::load(&model, &device).with_context(context)
 }
@@ -148,8 +148,19 @@ pub fn load_quantized(
     let report = pipeline
         .quantize_language_model(quant)
         .with_context(|| format!("--quantize {quant}"))?;
-    eprintln!("{report}");
+    crate::output::note(&report);
     Ok(pipeline)
+}
+
+/// Refuses NaN or infinite results (`what`) of the model `--model` (or `default`) names.
+pub fn check_finite<'a>(
+    args: &ModelArgs,
+    default: Bundled,
+    what: &str,
+    values: impl IntoIterator<Item = &'a f32>,
+) -> Result<()> {
+    let model = model_name(args, default)?;
+    Ok(glimpse_models::finite::check_finite(&model, what, values)?)
 }
 
 /// Reads and decodes image files; the error names the file.

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_train::trainer::{train, TrainOptions};
 
-use crate::output;
+use crate::output::{self, outln};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -43,7 +43,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     if args.json {
         return output::print_json(&report);
     }
-    println!(
+    outln!(
         "{} after {}/{} updates: loss {:.4}, {:.1} samples/s",
         report.out.display(),
         report.steps,
@@ -52,16 +52,16 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         report.samples_per_second
     );
     if let Some(v) = &report.validation {
-        println!("validation: {v}");
+        outln!("validation: {v}");
     }
     if report.skipped_samples > 0 {
-        println!("skipped {} samples:", report.skipped_samples);
+        outln!("skipped {} samples:", report.skipped_samples);
         for r in &report.skipped_reasons {
-            println!("  {r}");
+            outln!("  {r}");
         }
     }
     if let Some(c) = &report.checkpoint {
-        println!("checkpoint: {}", c.display());
+        outln!("checkpoint: {}", c.display());
     }
     Ok(())
 }
@@ -75,18 +75,21 @@ pub struct ExportArgs {
     /// `retrieval/` inside it.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` even when it holds files that are not a previous export.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run_export(args: ExportArgs) -> Result<()> {
-    let done = glimpse_train::export::export(&args.run, &args.out)
+    let done = glimpse_train::export::export(&args.run, &args.out, args.force)
         .with_context(|| format!("cannot export {}", args.run.display()))?;
     if args.json {
         return output::print_json(&done);
     }
     for e in done {
-        println!(
+        outln!(
             "{}: {} ({} tensors)",
             e.dir.display(),
             e.architecture,

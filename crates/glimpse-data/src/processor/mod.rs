@@ -64,7 +64,30 @@ impl ImageProcessor {
             ResizeTarget::Exact { height, width } if height == 0 || width == 0 => {
                 return Err(Error::config(origin, "size must be positive"))
             }
-            _ => {}
+            ResizeTarget::ShortestEdge(s) => {
+                check_output(s, s).map_err(|why| {
+                    Error::config(
+                        origin,
+                        format!("size.shortest_edge = {s} is refused: images would become {why}"),
+                    )
+                })?;
+            }
+            ResizeTarget::Exact { height, width } => {
+                check_output(height, width).map_err(|why| {
+                    Error::config(
+                        origin,
+                        format!("size {{height: {height}, width: {width}}} is refused: {why}"),
+                    )
+                })?;
+            }
+        }
+        if let Some((h, w)) = config.crop_size {
+            check_output(h, w).map_err(|why| {
+                Error::config(
+                    origin,
+                    format!("crop_size {{height: {h}, width: {w}}} is refused: {why}"),
+                )
+            })?;
         }
         if config.do_rescale && !config.rescale_factor.is_finite() {
             return Err(Error::config(
@@ -138,6 +161,20 @@ impl ImageProcessor {
         let mut current = std::borrow::Cow::Borrowed(img);
         if c.do_resize {
             let (nh, nw) = resize_dims(h, w, c.size);
+            // The horizontal pass makes an h x nw image, the vertical one nh x nw: an
+            // extreme aspect ratio under a shortest-edge resize makes both huge.
+            check_output(nh, nw)
+                .and_then(|()| check_output(h, nw))
+                .map_err(|why| {
+                    let target = match c.size {
+                        ResizeTarget::ShortestEdge(s) => format!("size.shortest_edge = {s}"),
+                        ResizeTarget::Exact { height, width } => format!("size {height}x{width}"),
+                    };
+                    Error::Msg(format!(
+                        "an image of {w}x{h} pixels is refused: resizing it to {target} \
+                         (preprocessor config) makes it {nw}x{nh} pixels, {why}"
+                    ))
+                })?;
             // PIL resamples horizontally first and rounds the intermediate image to
             // uint8; fast_image_resize would run the vertical pass first for u8 pixels,
             // which moves overshoot clamping and differs by up to ~9 grey levels at
@@ -183,6 +220,30 @@ impl ImageProcessor {
         }
         out
     }
+}
+
+/// Largest side of an image the processor makes (resized or cropped), the limit of a
+/// decoded image's side.
+const MAX_SIDE: usize = 20_000;
+
+/// Most pixels of an image the processor makes: 4096 x 4096, beyond any vision tower's
+/// input. More comes from a broken config or an extreme aspect ratio and would cost
+/// gigabytes (a 1x20000 strip under a 224-pixel shortest-edge resize: 3 GB).
+const MAX_PIXELS: usize = 1 << 24;
+
+/// Refuses an `h` x `w` image beyond [`MAX_SIDE`] or [`MAX_PIXELS`], saying why.
+fn check_output(h: usize, w: usize) -> std::result::Result<(), String> {
+    if h > MAX_SIDE || w > MAX_SIDE {
+        return Err(format!(
+            "larger than {MAX_SIDE} pixels on a side (the limit of an image)"
+        ));
+    }
+    if h.saturating_mul(w) > MAX_PIXELS {
+        return Err(format!(
+            "over the limit of {MAX_PIXELS} pixels (4096x4096) of a processed image"
+        ));
+    }
+    Ok(())
 }
 
 /// Output `(height, width)` of the resize step, as `get_resize_output_image_size`

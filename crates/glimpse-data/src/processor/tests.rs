@@ -115,3 +115,30 @@ fn nested_processor_config_reads_the_image_processor_part() {
     let proc = ImageProcessor::from_config(cfg).unwrap();
     assert_eq!(proc.output_size(), (32, 32));
 }
+
+#[test]
+fn huge_shortest_edge_is_refused_at_load() {
+    let json =
+        r#"{"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 100000}}"#;
+    let config = ProcessorConfig::from_json_str(json, "p.json").unwrap();
+    let err = ImageProcessor::from_config(config).unwrap_err().to_string();
+    assert!(err.contains("size.shortest_edge = 100000"), "{err}");
+
+    let json = r#"{"image_processor_type": "BlipImageProcessor", "size": {"height": 8000, "width": 8000}}"#;
+    let config = ProcessorConfig::from_json_str(json, "p.json").unwrap();
+    assert!(ImageProcessor::from_config(config).is_err());
+}
+
+#[test]
+fn thin_strip_resize_is_refused_before_allocating() {
+    // 224 x 4480000 pixels after the resize: 3 GB, then cropped to 224 x 224.
+    let strip = RgbImage::new(1, 20_000);
+    let p = ImageProcessor::from_config(ProcessorConfig::defaults(ProcessorFamily::Clip)).unwrap();
+    let err = p.preprocess(&strip).unwrap_err().to_string();
+    assert!(
+        err.contains("1x20000") && err.contains("size.shortest_edge = 224"),
+        "{err}"
+    );
+    // An ordinary photo shape still goes through.
+    assert!(p.preprocess(&RgbImage::new(64, 48)).is_ok());
+}

@@ -466,7 +466,10 @@ pub fn generate(
     }
     for s in Split::ALL {
         let dir = out.join(s.as_str());
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let json = |m: &Manifest| serde_json::to_vec_pretty(m).map_err(|e| Error::Msg(e.to_string()));
     write_atomic(&manifest_path, &json(&manifest)?)?;

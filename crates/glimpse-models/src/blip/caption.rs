@@ -150,6 +150,8 @@ impl BlipForConditionalGeneration {
         let image = self.vision(pixel_values)?; // [b, n, dv]
         let b = image.dim(0)?;
         let prompt = self.caption_prompt(processor_ids);
+        let max = self.config.text_config.max_position_embeddings;
+        let gen = &crate::positions::fit_positions("blip", gen, prompt.len(), max)?;
         let prompt = Tensor::new(prompt, image.device())?
             .unsqueeze(0)?
             .repeat((b, 1))?; // [b, t]

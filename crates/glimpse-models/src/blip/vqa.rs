@@ -153,6 +153,8 @@ impl BlipForQuestionAnswering {
         let question = self.encode_question(&image, input_ids, Some(attention_mask), false)?; // [b, t, dt]
         let b = question.dim(0)?;
         let bos = self.config.text_config.bos_token_id;
+        let max = self.config.text_config.max_position_embeddings;
+        let gen = &crate::positions::fit_positions("blip", gen, 1, max)?;
         let prompt = Tensor::full(bos, (b, 1), question.device())?; // [b, 1]
         let mut cache = self.new_cache(&question, None)?;
         super::run_generate(self, &mut cache, &prompt, gen)

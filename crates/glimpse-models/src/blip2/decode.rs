@@ -151,6 +151,8 @@ impl Blip2ForConditionalGeneration {
             Some(p) => self.processor_ids(p),
             None => self.start_ids()?,
         };
+        let gen = self.fit_positions(ids.len(), gen)?;
+        let gen = &gen;
         let b = pixel_values.dim(0)?;
         let ids = Tensor::new(ids, pixel_values.device())?
             .unsqueeze(0)?
@@ -158,6 +160,26 @@ impl Blip2ForConditionalGeneration {
         let mut cache = self.new_cache(pixel_values, &ids, None)?;
         let prompt = self.decoder_prompt(&ids)?;
         super::run_generate(self, &mut cache, &prompt, gen)
+    }
+}
+
+impl Blip2ForConditionalGeneration {
+    /// `gen` within OPT's learned positions (see [`crate::positions`]); the prompt's
+    /// positions are the processor ids, plus the queries where they are prepended.
+    /// T5's relative positions have no limit.
+    fn fit_positions(
+        &self,
+        processor_ids: usize,
+        gen: &GenerationConfig,
+    ) -> Result<GenerationConfig> {
+        let Blip2TextConfig::Opt(c) = &self.config.text_config else {
+            return Ok(gen.clone());
+        };
+        let prompt = match self.config.image_token_index {
+            Some(_) => processor_ids,
+            None => processor_ids + self.config.num_query_tokens,
+        };
+        crate::positions::fit_positions("blip-2", gen, prompt, c.max_position_embeddings)
     }
 }
 
