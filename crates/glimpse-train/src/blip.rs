@@ -332,7 +332,7 @@ impl BlipPretrain {
     ) -> Result<BlipLosses> {
         let b = pixel_values.dim(0)?;
         let q = self.loss_cfg.queue_size;
-        if q % b != 0 {
+        if !q.is_multiple_of(b) {
             return Err(Error::Train(format!(
                 "queue_size {q} is not a multiple of the batch size {b}"
             )));

@@ -405,7 +405,8 @@ impl Run {
                     grad_norm: norm,
                     samples_per_second: rate,
                 }))?;
-                let want_val = recipe.run.val_every > 0 && state.step % recipe.run.val_every == 0;
+                let want_val =
+                    recipe.run.val_every > 0 && state.step.is_multiple_of(recipe.run.val_every);
                 if let (true, Some(v)) = (want_val || state.step == total_steps, &val) {
                     let report = objective.validate(v)?;
                     observer.event(&Event::Validation {
@@ -414,7 +415,9 @@ impl Run {
                     })?;
                     validation = Some(report);
                 }
-                if state.step % recipe.run.checkpoint_every == 0 || state.step == total_steps {
+                if state.step.is_multiple_of(recipe.run.checkpoint_every)
+                    || state.step == total_steps
+                {
                     let path = save_checkpoint(
                         &objective,
                         &opt,

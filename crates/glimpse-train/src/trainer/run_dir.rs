@@ -89,8 +89,7 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
                 }
             }
             let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-            let n = tok.vocab_size();
-            n
+            tok.vocab_size()
         }
         None => {
             let texts = vocab::synth_texts(5000);
