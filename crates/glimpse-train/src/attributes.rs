@@ -17,9 +17,11 @@
 //! The targets come from records in the synthetic world's format (`objects: [{shape,
 //! color, size, position}]`, `background: {color}`); a sample without such a record,
 //! or with a name outside the world's vocabulary, is skipped and counted.
+//! [`AttributesObjective`] trains the tower in the loop of [`crate::trainer`].
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarMap};
+use glimpse_data::dataset::Example;
 use glimpse_data::synth::{COLORS, POSITIONS, SHAPES, SIZES};
 use glimpse_models::blip::BlipConfig;
 use glimpse_models::clip::ClipConfig;
@@ -29,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::losses::cross_entropy;
-use crate::params::SharedVars;
+use crate::objective::{scalar, Losses, Objective, Split, Step};
+use crate::params::{init_weights, SharedVars};
+use crate::recipe::Recipe;
+use crate::samples::Inputs;
 use crate::{Error, Result};
 
 /// Which checkpoint layout the tower has, so its weights fit that model.
@@ -433,6 +438,96 @@ impl VisionAttributesTrain {
             c.exact += usize::from(all);
         }
         Ok(c)
+    }
+}
+
+/// An example and its targets (layout of [`AttributeSpace::targets_per_image`]).
+pub struct AttributeSample {
+    pub example: Example,
+    pub targets: Vec<u32>,
+}
+
+/// Images and their targets.
+pub struct AttributeBatch {
+    /// `[B, 3, S, S]`
+    pub pixel_values: Tensor,
+    /// `[B, targets_per_image]` u32
+    pub targets: Tensor,
+}
+
+/// Vision-attribute pretraining as a training [`Objective`].
+pub struct AttributesObjective {
+    pub train: VisionAttributesTrain,
+    inputs: Inputs,
+}
+
+impl AttributesObjective {
+    /// The tower of the recipe's layout in the run's `config.json`, initialised from the
+    /// recipe's seed.
+    pub fn new(recipe: &Recipe, inputs: Inputs) -> Result<Self> {
+        let tower = recipe.model.tower.unwrap_or_default();
+        let train = VisionAttributesTrain::new(tower, &inputs.files.config, &inputs.device)?;
+        let m = &recipe.model;
+        init_weights(
+            &train.vars.map,
+            m.seed,
+            m.init_std,
+            m.position_init_scale as f32,
+        )?;
+        Ok(Self { train, inputs })
+    }
+}
+
+impl Objective for AttributesObjective {
+    type Sample = AttributeSample;
+    type Batch = AttributeBatch;
+
+    fn sample(
+        &self,
+        example: Example,
+        _split: Split,
+    ) -> std::result::Result<AttributeSample, String> {
+        match self.train.space.targets(&example.meta) {
+            Ok(targets) => Ok(AttributeSample { example, targets }),
+            Err(why) => Err(format!("sample {}: {why}", example.key)),
+        }
+    }
+
+    fn batch(&self, samples: &[AttributeSample], _split: Split) -> Result<AttributeBatch> {
+        let per = self.train.space.targets_per_image();
+        let rows: Vec<u32> = samples
+            .iter()
+            .flat_map(|s| s.targets.iter().copied())
+            .collect();
+        let targets = Tensor::from_vec(rows, (samples.len(), per), &self.inputs.device)?;
+        let pixel_values = self.inputs.pixels(samples.iter().map(|s| &s.example))?;
+        Ok(AttributeBatch {
+            pixel_values,
+            targets,
+        })
+    }
+
+    fn losses(&mut self, b: &AttributeBatch, _at: Step) -> Result<Losses> {
+        let (l, _) = self.train.loss(&b.pixel_values, &b.targets, true)?;
+        Ok(Losses::total(l))
+    }
+
+    /// Accuracy per attribute ([`AttributeCounts::report`]) and the mean loss.
+    fn validate(&self, batches: &[AttributeBatch]) -> Result<Value> {
+        let mut loss = 0.0;
+        let mut counts = AttributeCounts::default();
+        for b in batches {
+            let (l, logits) = self.train.loss(&b.pixel_values, &b.targets, false)?;
+            loss += scalar(&l)? / batches.len() as f64;
+            counts.add(&self.train.counts(&logits, &b.targets)?);
+        }
+        let mut report = counts.report();
+        report["loss"] = loss.into();
+        Ok(report)
+    }
+
+    fn vars(&self) -> &VarMap {
+        &self.train.vars.map
     }
 }
 

@@ -17,19 +17,29 @@
 //! and `temp`. As in the reference's retrieval model, ITM reads the ids unchanged
 //! (`[CLS]` first; the original code's `[ENC]` swap is not applied), so exported
 //! models score exactly as they were trained.
+//!
+//! [`BlipObjective`] trains [`BlipPretrain`] in the loop of [`crate::trainer`].
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
+use glimpse_data::dataset::Example;
 use glimpse_models::blip::{BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval};
 use glimpse_nn::bert::{BertLMHeadModel, EncoderStates, SelfMask};
 use glimpse_nn::layers::Module;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use crate::attributes::Tower;
 use crate::losses::{cross_entropy, l2_normalize, lm_loss, soft_cross_entropy};
-use crate::params::{Recorder, SharedVars};
+use crate::objective::{retrieval_report, scalar, Losses, Objective, Split, Step};
+use crate::params::{init_weights, sorted_vars, Recorder, SharedVars};
+use crate::recipe::Recipe;
 use crate::rng::Rng;
+use crate::samples::{CaptionBatch, CaptionSample, Inputs};
+use crate::trainer::load_tensors;
 use crate::{Error, Result};
 
 /// Loss settings of a recipe's `[loss]` section: BLIP pretraining hyper-parameters
@@ -322,7 +332,7 @@ impl BlipPretrain {
     ) -> Result<BlipLosses> {
         let b = pixel_values.dim(0)?;
         let q = self.loss_cfg.queue_size;
-        if q % b != 0 {
+        if !q.is_multiple_of(b) {
             return Err(Error::Train(format!(
                 "queue_size {q} is not a multiple of the batch size {b}"
             )));
@@ -561,6 +571,123 @@ impl BlipPretrain {
     pub fn caption_model(&self) -> Result<BlipForConditionalGeneration> {
         let vb = self.vars.var_builder(&self.device);
         Ok(BlipForConditionalGeneration::new(&self.cfg, vb)?)
+    }
+}
+
+/// BLIP pretraining as a training [`Objective`]: ITC + ITM + LM, with the momentum
+/// encoder and the feature queues checkpointed in `state.safetensors`.
+pub struct BlipObjective {
+    pub pretrain: BlipPretrain,
+    inputs: Inputs,
+}
+
+impl BlipObjective {
+    /// The model of the run's `config.json`, initialised from the recipe's seed, with
+    /// the temperature at `loss.temp`.
+    pub fn new(recipe: &Recipe, inputs: Inputs) -> Result<Self> {
+        let cfg: BlipConfig = serde_json::from_value(inputs.files.config.clone())
+            .map_err(|e| Error::Train(format!("model/config.json: {e}")))?;
+        let device = &inputs.device;
+        let pretrain = BlipPretrain::new(&cfg, recipe.loss, recipe.model.seed, device)?;
+        let m = &recipe.model;
+        init_weights(
+            &pretrain.vars.map,
+            m.seed,
+            m.init_std,
+            m.position_init_scale as f32,
+        )?;
+        pretrain
+            .temp
+            .set(&Tensor::new(recipe.loss.temp as f32, device)?)?;
+        Ok(Self { pretrain, inputs })
+    }
+}
+
+impl Objective for BlipObjective {
+    type Sample = CaptionSample;
+    type Batch = CaptionBatch;
+
+    fn sample(&self, example: Example, split: Split) -> std::result::Result<CaptionSample, String> {
+        self.inputs.caption(example, split)
+    }
+
+    fn batch(&self, samples: &[CaptionSample], split: Split) -> Result<CaptionBatch> {
+        let hard = self.pretrain.loss_cfg.hard_negative_captions;
+        self.inputs.caption_batch(samples, split, hard)
+    }
+
+    fn losses(&mut self, b: &CaptionBatch, at: Step) -> Result<Losses> {
+        let m = &mut self.pretrain;
+        let mut rng = Rng::derive(self.inputs.seed, at.step, 0x17e + at.micro);
+        let alpha = m.alpha_at(at.step);
+        let valid: Vec<f32> = match &b.negatives {
+            Some(n) => n.valid.to_vec1()?,
+            None => Vec::new(),
+        };
+        let captions = b.negatives.as_ref().map(|n| CaptionNegatives {
+            ids: &n.ids,
+            mask: &n.mask,
+            valid: &valid,
+        });
+        let l = m.losses_with_captions(
+            &b.pixel_values,
+            &b.input_ids,
+            &b.attention_mask,
+            alpha,
+            Negatives::Sample(&mut rng),
+            captions,
+        )?;
+        let parts = vec![
+            ("itc".to_string(), scalar(&l.itc)?),
+            ("itm".to_string(), scalar(&l.itm)?),
+            ("lm".to_string(), scalar(&l.lm)?),
+        ];
+        Ok(Losses {
+            total: l.total,
+            parts,
+        })
+    }
+
+    fn validate(&self, batches: &[CaptionBatch]) -> Result<Value> {
+        retrieval_report(batches, "lm_loss", |b| {
+            self.pretrain
+                .eval_batch(&b.pixel_values, &b.input_ids, &b.attention_mask)
+        })
+    }
+
+    fn vars(&self) -> &VarMap {
+        &self.pretrain.vars.map
+    }
+
+    /// Every variable, but `temp` when the recipe holds it fixed.
+    fn trainable(&self) -> Vec<(String, Var)> {
+        let frozen_temp = !self.pretrain.loss_cfg.learn_temp;
+        sorted_vars(self.vars())
+            .into_iter()
+            .filter(|(n, _)| !(frozen_temp && n == "temp"))
+            .collect()
+    }
+
+    fn vision_tower(&self) -> Option<Tower> {
+        Some(Tower::Blip)
+    }
+
+    /// The momentum encoder starts equal to the starting weights.
+    fn weights_ready(&mut self) -> Result<()> {
+        self.pretrain.reset_momentum();
+        Ok(())
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        let p = dir.join("state.safetensors");
+        candle_core::safetensors::save(&self.pretrain.state_tensors()?, &p)
+            .map_err(|e| Error::io_ctx(&p, e))
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
+        let state = load_tensors(&dir.join("state.safetensors"), &self.inputs.device)?;
+        self.pretrain
+            .load_state_tensors(&state, &dir.display().to_string())
     }
 }
 

@@ -4,17 +4,22 @@
 //! answer. Starts from a BLIP pretraining checkpoint: vision and text encoder are
 //! copied, the answer decoder is the pretraining decoder (with the weights it shared
 //! with the encoder copied in, so the two are separate from here on, as in the
-//! reference's VQA model).
+//! reference's VQA model). [`VqaObjective`] trains it in the loop of [`crate::trainer`].
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use glimpse_data::dataset::Example;
 use glimpse_models::blip::{BlipConfig, BlipForQuestionAnswering};
+use serde_json::Value;
 
 use crate::blip::{decoder_rename, replace_first_column};
 use crate::losses::lm_loss;
-use crate::params::{sorted_vars, Recorder, SharedVars};
+use crate::objective::{scalar, Losses, Objective, Split, Step};
+use crate::params::{init_weights, sorted_vars, Recorder, SharedVars};
+use crate::recipe::Recipe;
+use crate::samples::{Inputs, QaSample};
 use crate::{Error, Result};
 
 fn identity(name: &str) -> String {
@@ -94,5 +99,97 @@ impl BlipVqaTrain {
         let rec = Recorder::new(self.vars.clone());
         BlipForQuestionAnswering::new(&self.cfg, rec.var_builder(&Device::Cpu))?;
         Ok(rec.take())
+    }
+}
+
+/// Images with a question and its answer each.
+pub struct VqaBatch {
+    /// `[B, 3, S, S]`
+    pub pixel_values: Tensor,
+    /// `[B, Tq]` u32
+    pub question_ids: Tensor,
+    pub question_mask: Tensor,
+    /// `[B, Ta]` u32
+    pub answer_ids: Tensor,
+    pub answer_mask: Tensor,
+}
+
+/// VQA fine-tuning as a training [`Objective`]; `model.init` names the BLIP
+/// pretraining run it starts from.
+pub struct VqaObjective {
+    pub train: BlipVqaTrain,
+    inputs: Inputs,
+}
+
+impl VqaObjective {
+    pub fn new(recipe: &Recipe, inputs: Inputs) -> Result<Self> {
+        let cfg: BlipConfig = serde_json::from_value(inputs.files.config.clone())
+            .map_err(|e| Error::Train(format!("model/config.json: {e}")))?;
+        let train = BlipVqaTrain::new(&cfg, recipe.loss.label_smoothing, &inputs.device)?;
+        let m = &recipe.model;
+        init_weights(
+            &train.vars.map,
+            m.seed,
+            m.init_std,
+            m.position_init_scale as f32,
+        )?;
+        Ok(Self { train, inputs })
+    }
+
+    fn loss(&self, b: &VqaBatch, train: bool) -> Result<Tensor> {
+        self.train.loss(
+            &b.pixel_values,
+            &b.question_ids,
+            &b.question_mask,
+            &b.answer_ids,
+            &b.answer_mask,
+            train,
+        )
+    }
+}
+
+impl Objective for VqaObjective {
+    type Sample = QaSample;
+    type Batch = VqaBatch;
+
+    fn sample(&self, example: Example, split: Split) -> std::result::Result<QaSample, String> {
+        self.inputs.question(example, split)
+    }
+
+    fn batch(&self, samples: &[QaSample], _split: Split) -> Result<VqaBatch> {
+        let pixel_values = self.inputs.pixels(samples.iter().map(|s| &s.example))?;
+        let questions: Vec<String> = samples.iter().map(|s| s.question.clone()).collect();
+        let (question_ids, question_mask) = self.inputs.encode(&questions)?;
+        let answers: Vec<String> = samples.iter().map(|s| s.answer.clone()).collect();
+        let (answer_ids, answer_mask) = self.inputs.encode(&answers)?;
+        Ok(VqaBatch {
+            pixel_values,
+            question_ids,
+            question_mask,
+            answer_ids,
+            answer_mask,
+        })
+    }
+
+    fn losses(&mut self, b: &VqaBatch, _at: Step) -> Result<Losses> {
+        Ok(Losses::total(self.loss(b, true)?))
+    }
+
+    /// The mean answer loss (no label smoothing).
+    fn validate(&self, batches: &[VqaBatch]) -> Result<Value> {
+        let mut loss = 0.0;
+        for b in batches {
+            loss += scalar(&self.loss(b, false)?)? / batches.len() as f64;
+        }
+        Ok(serde_json::json!({"answer_loss": loss}))
+    }
+
+    fn vars(&self) -> &VarMap {
+        &self.train.vars.map
+    }
+
+    /// Copies the pretraining checkpoint in (see the module docs).
+    fn init_from(&mut self, weights: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        self.train.init_from_pretraining(weights, origin)
     }
 }

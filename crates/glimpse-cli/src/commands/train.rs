@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use glimpse_train::trainer::{train, TrainOptions};
+use glimpse_train::trainer::{train_observed, RunLog, TrainOptions};
 
 use crate::output::{self, outln};
 
@@ -32,14 +32,17 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     if args.recipe.is_none() && args.resume.is_none() {
         anyhow::bail!("give --recipe FILE (a new run) or --resume RUN (continue one)");
     }
+    let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let opts = TrainOptions {
         recipe: args.recipe,
         resume: args.resume,
         out: args.out,
         stop_after: args.stop_after,
-        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        progress,
     };
-    let report = train(&opts).context("training failed")?;
+    // The progress bar (or stderr lines) and OUT/log.jsonl.
+    let mut observer = RunLog::new(progress);
+    let report = train_observed(&opts, &mut observer).context("training failed")?;
     if args.json {
         return output::print_json(&report);
     }

@@ -1,0 +1,179 @@
+//! A run's `OUT/model/` directory: the tokenizer (built or copied), `config.json` with
+//! the tokenizer's vocabulary and special ids, and `preprocessor_config.json`, written
+//! once when a run starts; [`RunFiles`] reads them back for a run or its resume.
+
+use std::path::{Path, PathBuf};
+
+use glimpse_data::{ImageProcessor, TextTokenizer};
+use serde_json::Value;
+
+use super::checkpoint::{read_json, resolve_checkpoint, write_json};
+use crate::attributes::Tower;
+use crate::recipe::{ModelKind, Recipe};
+use crate::vocab;
+use crate::{Error, Result};
+
+/// Everything a run needs besides the weights: processor, tokenizer, resolved config.
+pub struct RunFiles {
+    pub dir: PathBuf,
+    pub processor: ImageProcessor,
+    pub tokenizer: TextTokenizer,
+    pub config: Value,
+}
+
+impl RunFiles {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            processor: ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?,
+            tokenizer: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
+            config: read_json(&dir.join("config.json"))?,
+        })
+    }
+}
+
+/// The image size of a model config (the family's default where it names none).
+fn image_size_of(kind: ModelKind, config: &Value) -> Result<usize> {
+    let size = &config["vision_config"]["image_size"];
+    let s = size
+        .as_u64()
+        .or_else(|| {
+            size.as_array()
+                .and_then(|a| a.first())
+                .and_then(|v| v.as_u64())
+        })
+        .unwrap_or(match kind {
+            ModelKind::Clip => 224,
+            _ => 384,
+        });
+    Ok(s as usize)
+}
+
+/// Writes `OUT/model/` for a new run: tokenizer (built or copied), the config with the
+/// tokenizer's vocabulary size and special ids, and the preprocessor config.
+pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io_ctx(dir, e))?;
+    if let (ModelKind::BlipVqa, Some(init)) = (recipe.model.kind, &recipe.model.init) {
+        let (run, _) = resolve_checkpoint(init)?;
+        let src = run.join("model");
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+            "preprocessor_config.json",
+            "config.json",
+        ] {
+            let p = src.join(f);
+            if p.is_file() {
+                std::fs::copy(&p, dir.join(f)).map_err(|e| Error::io_ctx(&p, e))?;
+            }
+        }
+        let mut config: Value = read_json(&dir.join("config.json"))?;
+        config["architectures"] = serde_json::json!(["BlipForQuestionAnswering"]);
+        return write_json(&dir.join("config.json"), &config);
+    }
+    let max_len = recipe.data.max_text_len;
+    let vocab_size = match &recipe.data.tokenizer {
+        Some(path) => {
+            let src_dir = path.parent().unwrap_or(Path::new("."));
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.txt",
+            ] {
+                let src = src_dir.join(f);
+                if src.is_file() {
+                    std::fs::copy(&src, dir.join(f)).map_err(|e| Error::io_ctx(&src, e))?;
+                }
+            }
+            let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+            tok.vocab_size()
+        }
+        None => {
+            let texts = vocab::synth_texts(5000);
+            let v = vocab::vocabulary(texts.iter().map(|s| s.as_str()));
+            let bos = if recipe.model.kind == ModelKind::Clip {
+                "[CLS]"
+            } else {
+                "[DEC]"
+            };
+            vocab::write_tokenizer(dir, &v, max_len, bos)?;
+            v.len()
+        }
+    };
+    let cfg_path = &recipe.model.config;
+    let mut config: Value = read_json(cfg_path)?;
+    let text = config
+        .get_mut("text_config")
+        .and_then(|t| t.as_object_mut())
+        .ok_or_else(|| Error::io_ctx(cfg_path, "no text_config object"))?;
+    text.insert("vocab_size".into(), vocab_size.into());
+    text.insert("pad_token_id".into(), vocab::PAD_ID.into());
+    let arch = match recipe.model.kind {
+        ModelKind::Clip => {
+            text.insert("bos_token_id".into(), vocab::CLS_ID.into());
+            text.insert("eos_token_id".into(), vocab::SEP_ID.into());
+            "CLIPModel"
+        }
+        ModelKind::Blip | ModelKind::BlipVqa => {
+            text.insert("bos_token_id".into(), vocab::DEC_ID.into());
+            text.insert("sep_token_id".into(), vocab::SEP_ID.into());
+            text.insert("eos_token_id".into(), vocab::SEP_ID.into());
+            if recipe.model.kind == ModelKind::Blip {
+                "BlipForImageTextRetrieval"
+            } else {
+                "BlipForQuestionAnswering"
+            }
+        }
+        // Not a Hugging Face architecture: the run's tower is taken into a BLIP or
+        // CLIP run with `model.init_vision`, not exported on its own.
+        ModelKind::VisionAttributes => "GlimpseVisionAttributes",
+    };
+    let mpe = text
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(512) as usize;
+    if mpe < max_len {
+        return Err(Error::Recipe {
+            path: cfg_path.clone(),
+            message: format!(
+                "text_config.max_position_embeddings = {mpe} is below data.max_text_len = {max_len}"
+            ),
+        });
+    }
+    config["architectures"] = serde_json::json!([arch]);
+    write_json(&dir.join("config.json"), &config)?;
+    let size = image_size_of(recipe.model.kind, &config)?;
+    let family = match (recipe.model.kind, recipe.model.tower) {
+        (ModelKind::VisionAttributes, Some(Tower::Clip)) => ModelKind::Clip,
+        (k, _) => k,
+    };
+    let pre = preprocessor_json(family, size);
+    write_json(&dir.join("preprocessor_config.json"), &pre)?;
+    Ok(())
+}
+
+/// The reference's preprocessor config for a model of this kind and image size.
+pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
+    let mean = [0.48145466, 0.4578275, 0.40821073];
+    let std = [0.26862954, 0.26130258, 0.27577711];
+    match kind {
+        ModelKind::Clip => serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": true, "size": {"shortest_edge": size}, "resample": 3,
+            "do_center_crop": true, "crop_size": {"height": size, "width": size},
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+            "do_normalize": true, "image_mean": mean, "image_std": std,
+            "do_convert_rgb": true,
+        }),
+        ModelKind::Blip | ModelKind::BlipVqa | ModelKind::VisionAttributes => serde_json::json!({
+            "image_processor_type": "BlipImageProcessor",
+            "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
+            "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+            "do_normalize": true, "image_mean": mean, "image_std": std,
+            "do_convert_rgb": true,
+        }),
+    }
+}
