@@ -31,6 +31,14 @@ pub fn line(text: impl std::fmt::Display) -> Result<()> {
     writeln!(out, "{text}").map_err(|e| StdoutError(e).into())
 }
 
+/// Writes `text` on stdout without a newline and flushes it (streamed output).
+pub fn text(text: impl std::fmt::Display) -> Result<()> {
+    let mut out = io::stdout().lock();
+    write!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| StdoutError(e).into())
+}
+
 /// `println!` that hands a failed write back with `?` instead of panicking.
 macro_rules! outln {
     ($($arg:tt)*) => {

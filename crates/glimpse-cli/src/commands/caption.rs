@@ -3,7 +3,7 @@ use serde::Serialize;
 
 use super::{check_batch_size, load_quantized, read_image, read_images};
 use crate::cli::{AskArgs, CaptionArgs};
-use crate::output::{print_json, progress};
+use crate::output::{self, print_json, progress};
 
 #[derive(Serialize)]
 struct CaptionOutput {
@@ -33,7 +33,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
                 .zip(pipeline.caption(&images, args.prompt.as_deref(), &gen)?)
         {
             if !args.common.json {
-                bar.suspend(|| println!("{}: {}", path.display(), out.text));
+                bar.suspend(|| output::line(format_args!("{}: {}", path.display(), out.text)))?;
             }
             captions.push(out.text);
             token_ids.push(out.token_ids);
@@ -65,6 +65,5 @@ pub fn run_ask(args: AskArgs) -> Result<()> {
             token_ids: out.token_ids,
         });
     }
-    println!("{}", out.text);
-    Ok(())
+    output::line(&out.text)
 }

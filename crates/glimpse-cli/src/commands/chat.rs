@@ -6,7 +6,7 @@
 //! or `{"text": ...}`. The model's cache is kept between turns, so each turn only runs
 //! its new tokens.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::{load_quantized, read_image, Bundled};
 use crate::cli::{DecodeArgs, ModelArgs};
-use crate::output::print_json;
+use crate::output::{self, outln, print_json};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -83,7 +83,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         let turn = if args.common.json {
             session.send(text, &gen)?
         } else {
-            println!("> {text}");
+            outln!("> {text}");
             reply(session.as_mut(), tokenizer, text, &gen)?
         };
         out.push(TurnOutput {
@@ -107,12 +107,10 @@ fn interactive(
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
-        print!("> ");
-        std::io::stdout().flush()?;
+        output::text("> ")?;
         line.clear();
         if stdin.lock().read_line(&mut line).context("reading stdin")? == 0 {
-            println!();
-            return Ok(());
+            return output::line("");
         }
         let text = line.trim();
         match text {
@@ -134,27 +132,30 @@ fn reply(
 ) -> Result<ChatTurn> {
     if gen.num_beams > 1 {
         let turn = session.send(text, gen)?;
-        println!("{}", turn.answer);
+        outln!("{}", turn.answer);
         return Ok(turn);
     }
     let mut decoder = StreamDecoder::new(tokenizer, &gen.eos_token_ids);
+    // A closed stdout stops the generation; its error is returned after the turn.
+    let mut written = Ok(());
     let turn = session.send_stream(text, gen, &mut |id| {
         // A failed partial decode shows nothing yet; the full reply below decides.
         if let Ok(piece) = decoder.push(id) {
-            show(&piece);
+            written = show(&piece);
         }
-        true
+        written.is_ok()
     })?;
-    show(&decoder.finish()?);
-    println!();
+    written?;
+    show(&decoder.finish()?)?;
+    output::line("")?;
     Ok(turn)
 }
 
-fn show(piece: &str) {
-    if !piece.is_empty() {
-        print!("{piece}");
-        let _ = std::io::stdout().flush();
+fn show(piece: &str) -> Result<()> {
+    if piece.is_empty() {
+        return Ok(());
     }
+    output::text(piece)
 }
 
 /// A JSON list of user messages: strings or objects with a `text` string.

@@ -3,7 +3,7 @@ use serde::Serialize;
 
 use super::{load, read_image};
 use crate::cli::ClassifyArgs;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 #[derive(Serialize)]
 struct ClassifyOutput {
@@ -32,10 +32,10 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     }
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    println!("{}", args.image.display());
+    outln!("{}", args.image.display());
     for i in order {
         let bar = "#".repeat((probs[i] * 30.0).round() as usize);
-        println!("  {:>6.2}%  {:<30} {}", probs[i] * 100.0, bar, labels[i]);
+        outln!("  {:>6.2}%  {:<30} {}", probs[i] * 100.0, bar, labels[i]);
     }
     Ok(())
 }

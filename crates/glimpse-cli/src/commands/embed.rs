@@ -3,7 +3,7 @@ use serde::Serialize;
 
 use super::{check_batch_size, check_texts, load, read_images};
 use crate::cli::EmbedArgs;
-use crate::output::{preview, print_json, progress};
+use crate::output::{outln, preview, print_json, progress};
 
 #[derive(Serialize)]
 struct EmbedOutput {
@@ -48,10 +48,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         });
     }
     for (path, v) in args.images.iter().zip(&image_embeds) {
-        println!("image {}: {}", path.display(), preview(v));
+        outln!("image {}: {}", path.display(), preview(v));
     }
     for (text, v) in args.texts.iter().zip(&text_embeds) {
-        println!("text {text:?}: {}", preview(v));
+        outln!("text {text:?}: {}", preview(v));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@ use serde::Serialize;
 
 use super::{check_texts, load, read_image};
 use crate::cli::MatchArgs;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 
 #[derive(Serialize)]
 struct MatchOutput {
@@ -30,11 +30,11 @@ pub fn run(args: MatchArgs) -> Result<()> {
             itm: scores.itm,
         });
     }
-    println!("{}", args.image.display());
+    outln!("{}", args.image.display());
     for (i, text) in args.texts.iter().enumerate() {
         match &scores.itm {
-            Some(itm) => println!("  itc {:+.4}  itm {:.4}  {text}", scores.itc[i], itm[i]),
-            None => println!("  itc {:+.4}  {text}", scores.itc[i]),
+            Some(itm) => outln!("  itc {:+.4}  itm {:.4}  {text}", scores.itc[i], itm[i]),
+            None => outln!("  itc {:+.4}  {text}", scores.itc[i]),
         }
     }
     Ok(())
