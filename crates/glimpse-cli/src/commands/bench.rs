@@ -10,7 +10,7 @@ use clap::Args;
 use glimpse_bench::{BenchConfig, Settings, WorkerCommand, DEFAULT_PYTHON, STREAM_TOKENS};
 use glimpse_nn::quant::Quant;
 
-use crate::output::print_json;
+use crate::output::{self, outln, print_json};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -67,7 +67,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .unwrap_or_else(|| args.out.join("models")),
     };
     settings.validate()?;
-    let mut log = |line: &str| eprintln!("{line}");
+    let mut log = |line: &str| output::note(line);
     if let Some(name) = &args.worker {
         let workload = glimpse_bench::workload(name)?;
         let result = glimpse_bench::run_worker(&workload, &settings, args.quantize, &mut log)?;
@@ -94,8 +94,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         print_json(&report)?;
     } else {
-        print!("{}", glimpse_bench::format_table(&report));
-        println!("results written to {}", path.display());
+        output::text(glimpse_bench::format_table(&report))?;
+        outln!("results written to {}", path.display());
     }
     let failed = report.failed();
     if !failed.is_empty() {
