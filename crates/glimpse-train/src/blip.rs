@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::losses::{cross_entropy, l2_normalize, lm_loss, soft_cross_entropy};
 use crate::params::{Recorder, SharedVars};
-use crate::rng::Rng;
 use crate::{Error, Result};
+use glimpse_data::rng::SplitMix64 as Rng;
 
 /// Loss settings of a recipe's `[loss]` section: BLIP pretraining hyper-parameters
 /// (the original code's defaults), and the CLIP hard-negative switch.

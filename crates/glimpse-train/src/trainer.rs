@@ -35,10 +35,10 @@ use crate::clip::ClipTrain;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::params::{init_weights, load_into, snapshot, sorted_vars};
 use crate::recipe::{ModelKind, Precision, Recipe, TextChoice};
-use crate::rng::Rng;
 use crate::vocab;
 use crate::vqa::BlipVqaTrain;
 use crate::{Error, Result};
+use glimpse_data::rng::SplitMix64 as Rng;
 
 /// How to run `train`.
 #[derive(Debug, Clone, Default)]
@@ -134,7 +134,7 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
         return pair(meta);
     }
     let mut rng = Rng::derive(seed ^ 0x9a, epoch, key_hash(key, 0x8422_2325));
-    Some(list[rng.below(list.len())].clone())
+    Some(list[rng.below_from_unit(list.len())].clone())
 }
 
 /// The training item of `ex`, or the sample's key and why it cannot train.
@@ -208,7 +208,7 @@ pub fn pick_text(
                 return single.map(String::from);
             }
             let mut rng = Rng::derive(seed, epoch, key_hash(key, 0xcbf2_9ce4_8422_2325));
-            Some(list[rng.below(list.len())].to_string())
+            Some(list[rng.below_from_unit(list.len())].to_string())
         }
     }
 }
