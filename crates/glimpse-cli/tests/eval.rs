@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use common::{fails, fixture, glimpse, json};
-use glimpse_data::synth::{self, SynthConfig};
+use glimpse_data::tar::TarWriter;
+use glimpse_synth::{self as synth, SynthConfig};
 use serde_json::Value;
 
 /// 20 synthetic samples and a shard with one corrupt image; kept for the whole run.
@@ -26,7 +27,7 @@ fn data() -> &'static str {
         };
         synth::generate(&cfg, dir.path(), |_, _| {}).unwrap();
         let bad = dir.path().join("zz-corrupt.tar");
-        let mut tar = synth::tar::TarWriter::new(std::fs::File::create(&bad).unwrap());
+        let mut tar = TarWriter::new(std::fs::File::create(&bad).unwrap());
         tar.append("broken.png", b"not a png").unwrap();
         tar.append("broken.json", br#"{"caption": "a red circle"}"#)
             .unwrap();

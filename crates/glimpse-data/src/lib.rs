@@ -7,12 +7,16 @@
 //!   in memory, converted the way PIL's `convert("RGB")` would.
 //! - [`ImageProcessor`]: CLIP / BLIP resize, crop, rescale, normalise.
 //! - [`TextTokenizer`]: encode, batch with right padding and truncation, decode.
+//! - [`dataset`]: streaming datasets (WebDataset shards, JSONL, COCO) with a
+//!   reproducible shuffle; [`tar`]: the shard reader and writer.
+//! - [`rng`]: SplitMix64, the one seeded generator of the workspace.
 
 pub mod dataset;
 mod error;
 mod image_io;
 mod processor;
-pub mod synth;
+pub mod rng;
+pub mod tar;
 pub mod text;
 
 pub use error::{Error, Result};

@@ -22,11 +22,11 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarMap};
 use glimpse_data::dataset::Example;
-use glimpse_data::synth::{COLORS, POSITIONS, SHAPES, SIZES};
 use glimpse_models::blip::BlipConfig;
 use glimpse_models::clip::ClipConfig;
 use glimpse_nn::layers::LayerNorm;
 use glimpse_nn::vit::{VisionTransformer, VitConfig};
+use glimpse_synth::vocab::{COLORS, POSITIONS, SHAPES, SIZES};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -37,10 +37,10 @@ use crate::losses::{cross_entropy, l2_normalize, lm_loss, soft_cross_entropy};
 use crate::objective::{retrieval_report, scalar, Losses, Objective, Split, Step};
 use crate::params::{init_weights, sorted_vars, Recorder, SharedVars};
 use crate::recipe::Recipe;
-use crate::rng::Rng;
 use crate::samples::{CaptionBatch, CaptionSample, Inputs};
 use crate::trainer::load_tensors;
 use crate::{Error, Result};
+use glimpse_data::rng::SplitMix64 as Rng;
 
 /// Loss settings of a recipe's `[loss]` section: BLIP pretraining hyper-parameters
 /// (the original code's defaults), and the CLIP hard-negative switch.

@@ -3,9 +3,8 @@
 //! size, a row or column word — so the contrastive loss must tell "a blue circle" from
 //! "a blue star", which colour statistics alone cannot.
 
-use glimpse_data::synth::{COLORS, SHAPES, SIZES};
-
-use crate::rng::Rng;
+use glimpse_data::rng::SplitMix64;
+use glimpse_synth::vocab::{COLORS, SHAPES, SIZES};
 
 const ROWS: [&str; 3] = ["top", "middle", "bottom"];
 const COLUMNS: [&str; 2] = ["left", "right"];
@@ -60,7 +59,7 @@ pub const SHAPE: usize = 0;
 /// `caption` with one attribute word replaced, or `None` when it names no attribute.
 /// The kind is drawn uniformly among the kinds present, then the word, then its
 /// replacement.
-pub fn swap_attribute(caption: &str, rng: &mut Rng) -> Option<String> {
+pub fn swap_attribute(caption: &str, rng: &mut SplitMix64) -> Option<String> {
     swap_attribute_of_kind(caption, None, rng)
 }
 
@@ -69,7 +68,7 @@ pub fn swap_attribute(caption: &str, rng: &mut Rng) -> Option<String> {
 pub fn swap_attribute_of_kind(
     caption: &str,
     prefer: Option<usize>,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> Option<String> {
     let words: Vec<&str> = caption.split(' ').collect();
     let found: Vec<(usize, usize, Vec<&'static str>)> = words
@@ -85,13 +84,13 @@ pub fn swap_attribute_of_kind(
     kinds.dedup();
     let kind = match prefer {
         Some(k) if kinds.contains(&k) => k,
-        _ => kinds[rng.below(kinds.len())],
+        _ => kinds[rng.below_from_unit(kinds.len())],
     };
     let of_kind: Vec<&(usize, usize, Vec<&'static str>)> =
         found.iter().filter(|f| f.1 == kind).collect();
-    let (at, _, alt) = of_kind[rng.below(of_kind.len())];
+    let (at, _, alt) = of_kind[rng.below_from_unit(of_kind.len())];
     let mut out: Vec<&str> = words.clone();
-    out[*at] = alt[rng.below(alt.len())];
+    out[*at] = alt[rng.below_from_unit(alt.len())];
     Some(out.join(" "))
 }
 
@@ -101,7 +100,7 @@ mod tests {
 
     #[test]
     fn swaps_exactly_one_attribute_word() {
-        let mut rng = Rng::new(1);
+        let mut rng = SplitMix64::new(1);
         let cap = "a large blue circle in the top left";
         let mut kinds = std::collections::HashSet::new();
         for _ in 0..200 {
@@ -124,7 +123,7 @@ mod tests {
                 "{n}"
             );
         }
-        let plural = swap_attribute("two red stars", &mut Rng::new(7)).unwrap();
+        let plural = swap_attribute("two red stars", &mut SplitMix64::new(7)).unwrap();
         assert!(plural.split(' ').count() == 3);
     }
 }

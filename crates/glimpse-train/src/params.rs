@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use crate::rng::Rng;
 use crate::Result;
+use glimpse_data::rng::SplitMix64 as Rng;
 
 /// How a requested name maps to the stored variable (identity for most models).
 pub type Rename = fn(&str) -> String;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::objective::Split;
 use crate::recipe::{Recipe, TextChoice};
-use crate::rng::Rng;
+use glimpse_data::rng::SplitMix64 as Rng;
 use crate::trainer::RunFiles;
 use crate::Result;
 
@@ -180,7 +180,7 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
         return pair(meta);
     }
     let mut rng = Rng::derive(seed ^ 0x9a, epoch, key_hash(key, 0x8422_2325));
-    Some(list[rng.below(list.len())].clone())
+    Some(list[rng.below_from_unit(list.len())].clone())
 }
 
 /// FNV-1a style hash of a sample key from `basis`: with the seed and the epoch it
@@ -220,7 +220,7 @@ pub fn pick_text(
                 return single.map(String::from);
             }
             let mut rng = Rng::derive(seed, epoch, key_hash(key, 0xcbf2_9ce4_8422_2325));
-            Some(list[rng.below(list.len())].to_string())
+            Some(list[rng.below_from_unit(list.len())].to_string())
         }
     }
 }

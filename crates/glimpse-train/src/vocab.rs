@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use glimpse_data::synth::{self, SynthConfig};
+use glimpse_synth::{sample, SynthConfig};
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
@@ -84,7 +84,7 @@ pub fn synth_texts(n: u64) -> Vec<String> {
     };
     let mut out = Vec::new();
     for i in 0..n {
-        let s = synth::sample(&cfg, i).record;
+        let s = sample(&cfg, i).record;
         out.extend(s.captions.iter().cloned());
         out.push(s.caption.clone());
         for qa in &s.qa {

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use glimpse_data::synth::{self, SynthConfig};
 use glimpse_models::blip::{BlipForConditionalGeneration, BlipForImageTextRetrieval};
 use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::clip::ClipModel;
+use glimpse_synth::{self as synth, SynthConfig};
 use glimpse_train::trainer::{train, TrainOptions};
 
 const BLIP_CONFIG: &str = r#"{

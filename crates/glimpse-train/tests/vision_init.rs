@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use glimpse_data::synth::{self, SynthConfig};
+use glimpse_synth::{self as synth, SynthConfig};
 use glimpse_train::trainer::{train, TrainOptions};
 
 /// 24 px images in 8 px patches: a 3×3 patch grid, one patch per world cell.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use glimpse_data::synth::{self, Split, SynthConfig};
+use glimpse_synth::{self as synth, Split, SynthConfig};
 
 use crate::output::{self, outln};
 

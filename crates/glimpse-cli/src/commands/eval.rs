@@ -1,11 +1,11 @@
-//! `glimpse eval`: a thin wrapper over `glimpse_train::eval`. Validates the flags and
+//! `glimpse eval`: a thin wrapper over `glimpse_eval`. Validates the flags and
 //! the data path before the model is loaded, then evaluates and prints.
 
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use glimpse_train::eval::{evaluate, EvalOptions, EvalReport, Metrics, Tally, Task};
+use glimpse_eval::{evaluate, EvalOptions, EvalReport, Metrics, Tally, Task};
 
 use super::{load, model_name, Bundled};
 use crate::cli::{DecodeArgs, ModelArgs};

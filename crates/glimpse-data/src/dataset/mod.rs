@@ -30,6 +30,7 @@ use serde_json::Value;
 pub use pipeline::EpochIter;
 pub use source::{resolve_sources, Source};
 
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// One raw sample before decoding.
@@ -90,40 +91,10 @@ pub struct LoaderStats {
     pub skipped_reasons: Vec<String>,
 }
 
-/// SplitMix64, as in the synthetic generator: fixed forever, so an order recorded in
-/// a checkpoint stays reproducible across dependency upgrades.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// An independent stream for `(seed, epoch, stream)`.
-    fn for_epoch(seed: u64, epoch: u64, stream: u64) -> Self {
-        let mut r = SplitMix64(seed ^ 0x5851_f42d_4c95_7f2d);
-        let a = r.next_u64();
-        let mut r = SplitMix64(a ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let b = r.next_u64();
-        SplitMix64(b ^ stream.wrapping_mul(0xbf58_476d_1ce4_e5b9))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
+/// The shuffler's stream for `(seed, epoch, stream)`: fixed forever, so an order
+/// recorded in a checkpoint stays reproducible across dependency upgrades.
+fn epoch_rng(seed: u64, epoch: u64, stream: u64) -> SplitMix64 {
+    SplitMix64::salted(0x5851_f42d_4c95_7f2d, seed, epoch, stream)
 }
 
 const SOURCE_STREAM: u64 = 1;
@@ -153,7 +124,7 @@ impl Loader {
     pub fn epoch_sources(&self, epoch: u64) -> Vec<Source> {
         let mut sources = self.sources.clone();
         if self.cfg.shuffle_sources {
-            SplitMix64::for_epoch(self.cfg.seed, epoch, SOURCE_STREAM).shuffle(&mut sources);
+            epoch_rng(self.cfg.seed, epoch, SOURCE_STREAM).shuffle(&mut sources);
         }
         sources
     }
@@ -167,7 +138,7 @@ impl Loader {
         let plan = pipeline::Plan {
             sources: self.epoch_sources(epoch),
             shuffle_buffer: self.cfg.shuffle_buffer,
-            buffer_rng: SplitMix64::for_epoch(self.cfg.seed, epoch, BUFFER_STREAM),
+            buffer_rng: epoch_rng(self.cfg.seed, epoch, BUFFER_STREAM),
             skip,
         };
         EpochIter::start(plan, self.cfg.workers, self.cfg.prefetch)

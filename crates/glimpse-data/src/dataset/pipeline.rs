@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::read::{self, skip_message, Raw};
-use super::{Example, LoaderStats, RawSample, Source, SplitMix64};
+use super::{Example, LoaderStats, RawSample, Source};
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// How many skip messages [`LoaderStats`] keeps.
@@ -267,14 +268,14 @@ fn produce(plan: Plan, slots: &SyncSender<Slot>, jobs: &mpsc::Sender<Job>, cance
             buffer.push(raw);
             continue;
         }
-        let j = rng.below(n);
+        let j = rng.below_from_high_bits(n);
         let out = std::mem::replace(&mut buffer[j], raw);
         if !emit(out) {
             return;
         }
     }
     while !buffer.is_empty() {
-        let j = rng.below(buffer.len());
+        let j = rng.below_from_high_bits(buffer.len());
         if !emit(buffer.swap_remove(j)) {
             return;
         }

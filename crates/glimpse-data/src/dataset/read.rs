@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{RawSample, Source};
-use crate::synth::tar::TarReader;
+use crate::tar::TarReader;
 use crate::{Error, Result};
 
 /// Image entry extensions of a WebDataset sample, in order of preference.

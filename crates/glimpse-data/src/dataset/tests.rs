@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::synth::tar::TarWriter;
+use crate::tar::TarWriter;
 
 /// A 4x4 PNG whose every pixel is `(v, 255 - v, 7)`.
 fn png(v: u8) -> Vec<u8> {
@@ -93,55 +93,6 @@ fn wildcards_match_like_a_shell() {
     // Relative patterns come back as the user wrote them, without a "./" prefix.
     let found = source::glob_files("src/data*/m?d.rs").unwrap();
     assert_eq!(found, [PathBuf::from("src/dataset/mod.rs")]);
-}
-
-#[test]
-fn directories_globs_and_files_resolve_to_sorted_sources() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("synth");
-    let cfg = crate::synth::SynthConfig {
-        count: 16,
-        shard_size: 4,
-        image_size: 16,
-        val_fraction: 0.2,
-        test_fraction: 0.2,
-        ..Default::default()
-    };
-    let report = crate::synth::generate(&cfg, &out, |_, _| {}).unwrap();
-    let m = &report.manifest;
-    let mut expected: Vec<PathBuf> = [&m.test, &m.train, &m.val]
-        .iter()
-        .flat_map(|s| s.shards.iter().map(|r| out.join(r)))
-        .collect();
-    expected.sort();
-
-    let dir = resolve_sources(out.to_str().unwrap()).unwrap();
-    let paths: Vec<PathBuf> = dir.iter().map(|s| s.path().to_path_buf()).collect();
-    assert_eq!(paths, expected);
-    assert!(dir.iter().all(|s| matches!(s, Source::Shard(_))));
-
-    let pattern = format!("{}/train/shard-*.tar", out.display());
-    let train = resolve_sources(&pattern).unwrap();
-    assert_eq!(train.len(), m.train.shards.len());
-    assert!(train.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(
-        resolve_sources(&format!("{}/**/*.tar", out.display())).unwrap(),
-        dir
-    );
-
-    let one = out.join(&m.train.shards[0]);
-    assert_eq!(
-        resolve_sources(one.to_str().unwrap()).unwrap(),
-        vec![Source::Shard(one.clone())]
-    );
-
-    // The whole dataset reads back, every sample once, matching the manifest.
-    let loader = Loader::new(dir, LoaderConfig::default());
-    assert_eq!(loader.count().unwrap(), 16);
-    let (mut got, stats) = run(&loader, 0, 0);
-    got.sort();
-    assert_eq!(got, (0..16).map(crate::synth::key_of).collect::<Vec<_>>());
-    assert_eq!(stats.skipped_corrupt, 0);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use super::*;
 
-use glimpse_data::synth::{sample, SynthConfig, CORRUPTIONS, NUMBER_WORDS as SYNTH_NUMBERS};
+use glimpse_synth::{sample, SynthConfig, CORRUPTIONS, NUMBER_WORDS as SYNTH_NUMBERS};
 use serde_json::{json, Value};
 
 fn config(noise: f64) -> SynthConfig {

@@ -2,9 +2,11 @@
 //! shapes with 4x4 supersampled edges. Deterministic: only integer and `f32`
 //! arithmetic in a fixed order.
 
+use glimpse_data::rng::SplitMix64;
 use image::{Rgb, RgbImage};
 
-use super::world::{Object, Rng, Scene, COLORS, SIZES};
+use crate::vocab::{COLORS, SIZES};
+use crate::world::{Object, Scene};
 
 /// Supersampling per axis for edge coverage.
 const SUB: u32 = 4;
@@ -84,7 +86,7 @@ fn shade(c: [u8; 3], f: f32) -> [u8; 3] {
 fn background(img: &mut RgbImage, scene: &Scene) {
     let base = COLORS[scene.bg_color].1;
     let size = img.width();
-    let mut rng = Rng::new(scene.bg_seed);
+    let mut rng = SplitMix64::new(scene.bg_seed);
     let horizontal = rng.next_u64() & 1 == 1;
     let tile = (size / 8).max(2);
     for y in 0..img.height() {

@@ -1,4 +1,4 @@
-//! `glimpse_train::eval` on the tiny random fixture models and a small synthetic
+//! `glimpse_eval` on the tiny random fixture models and a small synthetic
 //! dataset. Random models score near chance, so these tests check the plumbing: the
 //! counts, the ranges, batch independence, skip accounting and the errors; the record
 //! rules are checked on hand-written records.
@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use glimpse_data::synth::{self, SynthConfig};
-use glimpse_models::pipeline::Pipeline;
-use glimpse_train::eval::{
+use glimpse_data::tar::TarWriter;
+use glimpse_eval::{
     evaluate, qa_pairs, reference_captions, retrieval_texts, synth_labels, zero_shot_label,
     EvalOptions, EvalReport, LabelSource, Metrics, QaPair, Task,
 };
+use glimpse_models::pipeline::Pipeline;
+use glimpse_synth::{self as synth, SynthConfig};
 use serde_json::{json, Value};
 
 const SAMPLES: u64 = 30;
@@ -56,7 +57,7 @@ fn data() -> &'static Data {
             .collect();
         // Sorts after train/: read last.
         let bad: PathBuf = dir.path().join("zz-corrupt.tar");
-        let mut tar = synth::tar::TarWriter::new(std::fs::File::create(&bad).unwrap());
+        let mut tar = TarWriter::new(std::fs::File::create(&bad).unwrap());
         tar.append("broken.png", b"\x89PNG\r\n\x1a\nnot really")
             .unwrap();
         tar.append("broken.json", br#"{"caption": "a red circle"}"#)

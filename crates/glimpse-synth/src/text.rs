@@ -1,10 +1,10 @@
 //! Captions (paraphrases from templates), web-style corruption, and question/answer
 //! pairs, all derived from the scene record.
 
-use super::world::{
-    relations_between, Group, Rng, Scene, COLORS, CORRUPTIONS, NUMBER_WORDS, POSITIONS, SHAPES,
-    SIZES,
-};
+use glimpse_data::rng::SplitMix64;
+
+use crate::vocab::{COLORS, CORRUPTIONS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES};
+use crate::world::{relations_between, Group, Scene};
 
 /// What captions describe: groups, where single objects are, one relation for pairs.
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ pub(crate) struct Desc {
 }
 
 impl Desc {
-    pub fn new(scene: &Scene, rng: &mut Rng) -> Self {
+    pub fn new(scene: &Scene, rng: &mut SplitMix64) -> Self {
         let mut cells = Vec::new();
         let mut at = 0;
         for g in &scene.groups {
@@ -28,7 +28,7 @@ impl Desc {
         }
         let relation = if is_pair(&scene.groups) {
             let rels = relations_between(&scene.objects[0], &scene.objects[1]);
-            Some(rels[rng.below(rels.len())])
+            Some(rels[rng.below_from_high_bits(rels.len())])
         } else {
             None
         };
@@ -191,7 +191,7 @@ fn template(t: usize, d: &Desc) -> String {
 }
 
 /// Five paraphrases and the template of the first (the training caption).
-pub(crate) fn captions(d: &Desc, rng: &mut Rng) -> (Vec<String>, usize) {
+pub(crate) fn captions(d: &Desc, rng: &mut SplitMix64) -> (Vec<String>, usize) {
     let g = &d.groups;
     let others: &[usize] = if is_single(g) {
         &[3, 4, 6, 8, 9]
@@ -202,7 +202,7 @@ pub(crate) fn captions(d: &Desc, rng: &mut Rng) -> (Vec<String>, usize) {
     } else {
         &[3, 4, 8, 9]
     };
-    let first = PRIMARY[rng.below(PRIMARY.len())];
+    let first = PRIMARY[rng.below_from_high_bits(PRIMARY.len())];
     let mut pool: Vec<usize> = PRIMARY
         .iter()
         .chain(others)
@@ -247,15 +247,15 @@ pub(crate) fn corrupt(
     d: &Desc,
     template_id: usize,
     clean: &str,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> String {
     let mut wrong = d.clone();
-    let gi = rng.below(d.groups.len());
+    let gi = rng.below_from_high_bits(d.groups.len());
     match CORRUPTIONS[kind] {
         "wrong_color" => {
             let used: Vec<usize> = d.groups.iter().map(|g| g.kind.color).collect();
             let c = loop {
-                let c = rng.below(COLORS.len());
+                let c = rng.below_from_high_bits(COLORS.len());
                 if !used.contains(&c) && c != d.bg_color {
                     break c;
                 }
@@ -266,7 +266,7 @@ pub(crate) fn corrupt(
         "wrong_shape" => {
             let used: Vec<usize> = d.groups.iter().map(|g| g.kind.shape).collect();
             let s = loop {
-                let s = rng.below(SHAPES.len());
+                let s = rng.below_from_high_bits(SHAPES.len());
                 if !used.contains(&s) {
                     break s;
                 }
@@ -277,7 +277,7 @@ pub(crate) fn corrupt(
         "wrong_count" => {
             let old = d.groups[gi].count;
             let n = loop {
-                let n = 1 + rng.below(4);
+                let n = 1 + rng.below_from_high_bits(4);
                 if n != old {
                     break n;
                 }
@@ -286,17 +286,17 @@ pub(crate) fn corrupt(
             template(template_id, &wrong)
         }
         "unrelated" => {
-            let base = UNRELATED[rng.below(UNRELATED.len())];
-            match rng.below(3) {
-                0 => format!("img_{:04}.jpg", rng.below(10000)),
-                1 => format!("{base} {}", 1 + rng.below(99)),
+            let base = UNRELATED[rng.below_from_high_bits(UNRELATED.len())];
+            match rng.below_from_high_bits(3) {
+                0 => format!("img_{:04}.jpg", rng.below_from_high_bits(10000)),
+                1 => format!("{base} {}", 1 + rng.below_from_high_bits(99)),
                 _ => base.to_string(),
             }
         }
         _ => {
             let words: Vec<&str> = clean.split(' ').collect();
             // Keep between one word and all but two (all but one for two words).
-            let keep = 1 + rng.below(words.len().saturating_sub(2).max(1));
+            let keep = 1 + rng.below_from_high_bits(words.len().saturating_sub(2).max(1));
             words[..keep.min(words.len().saturating_sub(1))].join(" ")
         }
     }
@@ -317,7 +317,7 @@ fn qa(q: String, a: impl Into<String>) -> QaPair {
 }
 
 /// Questions with answers computed from the objects themselves.
-pub(crate) fn questions(scene: &Scene, d: &Desc, rng: &mut Rng) -> Vec<QaPair> {
+pub(crate) fn questions(scene: &Scene, d: &Desc, rng: &mut SplitMix64) -> Vec<QaPair> {
     let objs = &scene.objects;
     let mut shapes: Vec<usize> = Vec::new();
     for o in objs {
@@ -343,7 +343,7 @@ pub(crate) fn questions(scene: &Scene, d: &Desc, rng: &mut Rng) -> Vec<QaPair> {
         ));
     }
     let absent: Vec<usize> = (0..SHAPES.len()).filter(|s| !shapes.contains(s)).collect();
-    let missing = absent[rng.below(absent.len())];
+    let missing = absent[rng.below_from_high_bits(absent.len())];
     out.push(qa(
         format!("how many {} are there?", SHAPES[missing].1),
         "0",
@@ -365,9 +365,9 @@ pub(crate) fn questions(scene: &Scene, d: &Desc, rng: &mut Rng) -> Vec<QaPair> {
             COLORS[o.kind.color].0,
         ));
     }
-    let present = shapes[rng.below(shapes.len())];
+    let present = shapes[rng.below_from_high_bits(shapes.len())];
     out.push(qa(format!("is there a {}?", SHAPES[present].0), "yes"));
-    let missing = absent[rng.below(absent.len())];
+    let missing = absent[rng.below_from_high_bits(absent.len())];
     out.push(qa(format!("is there a {}?", SHAPES[missing].0), "no"));
     out.push(qa(
         "what color is the background?".into(),

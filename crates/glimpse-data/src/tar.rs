@@ -137,3 +137,25 @@ impl<R: Read> TarReader<R> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_format_is_standard() {
+        let mut w = TarWriter::new(Vec::new());
+        w.append("000001.json", b"{}").unwrap();
+        w.append("000001.png", &[1u8; 600]).unwrap();
+        let bytes = w.finish().unwrap();
+        assert_eq!(bytes.len(), 512 + 512 + 512 + 1024 + 1024);
+        assert_eq!(&bytes[257..263], b"ustar\0");
+        let mut r = TarReader::new(bytes.as_slice());
+        assert_eq!(
+            r.next_entry().unwrap().unwrap(),
+            ("000001.json".into(), b"{}".to_vec())
+        );
+        assert_eq!(r.next_entry().unwrap().unwrap().1, vec![1u8; 600]);
+        assert!(r.next_entry().unwrap().is_none());
+    }
+}

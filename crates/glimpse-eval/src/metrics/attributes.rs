@@ -1,4 +1,4 @@
-//! Attribute accuracy of captions for the synthetic world (`glimpse_data::synth`):
+//! Attribute accuracy of captions for the synthetic world (`glimpse_synth`):
 //! does a generated caption say the right things about a single-object image?
 //!
 //! The caption is tokenised like the caption metrics ([`tokenize_caption`]) and read
@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use glimpse_data::synth::{BACKGROUND_STYLES, COLORS, POSITIONS, SHAPES, SIZES};
+use glimpse_synth::vocab::{BACKGROUND_STYLES, COLORS, POSITIONS, SHAPES, SIZES};
 
 use super::caption::tokenize_caption;
 use super::{invalid, Result, NUMBER_WORDS};
@@ -241,7 +241,7 @@ fn parse_record(record: &serde_json::Value) -> Result<Record> {
 
 /// Checks what `caption` says about the object of a single-object synthetic record.
 ///
-/// `record` is the sample's JSON record (`glimpse_data::synth::SampleJson` as a
+/// `record` is the sample's JSON record (`glimpse_synth::SampleJson` as a
 /// value): `objects` (exactly one, with `shape`, `color`, `size`, `position`),
 /// `background` (`style`, `color`) and `count`; other fields are ignored. Any caption,
 /// including an empty one, gets a verdict (an empty caption mentions nothing, so it is

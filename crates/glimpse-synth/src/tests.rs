@@ -1,5 +1,8 @@
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::Path;
+
+use glimpse_data::tar;
 
 use super::*;
 
@@ -505,21 +508,4 @@ fn synth_read_shard_round_trip() {
         .find_map(|r| r.err())
         .expect("error");
     assert!(err.to_string().contains("shard-000000.tar"), "{err}");
-}
-
-#[test]
-fn synth_tar_format_is_standard() {
-    let mut w = tar::TarWriter::new(Vec::new());
-    w.append("000001.json", b"{}").unwrap();
-    w.append("000001.png", &[1u8; 600]).unwrap();
-    let bytes = w.finish().unwrap();
-    assert_eq!(bytes.len(), 512 + 512 + 512 + 1024 + 1024);
-    assert_eq!(&bytes[257..263], b"ustar\0");
-    let mut r = tar::TarReader::new(bytes.as_slice());
-    assert_eq!(
-        r.next_entry().unwrap().unwrap(),
-        ("000001.json".into(), b"{}".to_vec())
-    );
-    assert_eq!(r.next_entry().unwrap().unwrap().1, vec![1u8; 600]);
-    assert!(r.next_entry().unwrap().is_none());
 }
