@@ -32,7 +32,7 @@ pub(crate) fn inside(shape: usize, u: f32, v: f32) -> bool {
         // square
         1 => u.abs() <= 0.82 && v.abs() <= 0.82,
         // triangle, apex up
-        2 => v <= 0.8 && v >= -1.0 && u.abs() <= 0.98 * (v + 1.0) / 1.8,
+        2 => (-1.0..=0.8).contains(&v) && u.abs() <= 0.98 * (v + 1.0) / 1.8,
         // star, five points, one up
         3 => inside_star(u, v),
         // cross
@@ -98,7 +98,7 @@ fn background(img: &mut RgbImage, scene: &Scene) {
                     1.0 - 0.25 * t
                 }
                 2 => {
-                    if ((x / tile) + (y / tile)) % 2 == 0 {
+                    if ((x / tile) + (y / tile)).is_multiple_of(2) {
                         1.0
                     } else {
                         0.85
@@ -146,10 +146,9 @@ pub(crate) fn render(scene: &Scene, size: u32, jitter: f32) -> (RgbImage, Vec<[u
                 if hits == full {
                     p.0 = color;
                 } else {
-                    for c in 0..3 {
-                        let v = (p.0[c] as u32 * (full - hits) + color[c] as u32 * hits + full / 2)
-                            / full;
-                        p.0[c] = v as u8;
+                    for (c, &k) in p.0.iter_mut().zip(&color) {
+                        let v = (*c as u32 * (full - hits) + k as u32 * hits + full / 2) / full;
+                        *c = v as u8;
                     }
                 }
                 if hits * 2 >= full {
