@@ -16,13 +16,14 @@ use glimpse_nn::quant::Quant;
 
 use crate::error::{Error, Result};
 use crate::protocol::{has_checkpoint, SideResult};
-use crate::rng::SplitMix;
+use crate::rng::pixels;
 use crate::stats::{median, token_times};
 use crate::workload::{
     StreamModel, Task, Workload, BLIP2_TEXT_IDS, CAPTION_TOKENS, CLIP_TEXT_BATCH, CLIP_TEXT_LEN,
     LLAVA_IDS_AFTER, LLAVA_IDS_BEFORE, MATMUL_COUNT, MATMUL_N,
 };
 use crate::Settings;
+use glimpse_data::rng::SplitMix64;
 
 /// Times `w` on Glimpse's side under `settings` (its checkpoint under
 /// `settings.models`), the language model quantised with `quantize`; progress lines go
@@ -129,11 +130,11 @@ fn build_step(
     log: &mut dyn FnMut(&str),
 ) -> Result<Step> {
     let device = Device::Cpu;
-    let mut rng = SplitMix(0x5EED);
+    let mut rng = SplitMix64::new(0x5EED);
     if let Task::Matmul = w.task {
         // Inputs made once; the call is the kernel every Glimpse model's layers use.
-        let a = rng.tensor(&[MATMUL_N, MATMUL_N], &device)?;
-        let b = rng.tensor(&[MATMUL_N, MATMUL_N], &device)?;
+        let a = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
+        let b = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
         return Ok(Box::new(move || {
             for _ in 0..MATMUL_COUNT {
                 let c = a.matmul(&b)?; // [n, n]
@@ -171,7 +172,7 @@ fn build_step(
         Task::ClipImage { batch } => {
             let model = ClipModel::load(&files, &device)?;
             let size = field("vision_config", "image_size")?;
-            let pixels = rng.tensor(&[batch, 3, size, size], &device)?;
+            let pixels = pixels(&mut rng, &[batch, 3, size, size], &device)?;
             Ok(Box::new(move || {
                 let features = model.get_image_features(&pixels)?; // [batch, proj]
                 Ok(features.dim(0)?.into())
@@ -182,7 +183,7 @@ fn build_step(
             let eos = field("text_config", "eos_token_id")? as u32;
             // Ids below bos/eos (49406, 49407), eos last: pooling picks the final position.
             let mut ids: Vec<u32> = (0..CLIP_TEXT_BATCH * CLIP_TEXT_LEN)
-                .map(|_| (rng.next() % 49406) as u32)
+                .map(|_| (rng.next_u64() % 49406) as u32)
                 .collect();
             for row in ids.chunks_mut(CLIP_TEXT_LEN) {
                 row[CLIP_TEXT_LEN - 1] = eos;
@@ -197,7 +198,7 @@ fn build_step(
         Task::Caption { beams } => {
             let model = BlipForConditionalGeneration::load(&files, &device)?;
             let size = field("vision_config", "image_size")?;
-            let pixels = rng.tensor(&[1, 3, size, size], &device)?;
+            let pixels = pixels(&mut rng, &[1, 3, size, size], &device)?;
             // Exactly CAPTION_TOKENS new tokens, as the reference is told to produce;
             // end and pad ids from the model, as the reference's `generate` sets them.
             let gen = model.generation_config(&GenerationConfig {
@@ -221,7 +222,7 @@ fn build_step(
         }
         Task::Stream(kind) => {
             let size = field("vision_config", "image_size")?;
-            let pixels = rng.tensor(&[1, 3, size, size], &device)?;
+            let pixels = pixels(&mut rng, &[1, 3, size, size], &device)?;
             // Exactly `new_tokens` greedy tokens, as the reference is told to produce.
             let forced = GenerationConfig {
                 max_new_tokens: new_tokens,

@@ -86,8 +86,10 @@ fn bytes(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn check_resume(kind: &str, config: &str) -> PathBuf {
-    let tmp = tempfile::tempdir().unwrap().keep();
+/// Returns the full run's directory and the guard that deletes it when dropped.
+fn check_resume(kind: &str, config: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_path_buf();
     let data = dataset(&tmp);
     let full = recipe(&tmp, &data, kind, config, "full");
     let report = train(&TrainOptions {
@@ -151,12 +153,12 @@ fn check_resume(kind: &str, config: &str) -> PathBuf {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=14).collect::<Vec<_>>());
-    tmp.join("full")
+    (dir, tmp.join("full"))
 }
 
 #[test]
 fn clip_resume_is_bitwise_and_export_loads() {
-    let run = check_resume("clip", CLIP_CONFIG);
+    let (_dir, run) = check_resume("clip", CLIP_CONFIG);
     let out = run.join("export");
     glimpse_train::export::export(&run, &out, false).unwrap();
     let files = ModelFiles::from_dir(&out, "clip").unwrap();
@@ -165,7 +167,7 @@ fn clip_resume_is_bitwise_and_export_loads() {
 
 #[test]
 fn blip_resume_is_bitwise_and_export_loads() {
-    let run = check_resume("blip", BLIP_CONFIG);
+    let (_dir, run) = check_resume("blip", BLIP_CONFIG);
     let out = run.join("export");
     let done = glimpse_train::export::export(&run, &out, false).unwrap();
     assert_eq!(done.len(), 2);

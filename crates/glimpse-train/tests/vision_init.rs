@@ -177,7 +177,8 @@ fn check_init(root: &Path, data: &Path, vision: &Path, kind: &str, config: &str)
 
 #[test]
 fn vision_pretraining_trains_resumes_and_seeds_blip() {
-    let tmp = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_path_buf();
     let data = dataset(&tmp);
     let full = recipe(
         &tmp,
@@ -252,7 +253,8 @@ fn vision_pretraining_trains_resumes_and_seeds_blip() {
 
 #[test]
 fn vision_pretraining_of_the_clip_tower_seeds_clip() {
-    let tmp = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_path_buf();
     let data = dataset(&tmp);
     let r = recipe(
         &tmp,
