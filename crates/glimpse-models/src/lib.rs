@@ -4,11 +4,11 @@
 //! * [`checkpoint`]: resolving a `--model` (local directory or hub id), strict weight
 //!   loading (missing, unexpected and mis-shaped tensors are errors that name them),
 //!   sharded files, tied weights, f32/f16/bf16.
-//! * [`clip`]: `CLIPModel`.
+//! * [`clip`]: the CLIP family, `CLIPModel`.
 //! * [`blip`]: `BlipForConditionalGeneration`, `BlipForImageTextRetrieval`,
 //!   `BlipForQuestionAnswering`.
 //! * [`blip2`]: `Blip2ForConditionalGeneration` (OPT, T5), `Blip2ForImageTextRetrieval`.
-//! * [`llava`]: `LlavaForConditionalGeneration`.
+//! * [`llava`]: the LLaVA family, `LlavaForConditionalGeneration`.
 //! * [`capability`]: what a loaded model can do, as traits (embed, classify, match,
 //!   caption, answer, chat, quantize) that each family implements.
 //! * [`registry`]: the classes Glimpse loads, one registration each.

@@ -6,8 +6,8 @@ use glimpse_generate::GenerationConfig;
 
 use crate::{Error, Result};
 
-/// `gen` cut to the positions left after a prompt of `prompt` positions: `max - prompt
-/// + 1` new tokens (the last one is never fed back). A prompt over the limit is
+/// `gen` cut to the positions left after a prompt of `prompt` positions:
+/// `max - prompt + 1` new tokens (the last one is never fed back). A prompt over the limit is
 /// refused naming it; a longer `max_new_tokens` stops at the limit with a warning, so
 /// the output keeps what was generated.
 pub(crate) fn fit_positions(

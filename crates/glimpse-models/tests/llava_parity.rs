@@ -213,7 +213,8 @@ fn every_checkpoint_layout_loads_to_the_same_model() {
             format!("model.{k}")
         }
     };
-    let renames: [(&str, &dyn Fn(&str) -> String); 2] = [("hub", &hub), ("in-memory", &in_memory)];
+    type Rename<'a> = &'a dyn Fn(&str) -> String;
+    let renames: [(&str, Rename); 2] = [("hub", &hub), ("in-memory", &in_memory)];
     for (what, rename) in renames {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::copy(fx.dir.join("config.json"), tmp.path().join("config.json")).unwrap();

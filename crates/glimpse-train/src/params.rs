@@ -198,6 +198,45 @@ pub fn init_weights(map: &VarMap, seed: u64, std: f64, position_scale: f32) -> R
     Ok(())
 }
 
+/// Copies `tensors` into the variables of `map` with the same names; every variable
+/// must be present with its shape, and every tensor must be used.
+pub fn load_into(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+    let vars = sorted_vars(map);
+    for (name, var) in &vars {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| crate::Error::Train(format!("{origin}: missing tensor {name}")))?;
+        if t.shape() != var.shape() {
+            return Err(crate::Error::Train(format!(
+                "{origin}: {name} is {:?}, the model expects {:?}",
+                t.shape(),
+                var.shape()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    if tensors.len() != vars.len() {
+        let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
+        extra.sort();
+        return Err(crate::Error::Train(format!(
+            "{origin}: tensors the model does not have: {extra:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The current values of `map` (detached), by name.
+pub fn snapshot(map: &VarMap) -> HashMap<String, Tensor> {
+    sorted_vars(map)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().detach()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{init_weights, sincos_2d};
@@ -253,43 +292,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Copies `tensors` into the variables of `map` with the same names; every variable
-/// must be present with its shape, and every tensor must be used.
-pub fn load_into(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
-    let vars = sorted_vars(map);
-    for (name, var) in &vars {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| crate::Error::Train(format!("{origin}: missing tensor {name}")))?;
-        if t.shape() != var.shape() {
-            return Err(crate::Error::Train(format!(
-                "{origin}: {name} is {:?}, the model expects {:?}",
-                t.shape(),
-                var.shape()
-            )));
-        }
-        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-    }
-    if tensors.len() != vars.len() {
-        let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
-            .collect();
-        extra.sort();
-        return Err(crate::Error::Train(format!(
-            "{origin}: tensors the model does not have: {extra:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// The current values of `map` (detached), by name.
-pub fn snapshot(map: &VarMap) -> HashMap<String, Tensor> {
-    sorted_vars(map)
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().detach()))
-        .collect()
 }

@@ -117,7 +117,7 @@ impl Default for Blip2QFormerConfig {
 impl Blip2QFormerConfig {
     /// Whether layer `i` has `crossattention` weights.
     pub fn has_cross_attention(&self, i: usize) -> bool {
-        self.cross_attention_frequency != 0 && i % self.cross_attention_frequency == 0
+        self.cross_attention_frequency != 0 && i.is_multiple_of(self.cross_attention_frequency)
     }
 
     /// The same sizes as a BERT config, so the Q-Former reuses BERT's attention blocks.

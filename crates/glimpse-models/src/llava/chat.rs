@@ -14,14 +14,11 @@
 use candle_core::Tensor;
 use glimpse_generate::GenerationConfig;
 
-use super::model::{run_generate, LlavaCache, LlavaForConditionalGeneration};
+use super::model::{run_generate, LlavaCache, LlavaForConditionalGeneration, OnStep};
 use super::processor::LlavaProcessor;
 use super::template::{ChatMessage, Role};
 use crate::capability::{ChatTurn, Conversation};
 use crate::{Error, Result};
-
-/// Sees each step's new token per row; `false` stops the reply.
-type OnStep<'a> = &'a mut dyn FnMut(&[Option<u32>]) -> bool;
 
 /// A conversation about one image plus the cache that holds it.
 pub struct ChatSession<'m> {

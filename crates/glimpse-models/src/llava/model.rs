@@ -306,6 +306,9 @@ impl LlavaForConditionalGeneration {
     }
 }
 
+/// A streaming callback: sees each step's new tokens, returns whether to go on.
+pub(crate) type OnStep<'a> = &'a mut dyn FnMut(&[Option<u32>]) -> bool;
+
 /// Runs the shared decoding loop (streaming when `on_step` is given); its errors
 /// become model errors.
 pub(crate) fn run_generate(
@@ -313,7 +316,7 @@ pub(crate) fn run_generate(
     cache: &mut LlavaCache,
     prompt: &Tensor,
     gen: &GenerationConfig,
-    on_step: Option<&mut dyn FnMut(&[Option<u32>]) -> bool>,
+    on_step: Option<OnStep<'_>>,
 ) -> Result<Vec<Vec<u32>>> {
     let out = match on_step {
         Some(f) => glimpse_generate::generate_stream(model, cache, prompt, gen, f),
