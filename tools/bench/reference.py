@@ -46,7 +46,7 @@ BLIP_DIR = "blip-image-captioning-base"
 BLIP2_DIR = "blip2-vitb16-opt-125m"
 LLAVA_DIR = "llava-clip-b32-llama-1b"
 
-# name -> (model directory or None, description). Shapes are repeated in bench.rs; keep
+# name -> (model directory or None, description). Shapes are repeated in crates/glimpse-bench (workload.rs); keep
 # in step.
 WORKLOADS = {
     "matmul": (None, "f32 square matmul C = A @ B, n = 2048, 4 per call (peak rate)"),
@@ -73,7 +73,7 @@ CAPTION_TOKENS = 20
 STREAM_TOKENS = 32
 STREAM_WORKLOADS = ("blip2-opt", "llava-llama")
 
-# Synthetic prompt ids, the same on the Rust side (bench.rs). BLIP-2: OPT's bos and seven
+# Synthetic prompt ids, the same on the Rust side (crates/glimpse-bench). BLIP-2: OPT's bos and seven
 # ids after the 32 query placeholders. LLaVA: bos and two ids, the image placeholders
 # (one per patch), five ids.
 BLIP2_TEXT_IDS = [2, 1000, 2000, 3000, 4000, 5000, 6000, 7000]
