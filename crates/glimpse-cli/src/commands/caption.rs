@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{check_batch_size, load_quantized, read_image, read_images};
+use super::{check_batch_size, check_images, load_quantized, read_image, read_images};
 use crate::cli::{AskArgs, CaptionArgs};
 use crate::output::{self, print_json, progress};
 
@@ -27,6 +27,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
     let (mut captions, mut token_ids) = (Vec::new(), Vec::new());
     for chunk in args.images.chunks(args.batch_size) {
         let images = read_images(chunk)?;
+        check_images(&pipeline, chunk, &images)?;
         for (path, out) in
             chunk
                 .iter()
@@ -57,6 +58,7 @@ pub fn run_ask(args: AskArgs) -> Result<()> {
     let gen = args.decode.generation_config()?;
     let image = read_image(&args.image)?;
     let pipeline = load_quantized(&args.common, super::Bundled::Vqa, args.quantize)?;
+    check_images(&pipeline, &[&args.image], std::slice::from_ref(&image))?;
     let gen = pipeline.generation_config(gen);
     let out = pipeline.ask(&image, &args.question, &gen)?;
     if args.common.json {

@@ -17,7 +17,7 @@ use glimpse_generate::GenerationConfig;
 use glimpse_models::capability::{ChatTurn, Conversation};
 use serde::Serialize;
 
-use super::{load_quantized, read_image, Bundled};
+use super::{check_images, load_quantized, read_image, Bundled};
 use crate::cli::{DecodeArgs, ModelArgs};
 use crate::output::{self, outln, print_json};
 
@@ -68,6 +68,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
     // With --model given, the bundled default is never used.
     let pipeline = load_quantized(&args.common, Bundled::Caption, args.quantize)?;
+    check_images(&pipeline, &[&args.image], std::slice::from_ref(&image))?;
     let pixels = pipeline
         .pixel_values(std::slice::from_ref(&image))
         .with_context(|| format!("--image {}", args.image.display()))?;

@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{load, read_image};
+use super::{check_images, load, read_image};
 use crate::cli::ClassifyArgs;
 use crate::output::{outln, print_json};
 
@@ -24,6 +24,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     }
     let image = read_image(&args.image)?;
     let pipeline = load(&args.common, super::Bundled::Clip)?;
+    check_images(&pipeline, &[&args.image], std::slice::from_ref(&image))?;
     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
     let probs = pipeline.classify(&image, &refs, &args.template)?;
     super::check_finite(&args.common, super::Bundled::Clip, "probabilities", &probs)?;

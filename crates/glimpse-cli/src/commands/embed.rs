@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{check_batch_size, check_texts, load, read_images};
+use super::{check_batch_size, check_images, check_texts, load, read_images};
 use crate::cli::EmbedArgs;
 use crate::output::{outln, preview, print_json, progress};
 
@@ -23,6 +23,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let mut image_embeds = Vec::with_capacity(args.images.len());
     for chunk in args.images.chunks(args.batch_size) {
         let images = read_images(chunk)?;
+        check_images(&pipeline, chunk, &images)?;
         let embeds = pipeline.image_embeds(&images)?.to_vec2::<f32>()?;
         image_embeds.extend(embeds);
         bar.inc(chunk.len() as u64);

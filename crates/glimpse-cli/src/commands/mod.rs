@@ -172,6 +172,22 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
     Ok(glimpse_data::load_image(path)?)
 }
 
+/// Refuses, naming the file, images that the model's preprocessing cannot take (a
+/// resize to an enormous size), before any of them is processed.
+pub fn check_images<P: AsRef<Path>>(
+    pipeline: &Pipeline,
+    paths: &[P],
+    images: &[RgbImage],
+) -> Result<()> {
+    for (path, image) in paths.iter().zip(images) {
+        pipeline
+            .processor()
+            .check_size(image.width() as usize, image.height() as usize)
+            .with_context(|| format!("{}", path.as_ref().display()))?;
+    }
+    Ok(())
+}
+
 /// Rejects empty or blank texts before any work, naming which one.
 pub fn check_texts(texts: &[String], flag: &str) -> Result<()> {
     for (i, t) in texts.iter().enumerate() {

@@ -151,6 +151,30 @@ impl ImageProcessor {
         Ok(Tensor::from_vec(all, (imgs.len(), 3, h, w), device)?)
     }
 
+    /// Refuses an image of `w` x `h` pixels whose resize would make an image (or the
+    /// intermediate image of its first pass) over the limits, before any allocation.
+    pub fn check_size(&self, w: usize, h: usize) -> Result<()> {
+        let c = &self.config;
+        if !c.do_resize {
+            return Ok(());
+        }
+        let (nh, nw) = resize_dims(h, w, c.size);
+        // The horizontal pass makes an h x nw image, the vertical one nh x nw: an
+        // extreme aspect ratio under a shortest-edge resize makes both huge.
+        check_output(nh, nw)
+            .and_then(|()| check_output(h, nw))
+            .map_err(|why| {
+                let target = match c.size {
+                    ResizeTarget::ShortestEdge(s) => format!("size.shortest_edge = {s}"),
+                    ResizeTarget::Exact { height, width } => format!("size {height}x{width}"),
+                };
+                Error::Msg(format!(
+                    "an image of {w}x{h} pixels is refused: resizing it to {target} \
+                     (preprocessor config) makes it {nw}x{nh} pixels, {why}"
+                ))
+            })
+    }
+
     /// Runs the pipeline on the uint8 image, returning `(H, W, CHW values)`.
     fn pixel_values(&self, img: &RgbImage) -> Result<(usize, usize, Vec<f32>)> {
         let c = &self.config;
@@ -158,23 +182,10 @@ impl ImageProcessor {
         if w == 0 || h == 0 {
             return Err(Error::Msg("preprocess: image has no pixels".into()));
         }
+        self.check_size(w, h)?;
         let mut current = std::borrow::Cow::Borrowed(img);
         if c.do_resize {
             let (nh, nw) = resize_dims(h, w, c.size);
-            // The horizontal pass makes an h x nw image, the vertical one nh x nw: an
-            // extreme aspect ratio under a shortest-edge resize makes both huge.
-            check_output(nh, nw)
-                .and_then(|()| check_output(h, nw))
-                .map_err(|why| {
-                    let target = match c.size {
-                        ResizeTarget::ShortestEdge(s) => format!("size.shortest_edge = {s}"),
-                        ResizeTarget::Exact { height, width } => format!("size {height}x{width}"),
-                    };
-                    Error::Msg(format!(
-                        "an image of {w}x{h} pixels is refused: resizing it to {target} \
-                         (preprocessor config) makes it {nw}x{nh} pixels, {why}"
-                    ))
-                })?;
             // PIL resamples horizontally first and rounds the intermediate image to
             // uint8; fast_image_resize would run the vertical pass first for u8 pixels,
             // which moves overshoot clamping and differs by up to ~9 grey levels at
