@@ -1,11 +1,11 @@
 //! Property tests on the tar reader behind WebDataset shards
-//! (`glimpse_data::synth::tar::TarReader`): arbitrary bytes, archives cut anywhere, and
+//! (`glimpse_data::tar::TarReader`): arbitrary bytes, archives cut anywhere, and
 //! headers with a valid checksum but any size, type and name give entries or an error,
 //! never a panic, and never an allocation larger than the input.
 
 use std::io::Cursor;
 
-use glimpse_data::synth::tar::{TarReader, TarWriter};
+use glimpse_data::tar::{TarReader, TarWriter};
 use proptest::prelude::*;
 
 /// Reads every entry; returns how many were read before the end or an error.
