@@ -1,6 +1,9 @@
 //! One error type for the data layer. Every variant carries the name of the file
 //! (or the text) at fault, because a batch job that fails on "invalid PNG" without
 //! saying which of ten thousand files it was is useless to the person running it.
+//! A variant that wraps a cause returns it from `source()` and leaves it out of its own
+//! message, so a printer that walks the chain shows it once; [`Error::report`] gives
+//! the whole chain as one line where a message must stand alone (skip reports).
 
 use std::path::PathBuf;
 
@@ -8,14 +11,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read at all.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
 
     /// A directory could not be created.
-    #[error("cannot create directory {}: {source}", path.display())]
+    #[error("cannot create directory {}", path.display())]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
@@ -30,7 +33,7 @@ pub enum Error {
     UnknownFormat { name: String },
 
     /// The decoder rejected the data (corrupt, truncated, unsupported variant).
-    #[error("{name}: cannot decode image: {source}")]
+    #[error("{name}: cannot decode image")]
     Decode {
         name: String,
         source: image::ImageError,
@@ -47,7 +50,7 @@ pub enum Error {
     },
 
     /// A JSON file (processor or tokenizer configuration) is malformed.
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON", path.display())]
     Json {
         path: PathBuf,
         source: serde_json::Error,
@@ -74,6 +77,25 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The message and its causes as one line, `message: cause: cause`, leaving out a
+    /// cause whose text the previous one already holds.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut previous = text.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let message = c.to_string();
+            let message = message.trim();
+            if !message.is_empty() && !previous.contains(message) {
+                text.push_str(": ");
+                text.push_str(message);
+                previous = message.to_string();
+            }
+            cause = c.source();
+        }
+        text
+    }
+
     pub(crate) fn config(origin: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
             origin: origin.into(),
@@ -86,5 +108,34 @@ impl Error {
             origin: origin.into(),
             message: message.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "Invalid PNG signature.: ... Invalid PNG signature.": a cause shown in the
+    /// message and again as the source was printed twice by every chain printer.
+    #[test]
+    fn error_causes_are_not_printed_twice() {
+        let err = crate::decode_image(b"\x89PNG\r\n\x1a\nnot a png at all", "x.png").unwrap_err();
+        let cause = std::error::Error::source(&err)
+            .expect("the decoder's error is the source")
+            .to_string();
+        assert!(!err.to_string().contains(&cause), "{err}");
+        let report = err.report();
+        assert!(
+            report.starts_with("x.png: cannot decode image: "),
+            "{report}"
+        );
+        assert_eq!(report.matches(&cause).count(), 1, "{report}");
+
+        let io = Error::Io {
+            path: "a/b.json".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(io.to_string(), "cannot read a/b.json");
+        assert_eq!(io.report(), "cannot read a/b.json: gone");
     }
 }

@@ -293,7 +293,7 @@ mod tests {
         for keep in [bytes.len() / 3, bytes.len() - 2] {
             let err = decode_image(&bytes[..keep], "cut.jpg")
                 .unwrap_err()
-                .to_string();
+                .report();
             assert!(
                 err.contains("cut.jpg") && err.contains("truncated"),
                 "{err}"

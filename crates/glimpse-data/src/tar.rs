@@ -6,6 +6,10 @@ use std::io::{self, Read, Write};
 
 const BLOCK: usize = 512;
 
+/// Largest entry the reader accepts. A header's size field is untrusted: it is checked
+/// against this before reading, and the entry's buffer grows only as bytes arrive.
+pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
+
 fn octal(field: &mut [u8], value: u64) {
     // Width-1 octal digits, zero padded, then NUL.
     let width = field.len() - 1;
@@ -84,6 +88,12 @@ impl<R: Read> TarReader<R> {
         TarReader { input, done: false }
     }
 
+    /// The input, positioned after the last block read (after the first
+    /// end-of-archive block once [`Self::next_entry`] has returned `None`).
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
     /// The next regular file as `(name, bytes)`, or `None` at the end of the archive.
     pub fn next_entry(&mut self) -> io::Result<Option<(String, Vec<u8>)>> {
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
@@ -112,14 +122,6 @@ impl<R: Read> TarReader<R> {
                 return Err(bad("tar header checksum mismatch"));
             }
             let size = parse_octal(&h[124..136]).ok_or_else(|| bad("bad tar size field"))?;
-            let mut data = vec![0u8; size as usize];
-            self.input.read_exact(&mut data)?;
-            let pad = (BLOCK - size as usize % BLOCK) % BLOCK;
-            let mut skip = [0u8; BLOCK];
-            self.input.read_exact(&mut skip[..pad])?;
-            if h[156] != b'0' && h[156] != 0 {
-                continue; // directories, links, extended headers
-            }
             let field = |r: std::ops::Range<usize>| {
                 let f = &h[r];
                 let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
@@ -131,6 +133,37 @@ impl<R: Read> TarReader<R> {
                 if !prefix.is_empty() {
                     name = format!("{prefix}/{name}");
                 }
+            }
+            if size > MAX_ENTRY_BYTES {
+                return Err(bad(&format!(
+                    "tar entry {name:?} claims {size} bytes, more than the {MAX_ENTRY_BYTES} \
+                     an entry may hold"
+                )));
+            }
+            // Grows with the bytes actually read, so a lying size costs no more memory
+            // than the archive holds.
+            let mut data = Vec::with_capacity(size.min(1 << 16) as usize);
+            (&mut self.input).take(size).read_to_end(&mut data)?;
+            if (data.len() as u64) < size {
+                return Err(bad(&format!(
+                    "truncated tar: entry {name:?} claims {size} bytes but the archive ends \
+                     after {}",
+                    data.len()
+                )));
+            }
+            let pad = (BLOCK - size as usize % BLOCK) % BLOCK;
+            let mut skip = [0u8; BLOCK];
+            self.input.read_exact(&mut skip[..pad]).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    bad(&format!(
+                        "truncated tar: the archive ends inside the padding of entry {name:?}"
+                    ))
+                } else {
+                    e
+                }
+            })?;
+            if h[156] != b'0' && h[156] != 0 {
+                continue; // directories, links, extended headers
             }
             return Ok(Some((name, data)));
         }
@@ -157,5 +190,20 @@ mod tests {
         );
         assert_eq!(r.next_entry().unwrap().unwrap().1, vec![1u8; 600]);
         assert!(r.next_entry().unwrap().is_none());
+    }
+
+    /// A size under the cap but past the end of the data is a truncation naming the
+    /// entry, read into a buffer no larger than what the archive holds.
+    #[test]
+    fn tar_entry_cut_short_names_the_entry() {
+        let mut w = TarWriter::new(Vec::new());
+        w.append("000007.png", &[5u8; 3000]).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut r = TarReader::new(&bytes[..512 + 100]);
+        let err = r.next_entry().unwrap_err().to_string();
+        assert!(
+            err.contains("000007.png") && err.contains("3000") && err.contains("after 100"),
+            "{err}"
+        );
     }
 }

@@ -13,6 +13,7 @@ use glimpse_data::{ImageProcessor, TextBatch, TextTokenizer};
 use glimpse_generate::GenerationConfig;
 use glimpse_nn::quant::{Quant, QuantReport};
 use image::RgbImage;
+use std::path::Path;
 
 use crate::capability::{
     Answer, Capability, Caption, Chat, Classify, Conversation, Embed, Match, Model,
@@ -35,6 +36,40 @@ pub struct Pipeline {
     name: String,
 }
 
+/// Refuses a processor whose images the vision tower cannot take, naming the processor
+/// file and its key, before any image is read (the tower would only say that
+/// `pixel_values` have the wrong size). Configs without `vision_config.image_size`
+/// are left to the tower.
+fn check_processor_fits(
+    processor: &ImageProcessor,
+    path: &Path,
+    config: &serde_json::Value,
+) -> Result<()> {
+    let Some(s) = config
+        .pointer("/vision_config/image_size")
+        .and_then(serde_json::Value::as_u64)
+    else {
+        return Ok(());
+    };
+    let (h, w) = processor.output_size();
+    if (h as u64, w as u64) == (s, s) {
+        return Ok(());
+    }
+    let c = &processor.config;
+    let key = if c.do_center_crop && c.crop_size.is_some() {
+        "crop_size"
+    } else {
+        "size"
+    };
+    Err(Error::Config {
+        path: path.to_path_buf(),
+        msg: format!(
+            "`{key}` gives {h}x{w} pixel_values but the model takes {s}x{s} images \
+             (vision_config.image_size in config.json)"
+        ),
+    })
+}
+
 impl Pipeline {
     /// Loads `model` (a directory or hub id) with its tokenizer and processor.
     pub fn load(model: &str, device: &Device) -> Result<Self> {
@@ -50,12 +85,12 @@ impl Pipeline {
                 .as_ref()
                 .ok_or_else(|| missing("tokenizer.json"))?,
         )?;
-        let processor = ImageProcessor::from_file(
-            files
-                .preprocessor
-                .as_ref()
-                .ok_or_else(|| missing("preprocessor_config.json"))?,
-        )?;
+        let processor_path = files
+            .preprocessor
+            .as_ref()
+            .ok_or_else(|| missing("preprocessor_config.json"))?;
+        let processor = ImageProcessor::from_file(processor_path)?;
+        check_processor_fits(&processor, processor_path, &files.config_json()?)?;
         Ok(Self {
             model: registry::load(arch, &files, device)?,
             arch,

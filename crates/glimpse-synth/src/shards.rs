@@ -6,7 +6,7 @@
 //! - [`read_shard`]: reads a shard back as `(key, RgbImage, SampleJson)`.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use glimpse_data::tar::{TarReader, TarWriter};
@@ -14,7 +14,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::world::GENERATOR_VERSION;
-use crate::{encode_sample, sample, vocab, Error, Result, SampleJson, Split, SynthConfig};
+use crate::{encode_sample, key_of, sample, vocab, Error, Result, SampleJson, Split, SynthConfig};
 
 /// Per-split contents in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,13 +115,48 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct GenerateReport {
     pub manifest: Manifest,
+    /// Shards written by this run, `shards_rewritten` included.
     pub shards_written: usize,
+    /// Complete shards found in place and kept.
     pub shards_skipped: usize,
+    /// Shards found in place but incomplete or corrupt, written again.
+    pub shards_rewritten: usize,
+}
+
+/// Whether the shard at `path` holds exactly the entries `generate` writes for the
+/// samples `indices` (`KEY.png`, `KEY.json` each, in order) and ends with the full
+/// end-of-archive marker. Reads the file through without decoding anything, so a
+/// shard cut anywhere (a killed copy, a full disk) is caught.
+fn shard_is_complete(path: &Path, indices: &[u64]) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut tar = TarReader::new(BufReader::new(file));
+    for &i in indices {
+        let key = key_of(i);
+        for ext in ["png", "json"] {
+            match tar.next_entry() {
+                Ok(Some((name, _))) if name == format!("{key}.{ext}") => {}
+                _ => return false,
+            }
+        }
+    }
+    if !matches!(tar.next_entry(), Ok(None)) {
+        return false;
+    }
+    // The reader stops at the first of the two zero blocks; the second must follow,
+    // and nothing after it.
+    let mut rest = Vec::new();
+    tar.into_inner()
+        .take(1025)
+        .read_to_end(&mut rest)
+        .is_ok_and(|_| rest.len() == 512 && rest.iter().all(|&b| b == 0))
 }
 
 /// Writes the dataset under `out`. Each shard is written to `NAME.tmp` and renamed
-/// when complete; shards that already exist are skipped, so rerunning a killed job
-/// with the same arguments resumes it. A directory holding a manifest from other
+/// when complete; shards that already exist are read through and kept when complete
+/// (written again otherwise), so rerunning a killed job with the same arguments
+/// resumes it. A directory holding a manifest from other
 /// arguments is refused. `progress(done, total)` is called after each sample (and
 /// once per skipped shard).
 pub fn generate(
@@ -183,15 +218,18 @@ pub fn generate(
     let idx = split_indices(cfg);
     let total = cfg.count;
     let mut done = 0u64;
-    let (mut written, mut skipped) = (0, 0);
+    let (mut written, mut skipped, mut rewritten) = (0, 0, 0);
     for s in Split::ALL {
         for (n, chunk) in idx[s as usize].chunks(cfg.shard_size as usize).enumerate() {
             let path = out.join(shard_name(s, n));
             if path.exists() {
-                skipped += 1;
-                done += chunk.len() as u64;
-                progress(done, total);
-                continue;
+                if shard_is_complete(&path, chunk) {
+                    skipped += 1;
+                    done += chunk.len() as u64;
+                    progress(done, total);
+                    continue;
+                }
+                rewritten += 1;
             }
             let tmp = path.with_extension("tar.tmp");
             let file = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -222,6 +260,7 @@ pub fn generate(
         manifest,
         shards_written: written,
         shards_skipped: skipped,
+        shards_rewritten: rewritten,
     })
 }
 

@@ -412,6 +412,29 @@ fn synth_resume_after_deleted_shard() {
     assert!(err.to_string().contains("other arguments"), "{err}");
 }
 
+/// A rerun used to keep any existing shard; one cut short (a killed copy, a full disk)
+/// must be read through, found incomplete and written again, bit for bit.
+#[test]
+fn synth_rerun_regenerates_a_truncated_shard() {
+    let a = tempfile::tempdir().unwrap();
+    let c = cfg(60, 10);
+    let first = generate(&c, a.path(), |_, _| {}).unwrap();
+    let before = files(a.path());
+    let cut = a.path().join(&first.manifest.train.shards[1]);
+    let bytes = fs::read(&cut).unwrap();
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    // Only the second end-of-archive block missing is incomplete too.
+    let short = a.path().join(&first.manifest.train.shards[2]);
+    let bytes = fs::read(&short).unwrap();
+    fs::write(&short, &bytes[..bytes.len() - 512]).unwrap();
+
+    let again = generate(&c, a.path(), |_, _| {}).unwrap();
+    assert_eq!(again.shards_rewritten, 2);
+    assert_eq!(again.shards_written, 2);
+    assert_eq!(again.shards_skipped, first.shards_written - 2);
+    assert_eq!(files(a.path()), before);
+}
+
 #[test]
 fn synth_bad_arguments_name_the_flag() {
     let bad = [

@@ -25,6 +25,8 @@ const MAX_REASONS: usize = 20;
 enum Outcome {
     Example(Example),
     Skipped(String),
+    /// The rest of a source was lost: a skip whose message is kept past the cap.
+    SourceLost(String),
     /// The reader thread died; not a position.
     Fatal(Error),
 }
@@ -118,9 +120,12 @@ impl EpochIter {
         self.position
     }
 
-    fn record_skip(&mut self, reason: String) {
+    /// Counts a skip; `always` keeps the message past [`MAX_REASONS`] (up to twice
+    /// that), so a lost shard is reported even after many bad samples.
+    fn record_skip(&mut self, reason: String, always: bool) {
         self.stats.skipped_corrupt += 1;
-        if self.stats.skipped_reasons.len() < MAX_REASONS {
+        let cap = if always { 2 * MAX_REASONS } else { MAX_REASONS };
+        if self.stats.skipped_reasons.len() < cap {
             self.stats.skipped_reasons.push(reason);
         }
     }
@@ -151,7 +156,8 @@ impl Iterator for EpochIter {
                     self.stats.yielded += 1;
                     return Some(Ok(ex));
                 }
-                Outcome::Skipped(reason) => self.record_skip(reason),
+                Outcome::Skipped(reason) => self.record_skip(reason, false),
+                Outcome::SourceLost(reason) => self.record_skip(reason, true),
                 Outcome::Fatal(e) => return Some(Err(e)),
             }
         }
@@ -197,7 +203,7 @@ fn decode(s: RawSample) -> Outcome {
             image,
             meta: s.meta,
         }),
-        Ok(Err(e)) => Outcome::Skipped(skip_message(&s.source, &s.key, &e.to_string())),
+        Ok(Err(e)) => Outcome::Skipped(skip_message(&s.source, &s.key, &e.report())),
         Err(_) => Outcome::Skipped(skip_message(
             &s.source,
             &s.key,
@@ -228,6 +234,9 @@ fn produce(plan: Plan, slots: &SyncSender<Slot>, jobs: &mpsc::Sender<Job>, cance
                 let msg = skip_message(&source, &key, &reason);
                 return slots.send(Slot::Ready(Outcome::Skipped(msg))).is_ok();
             }
+            Raw::Lost(reason) => {
+                return slots.send(Slot::Ready(Outcome::SourceLost(reason))).is_ok();
+            }
             Raw::Sample(p) => p,
         };
         match pending.load() {
@@ -245,7 +254,7 @@ fn produce(plan: Plan, slots: &SyncSender<Slot>, jobs: &mpsc::Sender<Job>, cance
         Err(e) => Box::new(std::iter::once(Raw::Bad {
             source: s.to_string().into(),
             key: "<all>".into(),
-            reason: format!("source skipped: {e}"),
+            reason: format!("source skipped: {}", e.report()),
         })),
     });
     let mut rng = plan.buffer_rng;

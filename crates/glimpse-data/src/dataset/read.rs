@@ -33,6 +33,9 @@ pub(crate) enum Raw {
         key: String,
         reason: String,
     },
+    /// The rest of a source is unreadable: one position, counted as skipped, whose
+    /// reason names the source itself rather than a sample.
+    Lost(String),
 }
 
 /// A sample whose image may still be on disk.
@@ -123,6 +126,7 @@ pub(crate) fn open(source: &Source) -> Result<Box<dyn Iterator<Item = Raw> + Sen
                 next: None,
                 error: None,
                 last_key: None,
+                samples: 0,
                 done: false,
             })
         }
@@ -154,6 +158,8 @@ struct ShardItems {
     /// A read error met while closing the previous sample; reported next.
     error: Option<io::Error>,
     last_key: Option<String>,
+    /// Samples yielded so far, for the message of a cut.
+    samples: u64,
     done: bool,
 }
 
@@ -179,17 +185,19 @@ impl ShardItems {
         }))
     }
 
+    /// The item that ends a shard cut short: one position, whose message names the
+    /// shard and how far it was read, since the samples lost after the cut are unknown.
     fn tail(&mut self, e: io::Error) -> Raw {
         self.done = true;
-        let key = match &self.last_key {
-            Some(k) => format!("<tail after {k}>"),
-            None => "<first>".to_string(),
+        let reason = match &self.last_key {
+            Some(k) => format!(
+                "the shard is truncated or corrupt after {} samples (the last was {k}); \
+                 the rest of it is lost",
+                self.samples
+            ),
+            None => "the shard is truncated or corrupt before its first sample".to_string(),
         };
-        Raw::bad(
-            &self.source,
-            key,
-            format!("truncated or corrupt tar, rest of the shard skipped: {e}"),
-        )
+        Raw::Lost(format!("{}: {reason}: {e}", self.source))
     }
 
     fn assemble(&self, key: String, parts: Vec<(String, Vec<u8>)>, cut: bool) -> Raw {
@@ -285,6 +293,7 @@ impl Iterator for ShardItems {
             }
         }
         self.last_key = Some(key.clone());
+        self.samples += 1;
         Some(self.assemble(key, parts, cut))
     }
 }

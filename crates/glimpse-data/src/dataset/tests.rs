@@ -315,7 +315,48 @@ fn corrupt_samples_and_truncated_shards_are_skipped_and_named() {
     assert!(reason("b-001").contains("cannot decode image"));
     assert!(reason("b-002").contains("no .json or .txt entry"));
     assert!(reason("b-003").contains("malformed .json entry"));
-    assert!(reason("<tail after b-005>").contains("truncated"));
+    let tail = stats
+        .skipped_reasons
+        .iter()
+        .find(|r| r.contains("the shard is truncated"))
+        .unwrap_or_else(|| panic!("no truncation reason: {:#?}", stats.skipped_reasons));
+    assert!(
+        tail.contains("after 6 samples") && tail.contains("b-005"),
+        "{tail}"
+    );
+}
+
+/// Half a shard lost used to read as "skipped 1 sample" per epoch, with a reason about a
+/// `<tail>` sample; the message must name the shard and how far it was read.
+#[test]
+fn truncated_shard_is_reported_by_name_not_as_a_sample_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("shard-cut.tar");
+    let mut entries = Vec::new();
+    for i in 0..8u8 {
+        entries.push((format!("s-{i:03}.png"), png(i)));
+        entries.push((format!("s-{i:03}.json"), meta(&format!("s-{i:03}"))));
+    }
+    write_tar(&path, &entries);
+    let bytes = fs::read(&path).unwrap();
+    // Cut in the middle of the fifth sample's PNG data.
+    let fifth = bytes.windows(9).position(|w| w == b"s-004.png").unwrap();
+    fs::write(&path, &bytes[..fifth + 512 + 10]).unwrap();
+
+    let loader = Loader::new(vec![Source::Shard(path.clone())], cfg(1, 1));
+    let mut it = loader.epoch(0, 0);
+    let got = it.by_ref().map(Result::unwrap).count();
+    let stats = it.stats();
+    assert_eq!(got, 4);
+    assert_eq!(stats.skipped_corrupt, 1, "{:#?}", stats.skipped_reasons);
+    let msg = &stats.skipped_reasons[0];
+    assert!(
+        msg.starts_with(&path.display().to_string())
+            && msg.contains("the shard is truncated or corrupt after 4 samples")
+            && msg.contains("s-003")
+            && msg.contains("s-004.png"),
+        "{msg}"
+    );
 }
 
 #[test]
