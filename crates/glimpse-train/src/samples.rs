@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use crate::objective::Split;
 use crate::recipe::{Recipe, TextChoice};
-use glimpse_data::rng::SplitMix64 as Rng;
 use crate::trainer::RunFiles;
 use crate::Result;
+use glimpse_data::rng::SplitMix64 as Rng;
 
 /// What every objective builds its batches from: the run's processor and tokenizer,
 /// the device and the recipe's data settings.
