@@ -114,7 +114,7 @@ fn second_run_into_a_locked_run_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let data = synth_data(d);
-    let recipe = recipe(d, &data, 2);
+    let recipe = recipe(d, &data, 4);
     let out = d.join("out");
     std::fs::create_dir_all(&out).unwrap();
     // Another process's run, as far as the lock can tell.
@@ -136,19 +136,19 @@ fn second_run_into_a_locked_run_directory_is_refused() {
     drop(other);
     let r = train(&TrainOptions {
         recipe: Some(recipe),
-        stop_after: Some(1),
+        stop_after: Some(2),
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(r.steps, 1);
+    assert_eq!(r.steps, 2);
     let r = train(&TrainOptions {
         resume: Some(out.clone()),
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(r.steps, 2);
+    assert_eq!(r.steps, 4);
     let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 2, "{log}");
+    assert_eq!(log.lines().count(), 4, "{log}");
 }
 
 /// Replaces every float tensor of `file` with NaNs.
