@@ -293,7 +293,7 @@ impl Recipe {
         }
         if self.model.kind == ModelKind::Blip {
             let q = self.loss.queue_size;
-            if q == 0 || q % o.batch_size != 0 {
+            if q == 0 || !q.is_multiple_of(o.batch_size) {
                 return bad(format!(
                     "loss.queue_size = {q} must be a positive multiple of optim.batch_size = {}",
                     o.batch_size
