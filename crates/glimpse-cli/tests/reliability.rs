@@ -387,3 +387,88 @@ fn export_replaces_a_stale_sharded_model() {
     ]);
     assert_eq!(answer["probs"].as_array().unwrap().len(), 2);
 }
+
+/// Runs the binary, killing it after `limit`; `None` when it had to be killed.
+fn output_within(args: &[&str], limit: std::time::Duration) -> Option<Output> {
+    let mut child = glimpse_cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the glimpse binary runs");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn training_on_undecodable_data_fails_instead_of_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (recipe, data) in [
+        ("missing_images.toml", "missing_images.jsonl"),
+        ("garbage_png_shard.toml", "shard-000000.tar"),
+    ] {
+        let run = tmp.path().join(recipe.trim_end_matches(".toml"));
+        let recipe = format!("tools/fixtures/bad/recipes/{recipe}");
+        let out = output_within(
+            &["train", "--recipe", &recipe, "--out", path_str(&run)],
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| panic!("{recipe}: training hung"));
+        no_panic(&out);
+        assert_eq!(out.status.code(), Some(1), "{recipe}: {}", text(&out));
+        assert!(
+            text(&out).contains("no update") && text(&out).contains(data),
+            "{recipe}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn two_runs_into_one_run_directory_do_not_both_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path());
+    // A longer run of the same recipe, started twice at once into a fresh directory.
+    let recipe = tmp.path().join("clip.toml");
+    let text_in = fs::read_to_string(&recipe).unwrap();
+    let long = tmp.path().join("long.toml");
+    fs::write(
+        &long,
+        text_in
+            .replace("max_steps = 2", "max_steps = 30")
+            .replace(path_str(&run), path_str(&tmp.path().join("twice"))),
+    )
+    .unwrap();
+    let spawn = || {
+        glimpse_cmd(&["train", "--recipe", path_str(&long)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let ok: Vec<bool> = outs.iter().map(|o| o.status.success()).collect();
+    assert_eq!(
+        ok.iter().filter(|&&s| s).count(),
+        1,
+        "{}\n---\n{}",
+        text(&outs[0]),
+        text(&outs[1])
+    );
+    let refused = &outs[ok.iter().position(|&s| !s).unwrap()];
+    let err = text(refused);
+    assert!(
+        err.contains("another run") || err.contains("--resume"),
+        "{err}"
+    );
+    let log = fs::read_to_string(tmp.path().join("twice/log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 30, "{log}");
+}

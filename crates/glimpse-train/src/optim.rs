@@ -181,7 +181,7 @@ impl AdamW {
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
         let dev = self.params.first().map(|p| p.var.device().clone());
         let dev = dev.unwrap_or(candle_core::Device::Cpu);
-        let map = candle_core::safetensors::load(path, &dev).map_err(|e| Error::io_ctx(path, e))?;
+        let map = crate::trainer::load_tensors(path, &dev)?;
         let get = |k: &str, like: &Tensor| -> Result<Tensor> {
             let t = map.get(k).ok_or_else(|| {
                 Error::Train(format!("{}: optimizer state has no {k}", path.display()))

@@ -246,6 +246,29 @@ impl Recipe {
         if o.epochs.is_none() && o.max_steps.is_none() {
             return bad("give optim.epochs or optim.max_steps".into());
         }
+        // A run of no update would "finish" reporting a NaN loss.
+        if o.max_steps == Some(0) {
+            return bad("optim.max_steps must be at least 1".into());
+        }
+        if o.epochs == Some(0) {
+            return bad("optim.epochs must be at least 1".into());
+        }
+        for (key, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("{key} = {v} is outside [0, 1)"));
+            }
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            return bad(format!("optim.eps = {} must be positive", o.eps));
+        }
+        for (key, v) in [
+            ("optim.weight_decay", o.weight_decay),
+            ("optim.max_grad_norm", o.max_grad_norm),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{key} = {v} must be 0 or more"));
+            }
+        }
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return bad(format!("optim.lr = {} must be positive", o.lr));
         }
@@ -303,8 +326,18 @@ impl Recipe {
                     .into(),
             );
         }
-        if self.run.checkpoint_every == 0 {
-            return bad("run.checkpoint_every must be at least 1".into());
+        let run = &self.run;
+        for (key, v) in [
+            ("run.checkpoint_every", run.checkpoint_every),
+            ("run.log_every", run.log_every),
+            ("run.keep_checkpoints", run.keep_checkpoints as u64),
+        ] {
+            if v == 0 {
+                return bad(format!("{key} must be at least 1"));
+            }
+        }
+        if self.data.val.is_some() && run.val_samples == 0 {
+            return bad("run.val_samples must be at least 1 when data.val is given".into());
         }
         Ok(())
     }
@@ -398,6 +431,56 @@ out = "runs/x"
             .unwrap_err()
             .to_string();
             assert!(e.contains("model.position_init_scale"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn max_steps_zero_is_refused() {
+        for (from, to, key) in [
+            ("epochs = 1", "max_steps = 0", "optim.max_steps"),
+            ("epochs = 1", "epochs = 0", "optim.epochs"),
+            ("batch_size = 8", "batch_size = 0", "optim.batch_size"),
+            (
+                "epochs = 1",
+                "epochs = 1\naccumulate = 0",
+                "optim.accumulate",
+            ),
+            (
+                "out = \"runs/x\"",
+                "out = \"runs/x\"\ncheckpoint_every = 0",
+                "run.checkpoint_every",
+            ),
+            (
+                "out = \"runs/x\"",
+                "out = \"runs/x\"\nlog_every = 0",
+                "run.log_every",
+            ),
+            (
+                "out = \"runs/x\"",
+                "out = \"runs/x\"\nkeep_checkpoints = 0",
+                "run.keep_checkpoints",
+            ),
+            (
+                "train = \"d/train\"",
+                "train = \"d/train\"\nval = \"d/val\"",
+                "run.val_samples",
+            ),
+            ("epochs = 1", "epochs = 1\nbeta2 = 1.0", "optim.beta2"),
+            ("epochs = 1", "epochs = 1\neps = 0.0", "optim.eps"),
+            (
+                "epochs = 1",
+                "epochs = 1\nmax_grad_norm = -1.0",
+                "optim.max_grad_norm",
+            ),
+        ] {
+            let mut text = MIN.replace(from, to);
+            if key == "run.val_samples" {
+                text = text.replace("out = \"runs/x\"", "out = \"runs/x\"\nval_samples = 0");
+            }
+            let e = Recipe::from_toml(&text, Path::new("r.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("r.toml"), "{key}: {e}");
         }
     }
 

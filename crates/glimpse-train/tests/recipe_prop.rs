@@ -71,6 +71,8 @@ fn parse(text: &str) {
             assert!(r.optim.lr > 0.0 && r.optim.lr.is_finite());
             assert!(r.optim.epochs.is_some() || r.optim.max_steps.is_some());
             assert!(r.run.checkpoint_every >= 1);
+            assert!(r.optim.max_steps != Some(0) && r.optim.epochs != Some(0));
+            assert!(r.run.log_every >= 1 && r.run.keep_checkpoints >= 1);
             assert!(r.data.max_text_len >= 3);
         }
     }

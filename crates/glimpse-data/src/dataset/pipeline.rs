@@ -8,6 +8,7 @@
 //! images alive at once. Dropping the iterator closes the slot channel, which stops the
 //! producer at its next send; the workers then drain and exit, and `Drop` joins them.
 
+use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -21,6 +22,8 @@ use crate::{Error, Result};
 
 /// How many skip messages [`LoaderStats`] keeps.
 const MAX_REASONS: usize = 20;
+/// How many of the latest skip messages [`EpochIter::recent_skips`] keeps.
+const RECENT_REASONS: usize = 3;
 
 enum Outcome {
     Example(Example),
@@ -51,9 +54,10 @@ pub(crate) struct Plan {
 
 /// Iterator over the decoded samples of one epoch; see [`super::Loader::epoch`].
 ///
-/// Yields `Err` only when there is nothing to read at all (no sources) or the reader
-/// thread died, and then ends; samples that cannot be used are skipped and counted in
-/// [`EpochIter::stats`].
+/// Yields `Err` only when there is nothing to read at all (no sources), the reader
+/// thread died or (when asked, see [`EpochIter::max_consecutive_skips`]) too many
+/// samples in a row were unusable, and then ends; samples that cannot be used are
+/// skipped and counted in [`EpochIter::stats`].
 pub struct EpochIter {
     slots: Option<Receiver<Slot>>,
     fatal: Option<Error>,
@@ -61,6 +65,10 @@ pub struct EpochIter {
     threads: Vec<JoinHandle<()>>,
     position: u64,
     stats: LoaderStats,
+    /// Skips since the last yielded example.
+    consecutive: u64,
+    max_consecutive: Option<u64>,
+    recent: VecDeque<String>,
 }
 
 impl EpochIter {
@@ -72,6 +80,9 @@ impl EpochIter {
             threads: Vec::new(),
             position: 0,
             stats: LoaderStats::default(),
+            consecutive: 0,
+            max_consecutive: None,
+            recent: VecDeque::new(),
         }
     }
 
@@ -105,7 +116,23 @@ impl EpochIter {
             threads,
             position,
             stats: LoaderStats::default(),
+            consecutive: 0,
+            max_consecutive: None,
+            recent: VecDeque::new(),
         }
+    }
+
+    /// Ends the epoch with an error naming the last skipped samples once `n` samples
+    /// in a row were unusable: a consumer that cannot go on without samples (training)
+    /// would otherwise read a whole unusable epoch, or spin over such epochs forever.
+    pub fn max_consecutive_skips(mut self, n: u64) -> Self {
+        self.max_consecutive = Some(n.max(1));
+        self
+    }
+
+    /// The latest skip messages (up to three), oldest first.
+    pub fn recent_skips(&self) -> Vec<String> {
+        self.recent.iter().cloned().collect()
     }
 
     /// Counters so far (complete once the iterator has returned `None`).
@@ -124,10 +151,27 @@ impl EpochIter {
     /// that), so a lost shard is reported even after many bad samples.
     fn record_skip(&mut self, reason: String, always: bool) {
         self.stats.skipped_corrupt += 1;
+        self.consecutive += 1;
+        if self.recent.len() == RECENT_REASONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(reason.clone());
         let cap = if always { 2 * MAX_REASONS } else { MAX_REASONS };
         if self.stats.skipped_reasons.len() < cap {
             self.stats.skipped_reasons.push(reason);
         }
+    }
+
+    /// The error that ends the epoch when too many samples in a row were skipped.
+    fn too_many_skips(&self) -> Option<Error> {
+        let limit = self.max_consecutive?;
+        (self.consecutive >= limit).then(|| {
+            Error::Msg(format!(
+                "{} samples in a row could not be used; the last: {}",
+                self.consecutive,
+                self.recent_skips().join("; ")
+            ))
+        })
     }
 }
 
@@ -154,9 +198,16 @@ impl Iterator for EpochIter {
             match outcome {
                 Outcome::Example(ex) => {
                     self.stats.yielded += 1;
+                    self.consecutive = 0;
                     return Some(Ok(ex));
                 }
-                Outcome::Skipped(reason) => self.record_skip(reason, false),
+                Outcome::Skipped(reason) => {
+                    self.record_skip(reason, false);
+                    if let Some(e) = self.too_many_skips() {
+                        self.slots = None;
+                        return Some(Err(e));
+                    }
+                }
                 Outcome::SourceLost(reason) => self.record_skip(reason, true),
                 Outcome::Fatal(e) => return Some(Err(e)),
             }
@@ -288,5 +339,43 @@ fn produce(plan: Plan, slots: &SyncSender<Slot>, jobs: &mpsc::Sender<Job>, cance
         if !emit(buffer.swap_remove(j)) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Loader, LoaderConfig, Source};
+
+    fn missing_images(dir: &std::path::Path, n: usize) -> Loader {
+        let lines: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"image": "img/missing_{i}.png", "caption": "x"}}"#))
+            .collect();
+        let p = dir.join("missing.jsonl");
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        let cfg = LoaderConfig {
+            shuffle_buffer: 0,
+            workers: 1,
+            ..LoaderConfig::default()
+        };
+        Loader::new(vec![Source::Jsonl(p)], cfg)
+    }
+
+    #[test]
+    fn consecutive_unusable_samples_end_the_epoch_naming_the_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let loader = missing_images(tmp.path(), 10);
+        let mut it = loader.epoch(0, 0).max_consecutive_skips(4);
+        let e = it.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("4 samples in a row"), "{e}");
+        assert!(
+            e.contains("missing_3.png") && e.contains("missing_1.png"),
+            "{e}"
+        );
+        assert!(!e.contains("missing_0.png"), "{e}");
+        assert!(it.next().is_none());
+        // Without a limit the epoch ends after counting every skip.
+        let mut it = loader.epoch(0, 0);
+        assert!(it.next().is_none());
+        assert_eq!(it.stats().skipped_corrupt, 10);
     }
 }

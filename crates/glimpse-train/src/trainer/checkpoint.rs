@@ -39,9 +39,40 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
     serde_json::from_str(&text).map_err(|e| Error::io_ctx(path, e))
 }
 
-/// The tensors of a safetensors file, on `device`.
+/// The tensors of a checkpoint file, on `device`. A file whose float tensors hold
+/// NaN or infinity is refused as corrupt: the trainer stops before it would save one.
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device).map_err(|e| Error::io_ctx(path, e))
+    let tensors =
+        candle_core::safetensors::load(path, device).map_err(|e| Error::io_ctx(path, e))?;
+    let mut bad = Vec::new();
+    for (name, t) in &tensors {
+        if !all_finite(t)? {
+            bad.push(name.as_str());
+        }
+    }
+    if !bad.is_empty() {
+        bad.sort();
+        let shown = bad.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+        return Err(Error::io_ctx(
+            path,
+            format!(
+                "the checkpoint file is corrupt: {} tensor(s) hold NaN or infinite values ({shown}{})",
+                bad.len(),
+                if bad.len() > 3 { ", ..." } else { "" }
+            ),
+        ));
+    }
+    Ok(tensors)
+}
+
+/// Whether every element of `t` is finite (integer tensors always are).
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    // x - x is 0 for finite x and NaN for NaN and ±inf.
+    let z = t.sub(t)?.to_dtype(candle_core::DType::F32)?.sum_all()?;
+    Ok(z.to_scalar::<f32>()? == 0.0)
 }
 
 /// The checkpoint directory a `--resume` path names.

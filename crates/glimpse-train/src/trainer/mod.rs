@@ -14,8 +14,11 @@
 //! Run directory:
 //! `OUT/recipe.toml`, `OUT/model/` (config.json, preprocessor and tokenizer files),
 //! `OUT/checkpoints/step-NNNNNNNN/` (`model.safetensors`, `optimizer.safetensors`,
-//! `state.safetensors`, `trainer.json`), `OUT/checkpoints/latest`, `OUT/log.jsonl`.
+//! `state.safetensors`, `trainer.json`), `OUT/checkpoints/latest`, `OUT/log.jsonl`,
+//! and `OUT/lock`, which a run holds locked while it lives so a second one into the
+//! same directory is refused.
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -37,6 +40,7 @@ use crate::{Error, Result};
 mod checkpoint;
 mod progress;
 mod run_dir;
+mod skips;
 
 pub use crate::samples::{encode_texts, pick_qa, pick_text};
 pub use checkpoint::{load_tensors, resolve_checkpoint, TrainerState};
@@ -44,7 +48,8 @@ pub use progress::{Event, InitPart, Observer, RunLog, StepEvent};
 pub use run_dir::{preprocessor_json, RunFiles};
 
 use checkpoint::{init_vision, read_json, save_checkpoint};
-use run_dir::prepare_model_dir;
+use run_dir::{lock_run_dir, prepare_model_dir};
+use skips::Skips;
 
 /// How to run `train`.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +126,8 @@ struct Run {
     out: PathBuf,
     /// `(run directory, checkpoint)` when resuming.
     resume: Option<(PathBuf, PathBuf)>,
+    /// `OUT/lock`, held until the run ends.
+    _lock: File,
 }
 
 impl Run {
@@ -151,6 +158,13 @@ impl Run {
             });
         }
         let out = recipe.run.out.clone();
+        std::fs::create_dir_all(&out).map_err(|e| Error::io_ctx(&out, e))?;
+        let lock = lock_run_dir(&out)?;
+        // Read again under the lock: the run that held it may have moved `latest`.
+        let resume = match &opts.resume {
+            Some(p) => Some(resolve_checkpoint(p)?),
+            None => None,
+        };
         let ckpt_root = out.join("checkpoints");
         if resume.is_none() {
             if ckpt_root.join("latest").exists() {
@@ -169,6 +183,7 @@ impl Run {
             recipe_path,
             out,
             resume,
+            _lock: lock,
         })
     }
 
@@ -299,15 +314,19 @@ impl Run {
         let mut samples_this_run = 0u64;
         let mut updates_this_run = 0u64;
         let mut last_loss = f64::NAN;
-        let mut skipped = 0u64;
-        let mut reasons: Vec<String> = Vec::new();
+        let mut skips = Skips::default();
         let mut last_ckpt = None;
         let mut validation = None;
         let b = recipe.optim.batch_size;
         let accum = recipe.optim.accumulate;
 
         'epochs: while state.step < total_steps {
-            let mut it = train_loader.epoch(state.epoch, state.position);
+            let mut it = train_loader
+                .epoch(state.epoch, state.position)
+                .max_consecutive_skips(skips::MAX_CONSECUTIVE);
+            // A resumed epoch may legitimately end before its next update.
+            let whole_epoch = state.position == 0;
+            let first_step = state.step;
             loop {
                 if state.step >= total_steps {
                     break 'epochs;
@@ -327,25 +346,26 @@ impl Run {
                             None => break,
                             Some(Err(e)) => return Err(e.into()),
                             Some(Ok(ex)) => match objective.sample(ex, split) {
-                                Ok(s) => samples.push(s),
-                                Err(why) => {
-                                    skipped += 1;
-                                    if reasons.len() < 20 {
-                                        reasons.push(why);
-                                    }
+                                Ok(s) => {
+                                    skips.usable();
+                                    samples.push(s);
                                 }
+                                Err(why) => skips.refused(why)?,
                             },
                         }
                     }
                     if samples.len() < b {
                         // End of the epoch: a partial update is dropped.
-                        let st = it.stats();
-                        skipped += st.skipped_corrupt;
-                        reasons.extend(
-                            st.skipped_reasons
-                                .into_iter()
-                                .take(20usize.saturating_sub(reasons.len())),
-                        );
+                        if whole_epoch && state.step == first_step {
+                            return Err(skips.no_update(
+                                &recipe.data.train,
+                                state.epoch,
+                                n_train,
+                                per_update,
+                                &it.recent_skips(),
+                            ));
+                        }
+                        skips.end_epoch(it.stats());
                         state.epoch += 1;
                         state.position = 0;
                         continue 'epochs;
@@ -381,10 +401,12 @@ impl Run {
                 let mut grads = grads.expect("accumulate >= 1");
                 let norm = clip_grad_norm(&mut grads, recipe.optim.max_grad_norm)?;
                 if !loss_sum.is_finite() {
-                    return Err(Error::Train(format!(
-                        "loss is {loss_sum} at update {}: training diverged (lower optim.lr)",
-                        state.step
-                    )));
+                    return Err(diverged(
+                        &objective,
+                        loss_sum,
+                        state.step,
+                        updates_this_run == 0,
+                    ));
                 }
                 let lr = schedule.lr(state.step);
                 opt.step(&grads, lr)?;
@@ -440,8 +462,8 @@ impl Run {
             epochs_completed: state.epoch,
             last_loss,
             samples_per_second: samples_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            skipped_samples: skipped,
-            skipped_reasons: reasons,
+            skipped_samples: skips.total,
+            skipped_reasons: skips.reasons,
             validation,
             checkpoint: last_ckpt,
         };
@@ -464,16 +486,46 @@ fn load_val<O: Objective>(objective: &O, spec: &str, recipe: &Recipe) -> Result<
         },
     );
     let mut samples = Vec::new();
-    for ex in loader.epoch(0, 0) {
-        if let Ok(s) = objective.sample(ex?, Split::Validation) {
-            samples.push(s);
+    let mut it = loader
+        .epoch(0, 0)
+        .max_consecutive_skips(skips::MAX_CONSECUTIVE);
+    let mut refused = Vec::new();
+    for ex in it.by_ref() {
+        match objective.sample(ex?, Split::Validation) {
+            Ok(s) => samples.push(s),
+            Err(why) => refused.push(why),
         }
         if samples.len() >= recipe.run.val_samples {
             break;
         }
     }
+    if samples.is_empty() {
+        let first = it.stats().skipped_reasons.into_iter().chain(refused).next();
+        return Err(Error::Train(format!(
+            "no usable validation sample in {spec}{}",
+            first
+                .map(|r| format!(" (first skipped: {r})"))
+                .unwrap_or_default()
+        )));
+    }
     samples
         .chunks(recipe.optim.batch_size)
         .map(|c| objective.batch(c, Split::Validation))
         .collect()
+}
+
+/// The error for a non-finite loss: weights that were already non-finite before this
+/// process trained came from a corrupt file, not from the learning rate.
+fn diverged<O: Objective>(objective: &O, loss: f64, step: u64, first_update: bool) -> Error {
+    let bad = crate::params::sorted_vars(objective.vars())
+        .into_iter()
+        .find(|(_, v)| !checkpoint::all_finite(v.as_tensor()).unwrap_or(false));
+    Error::Train(match (bad, first_update) {
+        (Some((name, _)), true) => format!(
+            "loss is {loss} at update {step}, the first of this run: the starting weights \
+             already hold NaN or infinite values ({name}); the checkpoint or init they \
+             came from is corrupt"
+        ),
+        _ => format!("loss is {loss} at update {step}: training diverged (lower optim.lr)"),
+    })
 }

@@ -49,6 +49,27 @@ fn image_size_of(kind: ModelKind, config: &Value) -> Result<usize> {
     Ok(s as usize)
 }
 
+/// Locks `OUT/lock` for as long as the returned file lives, or refuses when another
+/// run holds it. The OS drops the lock when a process dies, so a killed run can be
+/// resumed at once.
+pub(super) fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
+    let p = out.join("lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io_ctx(&p, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::io_ctx(
+            out,
+            "another run holds this run directory (its lock file is locked); wait for it to end or choose another --out",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io_ctx(&p, e)),
+    }
+}
+
 /// Writes `OUT/model/` for a new run: tokenizer (built or copied), the config with the
 /// tokenizer's vocabulary size and special ids, and the preprocessor config.
 pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
