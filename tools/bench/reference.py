@@ -50,6 +50,10 @@ LLAVA_DIR = "llava-clip-b32-llama-1b"
 # in step.
 WORKLOADS = {
     "matmul": (None, "f32 square matmul C = A @ B, n = 2048, 4 per call (peak rate)"),
+    "matmul-i8": (
+        None,
+        "the same products through quantize_dynamic's int8 nn.Linear (the int8 peak rate)",
+    ),
     "clip-image-b1": (CLIP_DIR, "CLIP ViT-B/32 get_image_features, batch 1, 224 px"),
     "clip-image-b8": (CLIP_DIR, "CLIP ViT-B/32 get_image_features, batch 8, 224 px"),
     "clip-text-b32": (CLIP_DIR, "CLIP text get_text_features, batch 32, 16 tokens"),
@@ -63,7 +67,14 @@ WORKLOADS = {
         LLAVA_DIR,
         "LLaVA (CLIP ViT-B/32 224 px, LLaMA 1.1B) generate, greedy, 32 tokens streamed",
     ),
+    "clip-image-b8-q8": (CLIP_DIR, "clip-image-b8 with every nn.Linear dynamic int8"),
+    "clip-text-b32-q8": (CLIP_DIR, "clip-text-b32 with every nn.Linear dynamic int8"),
+    "blip-caption-q8": (BLIP_DIR, "blip-caption with every nn.Linear dynamic int8"),
 }
+# Workloads run with torch.ao.quantization.quantize_dynamic (int8 weights per tensor,
+# activations quantised per call) on every nn.Linear; Glimpse runs them with its
+# 8-bit encoders (--quantize q8).
+INT8_SUFFIX = "-q8"
 CLIP_TEXT_BATCH, CLIP_TEXT_LEN = 32, 16
 # matmul: MATMUL_COUNT products of two MATMUL_N x MATMUL_N f32 matrices per timed call.
 MATMUL_N = 2048
@@ -403,6 +414,20 @@ def build_stream_workload(name: str, model_dir: Path, new_tokens: int, gen):
     return model, step, new_tokens
 
 
+def int8(model):
+    """``model`` with every ``nn.Linear`` replaced in place by PyTorch's dynamic int8
+    linear layer (the quantised engine's kernels: fbgemm or onednn on x86)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization
+        return torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
+
+
 def build_workload(name: str, model_dir: Path | None, new_tokens: int = STREAM_TOKENS):
     """Loads the model and returns (model, step function, items per step); for
     ``matmul`` the model is None."""
@@ -410,6 +435,21 @@ def build_workload(name: str, model_dir: Path | None, new_tokens: int = STREAM_T
     from transformers import BlipForConditionalGeneration, CLIPModel
 
     gen = torch.Generator().manual_seed(SEED)
+    if name == "matmul-i8":
+        a = torch.randn(MATMUL_N, MATMUL_N, generator=gen)
+        linear = torch.nn.Linear(MATMUL_N, MATMUL_N, bias=False)
+        linear.weight.data = torch.randn(MATMUL_N, MATMUL_N, generator=gen)
+        linear = int8(torch.nn.Sequential(linear))
+
+        def step():
+            for _ in range(MATMUL_COUNT):
+                c = linear(a)
+            return c
+
+        return None, step, 1
+    if name.endswith(INT8_SUFFIX):
+        model, step, items = build_workload(name.removesuffix(INT8_SUFFIX), model_dir, new_tokens)
+        return int8(model), step, items
     if name == "matmul":
         # Inputs made once; the call is the kernel behind every linear layer of the models.
         a = torch.randn(MATMUL_N, MATMUL_N, generator=gen)

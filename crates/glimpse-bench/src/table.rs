@@ -8,7 +8,7 @@ use std::fmt::Write;
 use crate::protocol::SideResult;
 use crate::report::{Report, WorkloadReport};
 use crate::stats::{fastest, rate};
-use crate::workload::MATMUL;
+use crate::workload::{workload, MATMUL, MATMUL_I8};
 
 /// The table, one line per `\n`-terminated row.
 pub fn format_table(report: &Report) -> String {
@@ -41,11 +41,16 @@ fn write_table(out: &mut String, report: &Report) -> std::fmt::Result {
         "{:<20} {:>24} {:>24} {:>7} {:>12} {:>12}",
         "workload", "glimpse", "reference", "ratio", "rss glimpse", "rss ref"
     )?;
-    let peaks = [
-        peak_gflops(report, |r| r.glimpse.as_ref()),
-        peak_gflops(report, |r| r.reference.as_ref()),
-    ];
     for r in &report.results {
+        // 8-bit workloads against the 8-bit peak, the others against the f32 one.
+        let peak = match workload(&r.workload) {
+            Ok(w) if w.int8 => MATMUL_I8,
+            _ => MATMUL,
+        };
+        let peaks = [
+            peak_gflops(report, peak, |r| r.glimpse.as_ref()),
+            peak_gflops(report, peak, |r| r.reference.as_ref()),
+        ];
         write_workload(out, r, peaks)?;
     }
     writeln!(
@@ -61,10 +66,15 @@ fn write_table(out: &mut String, report: &Report) -> std::fmt::Result {
         out,
         "GFLOP/s = matrix-product FLOPs of one call (per token: of one decoding step) / median time"
     )?;
-    if peaks.iter().any(Option::is_some) {
+    if report
+        .results
+        .iter()
+        .any(|r| r.workload == MATMUL || r.workload == MATMUL_I8)
+    {
         writeln!(
             out,
-            "% peak = share of the same side's {MATMUL} rate in this run"
+            "% peak = share of the same side's {MATMUL} rate in this run ({MATMUL_I8} \
+             for the 8-bit workloads: integer products, counted as FLOPs)"
         )?;
     }
     if report.results.iter().any(|r| r.ttft_ratio.is_some()) {
@@ -78,7 +88,7 @@ fn write_table(out: &mut String, report: &Report) -> std::fmt::Result {
     if let Some(attn) = report
         .results
         .iter()
-        .filter(|r| r.workload != MATMUL) // no model, no attention
+        .filter(|r| r.workload != MATMUL && r.workload != MATMUL_I8) // no model, no attention
         .filter_map(|r| r.reference.as_ref())
         .map(|s| {
             format!(
@@ -134,7 +144,11 @@ fn write_workload(
                      per: &str| {
         let cell = |s: &Option<SideResult>, peak: Option<f64>| {
             let achieved = s.as_ref().and_then(secs).and_then(|t| rate(gflop, t));
-            rate_cell(achieved, peak, r.workload == MATMUL)
+            rate_cell(
+                achieved,
+                peak,
+                r.workload == MATMUL || r.workload == MATMUL_I8,
+            )
         };
         writeln!(
             out,
@@ -152,7 +166,7 @@ fn write_workload(
         |s| Some(s.median_s),
         "call",
     )?;
-    if r.workload != MATMUL {
+    if r.workload != MATMUL && r.workload != MATMUL_I8 {
         let best = |s: &Option<SideResult>| {
             s.as_ref()
                 .and_then(|s| fastest(&s.reps_s))
@@ -212,9 +226,14 @@ fn write_workload(
     Ok(())
 }
 
-/// One side's peak GFLOP/s: its rate on the `matmul` workload of this run, if it ran.
-fn peak_gflops(report: &Report, pick: fn(&WorkloadReport) -> Option<&SideResult>) -> Option<f64> {
-    let r = report.results.iter().find(|r| r.workload == MATMUL)?;
+/// One side's peak GFLOP/s: its rate on the `peak` workload (`matmul` or `matmul-i8`)
+/// of this run, if it ran.
+fn peak_gflops(
+    report: &Report,
+    peak: &str,
+    pick: fn(&WorkloadReport) -> Option<&SideResult>,
+) -> Option<f64> {
+    let r = report.results.iter().find(|r| r.workload == peak)?;
     rate(r.gflop_per_call, pick(r)?.median_s)
 }
 

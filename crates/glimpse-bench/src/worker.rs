@@ -12,6 +12,7 @@ use glimpse_models::blip2::Blip2ForConditionalGeneration;
 use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::clip::ClipModel;
 use glimpse_models::llava::LlavaForConditionalGeneration;
+use glimpse_nn::linears::Linears;
 use glimpse_nn::quant::Quant;
 
 use crate::error::{Error, Result};
@@ -131,6 +132,25 @@ fn build_step(
 ) -> Result<Step> {
     let device = Device::Cpu;
     let mut rng = SplitMix64::new(0x5EED);
+    if let (Task::Matmul, true) = (w.task, w.int8) {
+        // The weight rounded once (as a model's at load time); each call rounds `a`'s
+        // rows and runs the integer products, as an 8-bit linear layer does.
+        let a = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
+        let b = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
+        let b = glimpse_nn::kernels::Int8Weight::new(&b)?.ok_or_else(|| {
+            Error::InvalidConfig(format!("{}: this CPU has no 8-bit kernel (AVX2)", w.name))
+        })?;
+        return Ok(Box::new(move || {
+            for _ in 0..MATMUL_COUNT {
+                let c = glimpse_nn::kernels::linear_int8(&a, &b, None, None, None)?
+                    .ok_or_else(|| Error::Unexpected("the 8-bit kernel declined".into()))?;
+                if c.dims() != [MATMUL_N, MATMUL_N] {
+                    return Err(Error::Unexpected(format!("matmul produced {:?}", c.dims())));
+                }
+            }
+            Ok(1.into())
+        }));
+    }
     if let Task::Matmul = w.task {
         // Inputs made once; the call is the kernel every Glimpse model's layers use.
         let a = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
@@ -170,7 +190,7 @@ fn build_step(
     match w.task {
         Task::Matmul => unreachable!("built above, without a model"),
         Task::ClipImage { batch } => {
-            let model = ClipModel::load(&files, &device)?;
+            let model = int8(ClipModel::load(&files, &device)?, w, log)?;
             let size = field("vision_config", "image_size")?;
             let pixels = pixels(&mut rng, &[batch, 3, size, size], &device)?;
             Ok(Box::new(move || {
@@ -179,7 +199,7 @@ fn build_step(
             }))
         }
         Task::ClipText => {
-            let model = ClipModel::load(&files, &device)?;
+            let model = int8(ClipModel::load(&files, &device)?, w, log)?;
             let eos = field("text_config", "eos_token_id")? as u32;
             // Ids below bos/eos (49406, 49407), eos last: pooling picks the final position.
             let mut ids: Vec<u32> = (0..CLIP_TEXT_BATCH * CLIP_TEXT_LEN)
@@ -196,7 +216,7 @@ fn build_step(
             }))
         }
         Task::Caption { beams } => {
-            let model = BlipForConditionalGeneration::load(&files, &device)?;
+            let model = int8(BlipForConditionalGeneration::load(&files, &device)?, w, log)?;
             let size = field("vision_config", "image_size")?;
             let pixels = pixels(&mut rng, &[1, 3, size, size], &device)?;
             // Exactly CAPTION_TOKENS new tokens, as the reference is told to produce;
@@ -297,6 +317,22 @@ fn build_step(
             }
         }
     }
+}
+
+/// `model` with its encoders' linear layers in 8 bits for an 8-bit workload (as
+/// `--quantize q8` loads it), else as loaded.
+fn int8<M: Linears>(mut model: M, w: &Workload, log: &mut dyn FnMut(&str)) -> Result<M> {
+    if w.int8 {
+        let report = glimpse_nn::linears::quantize_int8(&mut model)?;
+        if report.quantized == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "{}: this CPU has no 8-bit kernel (AVX2)",
+                w.name
+            )));
+        }
+        log(&format!("  glimpse {}: {report}", w.name));
+    }
+    Ok(model)
 }
 
 /// Checks that a streamed generation produced `expected` tokens, one stamp each.

@@ -27,6 +27,9 @@ pub(crate) const MATMUL_N: usize = 2048;
 pub(crate) const MATMUL_COUNT: usize = 4;
 /// The name of the workload whose rate is each side's peak.
 pub const MATMUL: &str = "matmul";
+/// The same products through each side's 8-bit dynamic linear layer (Glimpse's integer
+/// kernel; PyTorch's `quantize_dynamic` on fbgemm/onednn): the 8-bit workloads' peak.
+pub const MATMUL_I8: &str = "matmul-i8";
 
 /// What one workload runs; shapes and names are repeated in `reference.py`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,10 @@ pub struct Workload {
     /// Units counted by the throughput column, and how many one call produces.
     pub unit: &'static str,
     pub items: usize,
+    /// Run with 8-bit linear layers on both sides: Glimpse's `--quantize q8` encoders,
+    /// the reference's `torch.ao.quantization.quantize_dynamic` (int8 weights, dynamic
+    /// int8 activations) on every `nn.Linear`.
+    pub int8: bool,
 }
 
 /// Every workload, in the order a full run times them.
@@ -70,6 +77,15 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::Matmul,
         unit: "call/s",
         items: 1,
+        int8: false,
+    },
+    Workload {
+        name: MATMUL_I8,
+        model_dir: None,
+        task: Task::Matmul,
+        unit: "call/s",
+        items: 1,
+        int8: true,
     },
     Workload {
         name: "clip-image-b1",
@@ -77,6 +93,7 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::ClipImage { batch: 1 },
         unit: "img/s",
         items: 1,
+        int8: false,
     },
     Workload {
         name: "clip-image-b8",
@@ -84,6 +101,7 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::ClipImage { batch: 8 },
         unit: "img/s",
         items: 8,
+        int8: false,
     },
     Workload {
         name: "clip-text-b32",
@@ -91,6 +109,7 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::ClipText,
         unit: "text/s",
         items: CLIP_TEXT_BATCH,
+        int8: false,
     },
     Workload {
         name: "blip-caption",
@@ -98,6 +117,7 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::Caption { beams: 1 },
         unit: "tok/s",
         items: CAPTION_TOKENS,
+        int8: false,
     },
     Workload {
         name: "blip-caption-beam3",
@@ -105,6 +125,7 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::Caption { beams: 3 },
         unit: "tok/s",
         items: CAPTION_TOKENS,
+        int8: false,
     },
     Workload {
         name: "blip2-opt",
@@ -112,6 +133,7 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::Stream(StreamModel::Blip2Opt),
         unit: "tok/s",
         items: STREAM_TOKENS,
+        int8: false,
     },
     Workload {
         name: "llava-llama",
@@ -119,6 +141,31 @@ pub const WORKLOADS: &[Workload] = &[
         task: Task::Stream(StreamModel::LlavaLlama),
         unit: "tok/s",
         items: STREAM_TOKENS,
+        int8: false,
+    },
+    Workload {
+        name: "clip-image-b8-q8",
+        model_dir: Some(CLIP_DIR),
+        task: Task::ClipImage { batch: 8 },
+        unit: "img/s",
+        items: 8,
+        int8: true,
+    },
+    Workload {
+        name: "clip-text-b32-q8",
+        model_dir: Some(CLIP_DIR),
+        task: Task::ClipText,
+        unit: "text/s",
+        items: CLIP_TEXT_BATCH,
+        int8: true,
+    },
+    Workload {
+        name: "blip-caption-q8",
+        model_dir: Some(BLIP_DIR),
+        task: Task::Caption { beams: 1 },
+        unit: "tok/s",
+        items: CAPTION_TOKENS,
+        int8: true,
     },
 ];
 
@@ -140,7 +187,7 @@ impl Workload {
     /// Workloads `--quantize` allows: the streaming ones, and `matmul`, which has no
     /// model to quantise and stays in for the peak that the shares need.
     fn allows_quantize(&self) -> bool {
-        self.is_streaming() || self.model_dir.is_none()
+        self.is_streaming() || self.name == MATMUL
     }
 }
 

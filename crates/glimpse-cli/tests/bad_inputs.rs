@@ -239,7 +239,8 @@ const LINES: &[(&[&str], &[&str])] = &[
     (&["caption", "--model", BLIP_CAPTION, "--image", CAT, "--max-new-tokens", "0"], &["--max-new-tokens"]),
     (&["caption", "--model", BLIP_CAPTION, "--image", CAT, "--top-p", "1.5"], &["top_p"]),
     (&["caption", "--model", BLIP_CAPTION, "--image", CAT, "--min-new-tokens", "5", "--max-new-tokens", "2"], &["--min-new-tokens"]),
-    (&["caption", "--model", CLIP, "--image", CAT, "--quantize", "q8"], &["--quantize"]),
+    (&["caption", "--model", CLIP, "--image", CAT, "--quantize", "q4"], &["--quantize q4"]),
+    (&["embed", "--model", CLIP, "--text", "x", "--quantize", "q3"], &["q3"]),
     (&["eval", "--model", CLIP, "--task", "zeroshot", "--data", GOOD_DATA, "--batch-size", "0"], &["batch"]),
     (&["embed", "--model", "{bad}/models/no_such_model", "--text", "x"], &["no_such_model"]),
 ];

@@ -13,6 +13,7 @@
 use candle_core::{DType, Tensor, D};
 use glimpse_data::{TextBatch, TextTokenizer};
 use glimpse_generate::GenerationConfig;
+use glimpse_nn::linears::Linears;
 use glimpse_nn::quant::{Quant, QuantReport};
 
 use crate::registry::Architecture;
@@ -84,6 +85,11 @@ pub trait Model: Send + Sync {
         None
     }
     fn as_quantize(&mut self) -> Option<&mut dyn QuantizeLanguageModel> {
+        None
+    }
+    /// The encoders' linear layers (towers, Q-Former, BLIP's text decoder; not a
+    /// language model), for 8-bit rounding.
+    fn as_linears(&mut self) -> Option<&mut dyn Linears> {
         None
     }
 }

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod clip;
 mod error;
 pub mod finite;
+mod int8;
 pub mod llava;
 pub mod pipeline;
 mod positions;

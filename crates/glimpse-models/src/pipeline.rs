@@ -11,6 +11,7 @@
 use candle_core::{Device, Tensor};
 use glimpse_data::{ImageProcessor, TextBatch, TextTokenizer};
 use glimpse_generate::GenerationConfig;
+use glimpse_nn::linears::Int8Report;
 use glimpse_nn::quant::{Quant, QuantReport};
 use image::RgbImage;
 use std::path::Path;
@@ -151,6 +152,19 @@ impl Pipeline {
                 "a Blip2ForConditionalGeneration (with OPT) or LlavaForConditionalGeneration"
                     .into(),
             )),
+        }
+    }
+
+    /// Rounds the encoders' linear layers to 8 bits for the integer kernels (the vision
+    /// and text towers, BLIP's text decoder, BLIP-2's Q-Former, LLaVA's projector).
+    pub fn quantize_encoders(&mut self) -> Result<Int8Report> {
+        let name = self.name.clone();
+        match self.model.as_linears() {
+            Some(m) => glimpse_nn::linears::quantize_int8(m).map_err(|e| Error::Model {
+                model: name,
+                msg: format!("8-bit rounding failed: {e}"),
+            }),
+            None => Err(self.unsupported("--quantize q8", "a model with encoders".into())),
         }
     }
 

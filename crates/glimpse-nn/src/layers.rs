@@ -40,6 +40,9 @@ pub struct Linear {
 enum LinearWeight {
     Plain(Tensor),
     Packed(Arc<PackedWeight>, Device),
+    /// Rounded to 8 bits per output row for the integer kernels (`--quantize q8`).
+    #[cfg(target_arch = "x86_64")]
+    Int8(Arc<crate::kernels::Int8Weight>, Device),
 }
 
 impl Linear {
@@ -62,11 +65,49 @@ impl Linear {
         }
     }
 
-    /// The weight `[out, in]`; a laid-out weight is copied back into that layout.
+    /// The weight `[out, in]`; a laid-out weight is copied back into that layout (an
+    /// 8-bit one as the f32 values its products use).
     pub fn weight(&self) -> Result<Tensor> {
         match &self.weight {
             LinearWeight::Plain(w) => Ok(w.clone()),
             LinearWeight::Packed(p, dev) => p.unpack(dev),
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::Int8(q, dev) => q.dequantize(dev),
+        }
+    }
+
+    /// Rounds the weight to 8 bits per output row, for products summed in integers with
+    /// the activations rounded per row too ([`crate::kernels::Int8Weight`]). Returns
+    /// whether it did: a CPU without AVX2, a training variable or a weight already 8-bit
+    /// keeps the layer as it is. Inference only: the plain ops (and so a backward pass)
+    /// see the rounded weight.
+    pub fn quantize_int8(&mut self) -> Result<bool> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let device = match &self.weight {
+                LinearWeight::Int8(..) => return Ok(false),
+                LinearWeight::Plain(w) if w.is_variable() => return Ok(false),
+                LinearWeight::Plain(w) => w.device().clone(),
+                LinearWeight::Packed(_, dev) => dev.clone(),
+            };
+            let Some(q) = crate::kernels::Int8Weight::new(&self.weight()?)? else {
+                return Ok(false);
+            };
+            self.weight = LinearWeight::Int8(Arc::new(q), device);
+            Ok(true)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Ok(false)
+        }
+    }
+
+    /// Whether the weight is 8-bit ([`Linear::quantize_int8`]).
+    pub fn is_int8(&self) -> bool {
+        match &self.weight {
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::Int8(..) => true,
+            _ => false,
         }
     }
 
@@ -78,19 +119,28 @@ impl Linear {
                 (d[0], d.get(1).copied().unwrap_or(0))
             }
             LinearWeight::Packed(p, _) => p.dims(),
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::Int8(q, _) => q.dims(),
         }
     }
 
-    /// The weight's dtype.
+    /// The dtype the layer computes in (f32 for the laid-out and 8-bit weights, whose
+    /// inputs and outputs are f32).
     pub fn dtype(&self) -> DType {
         match &self.weight {
             LinearWeight::Plain(w) => w.dtype(),
             LinearWeight::Packed(..) => DType::F32,
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::Int8(..) => DType::F32,
         }
     }
 
     /// Bytes held by the weight.
     pub fn weight_bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if let LinearWeight::Int8(q, _) = &self.weight {
+            return q.size_in_bytes();
+        }
         let (o, i) = self.dims();
         o * i * self.dtype().size_in_bytes()
     }
@@ -110,6 +160,10 @@ impl Linear {
             LinearWeight::Plain(w) => crate::kernels::linear(x, w, self.bias(), act, residual),
             LinearWeight::Packed(p, _) => {
                 crate::kernels::linear_packed(x, p, self.bias(), act, residual)
+            }
+            #[cfg(target_arch = "x86_64")]
+            LinearWeight::Int8(q, _) => {
+                crate::kernels::linear_int8(x, q, self.bias(), act, residual)
             }
         }
     }

@@ -24,6 +24,7 @@ pub mod bert;
 pub mod decoder;
 pub mod kernels;
 pub mod layers;
+pub mod linears;
 pub mod llama;
 pub mod opt;
 pub mod quant;

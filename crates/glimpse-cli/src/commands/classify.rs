@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{check_images, load, read_image};
+use super::{check_images, load_quantized, read_image};
 use crate::cli::ClassifyArgs;
 use crate::output::{outln, print_json};
 
@@ -23,7 +23,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         );
     }
     let image = read_image(&args.image)?;
-    let pipeline = load(&args.common, super::Bundled::Clip)?;
+    let pipeline = load_quantized(&args.common, super::Bundled::Clip, args.quantize)?;
     check_images(&pipeline, &[&args.image], std::slice::from_ref(&image))?;
     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
     let probs = pipeline.classify(&image, &refs, &args.template)?;

@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{check_batch_size, check_images, check_texts, load, read_images};
+use super::{check_batch_size, check_images, check_texts, load_quantized, read_images};
 use crate::cli::EmbedArgs;
 use crate::output::{outln, preview, print_json, progress};
 
@@ -17,7 +17,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     }
     check_texts(&args.texts, "--text")?;
     check_batch_size(args.batch_size)?;
-    let pipeline = load(&args.common, super::Bundled::Clip)?;
+    let pipeline = load_quantized(&args.common, super::Bundled::Clip, args.quantize)?;
 
     let bar = progress(args.images.len(), args.batch_size, "embedding images");
     let mut image_embeds = Vec::with_capacity(args.images.len());

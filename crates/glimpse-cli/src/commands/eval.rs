@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_eval::{evaluate, EvalOptions, EvalReport, Metrics, Tally, Task};
 
-use super::{load, model_name, Bundled};
+use super::{load_quantized, model_name, Bundled};
 use crate::cli::{DecodeArgs, ModelArgs};
 use crate::output::{outln, print_json};
 
@@ -47,6 +47,10 @@ pub struct EvalArgs {
     pub prompt: Option<String>,
     #[command(flatten)]
     pub decode: DecodeArgs,
+    /// Evaluate the model quantised as `--quantize` does for the other commands (`q8`:
+    /// 8-bit encoders), to measure what the rounding costs.
+    #[arg(long, value_name = "q8|q4")]
+    pub quantize: Option<glimpse_nn::quant::Quant>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -73,7 +77,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Task::Vqa => Bundled::Vqa,
     };
     let model = model_name(&args.common, bundled)?;
-    let pipeline = load(&args.common, bundled)?;
+    let pipeline = load_quantized(&args.common, bundled, args.quantize)?;
     let report = evaluate(&pipeline, &model, &args.data, &opts)
         .with_context(|| format!("evaluating `{model}` on {}", args.data))?;
     if args.common.json {

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{check_images, check_texts, load, read_image};
+use super::{check_images, check_texts, load_quantized, read_image};
 use crate::cli::MatchArgs;
 use crate::output::{outln, print_json};
 
@@ -15,7 +15,7 @@ struct MatchOutput {
 pub fn run(args: MatchArgs) -> Result<()> {
     check_texts(&args.texts, "--text")?;
     let image = read_image(&args.image)?;
-    let pipeline = load(&args.common, super::Bundled::Retrieval)?;
+    let pipeline = load_quantized(&args.common, super::Bundled::Retrieval, args.quantize)?;
     check_images(&pipeline, &[&args.image], std::slice::from_ref(&image))?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let scores = pipeline.match_scores(&image, &texts)?;

@@ -124,8 +124,10 @@ pub fn load(args: &ModelArgs, default: Bundled) -> Result<Pipeline> {
     Pipeline::load(&model, &device).with_context(context)
 }
 
-/// [`load`], then `--quantize` when given. The model must be BLIP-2 or LLaVA, which is
-/// checked from its config before any weight is read; the report goes to stderr.
+/// [`load`], then `--quantize` when given: `q8` rounds the encoders' linear layers to
+/// 8 bits, and quantises a BLIP-2 (OPT) or LLaVA language model in `Q8_0`; `q4` is for
+/// those language models only, which is checked from the config before any weight is
+/// read. The reports go to stderr.
 pub fn load_quantized(
     args: &ModelArgs,
     default: Bundled,
@@ -137,18 +139,28 @@ pub fn load_quantized(
     let model = model_name(args, default)?;
     let files = ModelFiles::resolve(&model).with_context(|| format!("loading model `{model}`"))?;
     let arch = detect_architecture(&files).with_context(|| format!("loading model `{model}`"))?;
-    if !matches!(arch, Architecture::Blip2Generation | Architecture::Llava) {
+    let language_model = matches!(arch, Architecture::Blip2Generation | Architecture::Llava);
+    if quant == Quant::Q4 && !language_model {
         bail!(
-            "--quantize {quant}: `{model}` is a {}; quantised decoding is for \
-             Blip2ForConditionalGeneration (with OPT) and LlavaForConditionalGeneration models",
+            "--quantize q4: `{model}` is a {}; 4-bit weights are for the language models of \
+             Blip2ForConditionalGeneration (with OPT) and LlavaForConditionalGeneration \
+             models (encoders take q8)",
             arch.class_name()
         );
     }
     let mut pipeline = load(args, default)?;
-    let report = pipeline
-        .quantize_language_model(quant)
-        .with_context(|| format!("--quantize {quant}"))?;
-    crate::output::note(&report);
+    if language_model {
+        let report = pipeline
+            .quantize_language_model(quant)
+            .with_context(|| format!("--quantize {quant}"))?;
+        crate::output::note(&report);
+    }
+    if quant == Quant::Q8 {
+        let report = pipeline
+            .quantize_encoders()
+            .with_context(|| format!("--quantize {quant}"))?;
+        crate::output::note(format!("q8 encoders: {report}"));
+    }
     Ok(pipeline)
 }
 

@@ -96,6 +96,10 @@ pub(crate) const VQA_REGISTRATION: Registration = Registration {
 };
 
 impl Model for BlipForConditionalGeneration {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::BlipCaption
     }
@@ -138,6 +142,10 @@ impl Caption for BlipForConditionalGeneration {
 }
 
 impl Model for BlipForImageTextRetrieval {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::BlipRetrieval
     }
@@ -180,6 +188,10 @@ impl Match for BlipForImageTextRetrieval {
 }
 
 impl Model for BlipForQuestionAnswering {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::BlipVqa
     }

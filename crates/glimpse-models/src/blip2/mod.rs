@@ -82,6 +82,10 @@ pub(crate) const RETRIEVAL_REGISTRATION: Registration = Registration {
 };
 
 impl Model for Blip2ForConditionalGeneration {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::Blip2Generation
     }
@@ -151,6 +155,10 @@ impl QuantizeLanguageModel for Blip2ForConditionalGeneration {
 }
 
 impl Model for Blip2ForImageTextRetrieval {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::Blip2Retrieval
     }

@@ -164,6 +164,10 @@ pub(crate) const REGISTRATION: Registration = Registration {
 };
 
 impl Model for ClipModel {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::Clip
     }

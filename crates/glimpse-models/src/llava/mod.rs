@@ -97,6 +97,10 @@ impl Llava {
 }
 
 impl Model for Llava {
+    fn as_linears(&mut self) -> Option<&mut dyn glimpse_nn::linears::Linears> {
+        Some(self)
+    }
+
     fn architecture(&self) -> Architecture {
         Architecture::Llava
     }

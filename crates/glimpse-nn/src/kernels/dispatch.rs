@@ -110,3 +110,24 @@ pub(super) fn has_quant_kernels() -> bool {
         false
     }
 }
+
+/// Whether the CPU has AVX-512 VNNI (with AVX-512BW, AVX2 and FMA), for the 8-bit
+/// integer products of [`Int8Weight`](super::Int8Weight).
+pub(super) fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static YES: OnceLock<bool> = OnceLock::new();
+        *YES.get_or_init(|| {
+            has_avx512f()
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::env::var("GLIMPSE_INT8_AVX2")
+                    .map(|v| v.is_empty() || v == "0")
+                    .unwrap_or(true)
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -1,4 +1,5 @@
-//! The linear entry points ([`linear`], [`linear_packed`], [`linear_quant`]): the output
+//! The linear entry points ([`linear`], [`linear_packed`], [`linear_quant`],
+//! `linear_int8`): the output
 //! split into column blocks, one per thread, each block's product run by the kernel that
 //! fits its weight and row count, then its bias, activation or residual applied while
 //! the block is in cache.
@@ -12,6 +13,8 @@ use super::dispatch::eligible;
 use super::dispatch::{has_avx2_fma, has_avx512f, tiled};
 #[cfg(target_arch = "x86_64")]
 use super::dot::{small_m_avx2, tiled_avx2};
+#[cfg(target_arch = "x86_64")]
+use super::int8::Int8Weight;
 #[cfg(target_arch = "x86_64")]
 use super::outer::packed_avx512;
 use super::outer::Onto;
@@ -126,6 +129,78 @@ pub fn linear_quant(
         return linear_with(&x.contiguous()?, Weight::Quant(weight), bias, act, residual);
     }
     linear_with(x, Weight::Quant(weight), bias, act, residual)
+}
+
+/// [`linear`] with an 8-bit weight ([`Int8Weight`]): each row of `x` rounded to 8 bits
+/// with its own scale, the products summed in integers, then scaled back, the bias,
+/// residual or activation applied as for [`linear`]. `x` may be a view (it is copied);
+/// `Ok(None)` as for [`linear`] (the caller then needs [`Int8Weight::dequantize`] for
+/// the plain ops).
+#[cfg(target_arch = "x86_64")]
+pub fn linear_int8(
+    x: &Tensor,
+    weight: &Int8Weight,
+    bias: Option<&Tensor>,
+    act: Option<Activation>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    use super::int8::{run_blocks, Path, QuantRows, NR8};
+    let x = if eligible(&[x]) && !x.is_contiguous() {
+        &x.contiguous()?
+    } else {
+        x
+    };
+    let mut all = vec![x];
+    all.extend(bias);
+    all.extend(residual);
+    if act.is_some() && residual.is_some() {
+        candle_core::bail!("kernels::linear_int8 takes an activation or a residual, not both")
+    }
+    let Some(path) = Path::best() else {
+        return Ok(None);
+    };
+    if !eligible(&all) || x.rank() == 0 || !x.is_contiguous() {
+        return Ok(None);
+    }
+    let (n, k) = weight.dims();
+    let mut out_dims = x.dims().to_vec();
+    if out_dims.pop() != Some(k) {
+        return Ok(None); // the plain path reports the mismatch
+    }
+    out_dims.push(n);
+    let m = x.elem_count() / k.max(1);
+    if bias.is_some_and(|b| b.dims() != [n] || !b.is_contiguous())
+        || residual.is_some_and(|r| r.dims() != out_dims.as_slice() || !r.is_contiguous())
+        || m == 0
+    {
+        return Ok(None);
+    }
+    let (xg, xl) = x.storage_and_layout();
+    let q = QuantRows::new(f32_data(&xg, xl)?, m, k, path);
+    drop(xg);
+    let bg = bias.map(|b| b.storage_and_layout());
+    let rg = residual.map(|r| r.storage_and_layout());
+    let bs = bg.as_ref().map(|(g, l)| f32_data(g, l)).transpose()?;
+    let rs = rg.as_ref().map(|(g, l)| f32_data(g, l)).transpose()?;
+    let mut out = reserve(m * n);
+    let dst = SharedMut(out.as_mut_ptr());
+    let blocks = column_blocks(n, m, k, NR8);
+    let activate = |j0: usize, nn: usize| {
+        if let Some(act) = act {
+            for i in 0..m {
+                // SAFETY: the block's columns of row i, written by its product just now.
+                activate_row(act, unsafe {
+                    std::slice::from_raw_parts_mut(dst.at(i * n + j0), nn)
+                });
+            }
+        }
+    };
+    // SAFETY: `out` has room for m rows of n; the blocks start at panels and split the
+    // columns; the bias has n values and the residual m rows of n (checked above).
+    unsafe { run_blocks(weight, &q, &blocks, dst, n, bs, rs, &activate) };
+    // SAFETY: the column blocks cover 0..n, and each wrote all m rows of its columns.
+    let out = unsafe { written(out, m * n) };
+    Ok(Some(Tensor::from_vec(out, out_dims, x.device())?))
 }
 
 fn linear_with(

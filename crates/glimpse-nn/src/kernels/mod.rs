@@ -45,6 +45,8 @@
 //!   their layouts and kernels.
 //! * `norm`, `softmax`, `activation`: layer norm, softmax and `exp`, the activations.
 //! * `attention`: attention over heads in place; `attend` holds its tiles.
+//! * `int8`: weights rounded to 8 bits per output row ([`Int8Weight`]) and activations
+//!   per row, summed in integers (VNNI or AVX2), for the encoders' `--quantize q8`.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, StorageRef};
 
@@ -64,6 +66,8 @@ mod attend;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod int8;
+#[cfg(target_arch = "x86_64")]
 mod q4k;
 #[cfg(target_arch = "x86_64")]
 mod quant;
@@ -80,6 +84,10 @@ mod attend {
 
 pub use attention::attention;
 pub use dispatch::{applies, enabled, set_tiled};
+#[cfg(target_arch = "x86_64")]
+pub use int8::Int8Weight;
+#[cfg(target_arch = "x86_64")]
+pub use linear::linear_int8;
 pub use linear::{linear, linear_packed, linear_quant};
 pub use norm::layer_norm;
 pub use packing::{unpacked, PackedWeight};
