@@ -50,10 +50,7 @@ LLAVA_DIR = "llava-clip-b32-llama-1b"
 # in step.
 WORKLOADS = {
     "matmul": (None, "f32 square matmul C = A @ B, n = 2048, 4 per call (peak rate)"),
-    "matmul-i8": (
-        None,
-        "the same products through quantize_dynamic's int8 nn.Linear (the int8 peak rate)",
-    ),
+    "matmul-i8": (None, "the same products, quantize_dynamic int8 nn.Linear (int8 peak)"),
     "clip-image-b1": (CLIP_DIR, "CLIP ViT-B/32 get_image_features, batch 1, 224 px"),
     "clip-image-b8": (CLIP_DIR, "CLIP ViT-B/32 get_image_features, batch 8, 224 px"),
     "clip-text-b32": (CLIP_DIR, "CLIP text get_text_features, batch 32, 16 tokens"),

@@ -71,10 +71,21 @@ fn write_table(out: &mut String, report: &Report) -> std::fmt::Result {
         .iter()
         .any(|r| r.workload == MATMUL || r.workload == MATMUL_I8)
     {
+        let int8 = report
+            .results
+            .iter()
+            .any(|r| workload(&r.workload).is_ok_and(|w| w.int8));
         writeln!(
             out,
-            "% peak = share of the same side's {MATMUL} rate in this run ({MATMUL_I8} \
-             for the 8-bit workloads: integer products, counted as FLOPs)"
+            "% peak = share of the same side's {MATMUL} rate in this run{}",
+            if int8 {
+                format!(
+                    " ({MATMUL_I8} for the 8-bit workloads, whose integer products count as \
+                     FLOPs)"
+                )
+            } else {
+                String::new()
+            }
         )?;
     }
     if report.results.iter().any(|r| r.ttft_ratio.is_some()) {

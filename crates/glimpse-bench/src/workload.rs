@@ -252,6 +252,27 @@ mod tests {
     }
 
     #[test]
+    fn eight_bit_workloads_time_the_same_task_as_their_f32_twins() {
+        for (q8, f32) in [
+            ("clip-image-b8-q8", "clip-image-b8"),
+            ("clip-text-b32-q8", "clip-text-b32"),
+            ("blip-caption-q8", "blip-caption"),
+            (MATMUL_I8, MATMUL),
+        ] {
+            let (a, b) = (workload(q8).unwrap(), workload(f32).unwrap());
+            assert!(a.int8 && !b.int8, "{q8}");
+            assert_eq!(
+                (a.task, a.model_dir, a.items),
+                (b.task, b.model_dir, b.items)
+            );
+            assert_eq!(a.flops(STREAM_TOKENS), b.flops(STREAM_TOKENS), "{q8}");
+        }
+        // They are their own quantisation: `--quantize` (the language models') refuses them.
+        let err = select(&["clip-text-b32-q8".into()], Some(Quant::Q8)).unwrap_err();
+        assert!(err.to_string().contains("clip-text-b32-q8"), "{err}");
+    }
+
+    #[test]
     fn streaming_workloads_count_new_tokens() {
         for name in ["blip2-opt", "llava-llama"] {
             let w = workload(name).unwrap();

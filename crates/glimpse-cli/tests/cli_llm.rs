@@ -216,3 +216,57 @@ fn quantize_runs_blip2_and_llava_and_refuses_other_models() {
     let err = fails(&["caption", "--image", &image, "--quantize", "q3"]);
     assert!(err.contains("q3") && err.contains("q8"), "{err}");
 }
+
+#[test]
+fn quantize_q8_runs_every_command_on_8_bit_encoders() {
+    let image = photo("cat");
+    let clip = fixture("clip");
+    let clip = clip.to_str().unwrap();
+    let embed = |extra: &[&str]| {
+        let mut args = vec![
+            "embed", "--model", clip, "--image", &image, "--text", "a cat",
+        ];
+        args.extend(extra);
+        args.push("--json");
+        let out = glimpse(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, stderr)
+    };
+    let (f32, _) = embed(&[]);
+    let (q8, stderr) = embed(&["--quantize", "q8"]);
+    assert!(
+        stderr.contains("q8 encoders: ") && stderr.contains("in 8 bits"),
+        "{stderr}"
+    );
+    for key in ["image_embeds", "text_embeds"] {
+        let (a, b) = (floats(&f32[key][0]), floats(&q8[key][0]));
+        let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cos = dot / (norm(&a) * norm(&b));
+        assert!(cos > 0.99 && a != b, "{key}: cosine {cos}");
+    }
+    let blip = fixture("blip_caption");
+    let itm = fixture("blip_itm");
+    let cases: [(&str, Vec<&str>); 3] = [
+        (
+            "caption",
+            vec!["--model", blip.to_str().unwrap(), "--max-new-tokens", "4"],
+        ),
+        (
+            "match",
+            vec!["--model", itm.to_str().unwrap(), "--text", "a cat"],
+        ),
+        ("classify", vec!["--model", clip, "--labels", "cat,dog"]),
+    ];
+    for (command, extra) in cases {
+        let mut args = vec![command, "--image", &image, "--quantize", "q8", "--json"];
+        args.extend(extra);
+        let out = glimpse(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{command}: {stderr}");
+        assert!(stderr.contains("q8 encoders: "), "{command}: {stderr}");
+        let _: Value = serde_json::from_slice(&out.stdout).unwrap();
+    }
+}
