@@ -111,7 +111,11 @@ fn figures(r: &EvalReport) -> String {
             .iter()
             .map(|s| format!("<li>{}</li>", escape(s)))
             .collect();
-        let _ = write!(out, "<h3>Skipped</h3><ul>{items}</ul>");
+        let _ = write!(
+            out,
+            "<details><summary>first {} reasons for skipping</summary><ul>{items}</ul></details>",
+            r.skipped_reasons.len()
+        );
     }
     out
 }
@@ -189,6 +193,11 @@ fn captions(ev: &Evidence, items: &[glimpse_eval::evidence::CaptionEvidence]) ->
             image(ev, &c.key, "", false),
             escape(&c.caption)
         );
+        if c.all_correct.is_none() {
+            out.push_str(
+                "<span class=\"muted\">attributes not checked (not a single-object synthetic record)</span>",
+            );
+        }
         for a in &c.attributes {
             out.push_str(&chip(a.name, &a.truth, a.judgement));
         }

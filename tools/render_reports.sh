@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Renders Glimpse report pages in headless Chromium (from Debian), saves a
+# screenshot of each, and measures how long the browser takes to load each page.
+#
+#   bash tools/render_reports.sh OUT_DIR [PAGE.html ...]
+#
+# Without pages it renders docs/reports/**/*.html. It installs Chromium with apt-get
+# when it is missing (`apt-get update` first; through sudo when not root). For each
+# page it writes OUT_DIR/<name>.png (1280 px wide, full height up to 6000 px) and a
+# line of OUT_DIR/load_times.tsv: page, bytes, load time in ms.
+#
+# The load time is measured inside the browser: a wrapper page in a temporary
+# directory loads the report in an iframe and records `performance.now()` when the
+# iframe's load event fires (parsing, layout of the inline SVG and decoding of the
+# embedded images included), relative to the moment the iframe was created. Each page
+# is loaded three times in fresh browser processes; the table keeps the median.
+set -euo pipefail
+
+out=${1:?usage: bash tools/render_reports.sh OUT_DIR [PAGE.html ...]}
+shift
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+if [ $# -gt 0 ]; then
+    pages=("$@")
+else
+    mapfile -t pages < <(find docs/reports -name '*.html' | sort)
+fi
+[ ${#pages[@]} -gt 0 ] || { echo "no page to render" >&2; exit 1; }
+
+browser=$(command -v chromium || command -v chromium-browser || true)
+if [ -z "$browser" ]; then
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { echo "Chromium is missing and there is no sudo to install it" >&2; exit 1; }
+        sudo=sudo
+    fi
+    echo "installing chromium from Debian" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    browser=$(command -v chromium)
+fi
+echo "browser: $("$browser" --version 2>/dev/null)" >&2
+
+flags=(--headless --no-sandbox --disable-gpu --hide-scrollbars --disable-extensions
+       --no-first-run --disable-background-networking --disable-dev-shm-usage
+       --allow-file-access-from-files)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# The height of a page's content, from the browser, to size its screenshot.
+page_height() {
+    "$browser" "${flags[@]}" --window-size=1280,800 --virtual-time-budget=5000 \
+        --run-all-compositor-stages-before-draw \
+        --dump-dom "file://$tmp/height.html" 2>/dev/null |
+        sed -n 's/.*<title>\([0-9]*\)<\/title>.*/\1/p'
+}
+
+load_ms() {
+    "$browser" "${flags[@]}" --window-size=1280,800 --virtual-time-budget=20000 \
+        --dump-dom "file://$tmp/time.html" 2>/dev/null |
+        sed -n 's/.*<title>\([0-9.]*\)<\/title>.*/\1/p'
+}
+
+printf 'page\tbytes\tload_ms\n' > "$out/load_times.tsv"
+for page in "${pages[@]}"; do
+    [ -f "$page" ] || { echo "$page: no such file" >&2; exit 1; }
+    abs=$(cd "$(dirname "$page")" && pwd)/$(basename "$page")
+    name=$(echo "${page#docs/reports/}" | sed 's/\.html$//; s#^/##; s#/#-#g')
+    cat > "$tmp/time.html" <<EOF
+<!DOCTYPE html><html><head><title>pending</title></head><body><script>
+const f = document.createElement('iframe');
+f.style.width = '1280px'; f.style.height = '800px';
+const t0 = performance.now();
+f.onload = () => { document.title = (performance.now() - t0).toFixed(1); };
+f.src = 'file://$abs';
+document.body.appendChild(f);
+</script></body></html>
+EOF
+    cat > "$tmp/height.html" <<EOF
+<!DOCTYPE html><html><head><title>0</title></head><body style="margin:0"><script>
+const f = document.createElement('iframe');
+f.style.width = '1280px'; f.style.height = '800px';
+f.onload = () => { document.title = String(f.contentDocument.documentElement.scrollHeight); };
+f.src = 'file://$abs';
+document.body.appendChild(f);
+</script></body></html>
+EOF
+    times=()
+    for _ in 1 2 3; do
+        times+=("$(load_ms)")
+    done
+    median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n 2p)
+    height=$(page_height)
+    height=${height:-2000}
+    [ "$height" -gt 6000 ] && height=6000
+    [ "$height" -lt 400 ] && height=400
+    "$browser" "${flags[@]}" --window-size=1280,"$height" --virtual-time-budget=5000 \
+        --screenshot="$out/$name.png" "file://$abs" 2>/dev/null
+    bytes=$(stat -c %s "$page")
+    printf '%s\t%s\t%s\n' "$page" "$bytes" "$median" >> "$out/load_times.tsv"
+    echo "$page: $bytes bytes, load ${median} ms (runs: ${times[*]}), screenshot $out/$name.png (1280x$height)" >&2
+done
+column -t "$out/load_times.tsv" >&2
