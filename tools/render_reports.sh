@@ -4,7 +4,11 @@
 #
 #   bash tools/render_reports.sh OUT_DIR [PAGE.html ...]
 #
-# Without pages it renders docs/reports/**/*.html. It installs Chromium with apt-get
+# Without pages it renders docs/reports/**/*.html. It also writes a 10,000-update
+# run (a BLIP-style log.jsonl made with awk: total, ITC, ITM and LM losses, learning
+# rate, gradient norm and samples/s every update, validation every 500, a resume at
+# 5,000) into OUT_DIR/long-run/, makes its page with `glimpse report` (GLIMPSE, default
+# target/release/glimpse, else target/debug/glimpse) and renders it with the others. It installs Chromium with apt-get
 # when it is missing (`apt-get update` first; through sudo when not root). For each
 # page it writes OUT_DIR/<name>.png (1280 px wide, full height up to 6000 px) and a
 # line of OUT_DIR/load_times.tsv: page, bytes, load time in ms.
@@ -26,6 +30,27 @@ if [ $# -gt 0 ]; then
     pages=("$@")
 else
     mapfile -t pages < <(find docs/reports -name '*.html' | sort)
+fi
+glimpse=${GLIMPSE:-target/release/glimpse}
+[ -x "$glimpse" ] || glimpse=target/debug/glimpse
+if [ -x "$glimpse" ]; then
+    long="$out/long-run"
+    mkdir -p "$long"
+    printf '[model]\nkind = "blip"\n[optim]\nmax_steps = 10000\n' > "$long/recipe.toml"
+    awk 'BEGIN {
+        for (s = 1; s <= 10000; s++) {
+            itc = 3 / (1 + s / 800) + 0.08 * sin(s * 0.37); itm = 0.69 - 0.3 * s / 10000 + 0.03 * cos(s);
+            lm = 6 / (1 + s / 300) + 0.5; lr = (s < 200 ? s / 200 : 0.5 * (1 + cos(3.14159265 * (s - 200) / 9800))) * 1e-4;
+            printf "{\"step\":%d,\"epoch\":%d,\"loss\":%.6f,\"lr\":%.8g,\"grad_norm\":%.5f,\"samples_per_s\":%.3f,\"itc\":%.6f,\"itm\":%.6f,\"lm\":%.6f}\n",
+                s, int(s / 700), itc + itm + lm, lr, 1 + 0.5 * sin(s * 0.011) + (s % 97 == 0 ? 3 : 0), 36 + sin(s * 0.05), itc, itm, lm;
+            if (s % 500 == 0)
+                printf "{\"step\":%d,\"validation\":{\"itc_loss\":%.5f,\"retrieval\":{\"r1_i2t\":%.4f,\"r5_i2t\":%.4f}}}\n", s, 3 / (1 + s / 800), 0.5 * s / 10000, 0.9 * s / 10000;
+            if (s == 5000) printf "{\"step\":5000,\"resumed\":{\"epoch\":7,\"position\":4000}}\n";
+        } }' > "$long/log.jsonl"
+    "$glimpse" report --run "$long" >&2
+    pages+=("$long/report.html")
+else
+    echo "no glimpse binary (build it, or set GLIMPSE): the 10,000-update page is not made" >&2
 fi
 [ ${#pages[@]} -gt 0 ] || { echo "no page to render" >&2; exit 1; }
 
@@ -67,7 +92,7 @@ printf 'page\tbytes\tload_ms\n' > "$out/load_times.tsv"
 for page in "${pages[@]}"; do
     [ -f "$page" ] || { echo "$page: no such file" >&2; exit 1; }
     abs=$(cd "$(dirname "$page")" && pwd)/$(basename "$page")
-    name=$(echo "${page#docs/reports/}" | sed 's/\.html$//; s#^/##; s#/#-#g')
+    name=$(echo "${page#docs/reports/}" | sed "s#^$out/##; s/\.html\$//; s#^/##; s#/#-#g")
     cat > "$tmp/time.html" <<EOF
 <!DOCTYPE html><html><head><title>pending</title></head><body><script>
 const f = document.createElement('iframe');

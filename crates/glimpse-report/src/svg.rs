@@ -46,7 +46,7 @@ pub struct Plot {
 const WIDTH: f64 = 460.0;
 const HEIGHT: f64 = 230.0;
 const LEFT: f64 = 58.0;
-const RIGHT: f64 = 12.0;
+const RIGHT: f64 = 22.0;
 const TOP: f64 = 36.0;
 const BOTTOM: f64 = 32.0;
 
@@ -95,7 +95,7 @@ pub fn downsample(points: &[(f64, f64)], x0: f64, x1: f64, columns: usize) -> Ve
 /// About five round tick values covering `[lo, hi]`.
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let span = hi - lo;
-    if !(span > 0.0) {
+    if span.is_nan() || span <= 0.0 {
         return vec![lo];
     }
     let raw = span / 5.0;

@@ -104,7 +104,7 @@ pub(crate) fn caption(
             attributes: attributes.finish(),
             examples,
         }),
-        opts.evidence.then(|| Evidence {
+        opts.evidence.then_some(Evidence {
             task: TaskEvidence::Caption { items: shown },
             ..evidence
         }),
