@@ -39,6 +39,9 @@ pub(crate) fn vqa(
             break;
         }
         for (ex, pairs) in batch {
+            // Wrong answers shown from this image: at most two, so the sample spreads
+            // over several images.
+            let mut shown_here = 0;
             for qa in pairs {
                 let answer = p.ask(&ex.image, &qa.question, &gen)?.text;
                 if opts.evidence {
@@ -47,7 +50,8 @@ pub(crate) fn vqa(
                     let row = by_type.entry(qtype).or_default();
                     row.0 += usize::from(right);
                     row.1 += 1;
-                    if !right && wrong.len() < MAX_ITEMS {
+                    if !right && wrong.len() < MAX_ITEMS && shown_here < 2 {
+                        shown_here += 1;
                         evidence
                             .images
                             .entry(ex.key.clone())
