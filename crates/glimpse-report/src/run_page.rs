@@ -251,15 +251,43 @@ pub fn run_page(runs: &[RunData]) -> String {
     for r in runs {
         val_keys.extend(r.validation.keys().map(String::as_str));
     }
+    // A metric with one value throughout (a count of images, say) is listed, not drawn.
+    let constant = |k: &str| {
+        let mut values = runs
+            .iter()
+            .filter_map(|r| r.validation.get(k))
+            .flatten()
+            .map(|p| p.1);
+        let first = values.next();
+        let n = 1 + values.clone().count();
+        n > 1 && first.is_some_and(|f| values.all(|v| v == f))
+    };
     let body = if val_keys.is_empty() {
         "<p class=\"muted\">No validation in the log (the recipe's <code>run.val_every</code> was not reached).</p>".to_string()
     } else {
-        plots(
+        let mut body = plots(
             val_keys
                 .iter()
+                .filter(|k| !constant(k))
                 .map(|k| plot(runs, k, |r| r.validation.get(*k)))
                 .collect(),
-        )
+        );
+        let same: Vec<String> = val_keys
+            .iter()
+            .filter(|k| constant(k))
+            .filter_map(|k| {
+                let v = runs.iter().find_map(|r| r.validation.get(*k))?.first()?.1;
+                Some(format!("<code>{}</code> = {}", escape(k), fmt_num(v)))
+            })
+            .collect();
+        if !same.is_empty() {
+            let _ = write!(
+                body,
+                "<p>The same at every validation: {}.</p>",
+                same.join(", ")
+            );
+        }
+        body
     };
     page.section("Validation", "", body);
     page.section("Resume points and checkpoints", "", resume_points(runs));

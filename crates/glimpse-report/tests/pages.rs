@@ -374,3 +374,21 @@ fn vqa_and_zero_shot_pages_show_types_mistakes_and_the_matrix() {
     );
     assert!(html.contains("&lt;x&gt;"));
 }
+
+#[test]
+fn constant_validation_metrics_are_listed_not_drawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = fake_run(tmp.path(), "c", 10, None, 1e-4);
+    let mut log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    for s in [5, 10] {
+        log.push_str(&format!(
+            "{{\"step\":{s},\"validation\":{{\"images\":147,\"acc\":{}}}}}\n",
+            s as f64 / 20.0
+        ));
+    }
+    std::fs::write(run.join("log.jsonl"), log).unwrap();
+    let (html, _) = run_report(&[run]).unwrap();
+    assert!(html.contains("aria-label=\"acc\""));
+    assert!(!html.contains("aria-label=\"images\""));
+    assert!(html.contains("<code>images</code> = 147"));
+}
