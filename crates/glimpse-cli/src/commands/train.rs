@@ -46,6 +46,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     // The run's page; a run that trained is not failed for want of it.
     let page = glimpse_report::write_run_report(std::slice::from_ref(&report.out), None);
     if args.json {
+        match &page {
+            Ok(w) => output::note(format_args!("report: {}", w.path.display())),
+            Err(e) => output::note(format_args!("warning: no report page: {e}")),
+        }
         return output::print_json(&report);
     }
     outln!(
