@@ -44,6 +44,9 @@ pub enum Command {
     /// Evaluate a model on a dataset: retrieval recall@K, zero-shot accuracy, caption
     /// BLEU-4/CIDEr-D with attribute accuracy, or VQA accuracy.
     Eval(crate::commands::eval::EvalArgs),
+    /// Write a training run (or several, overlaid) as one self-contained HTML page:
+    /// losses, learning rate, throughput, validation, resume points, recipe.
+    Report(crate::commands::report::ReportArgs),
 }
 
 #[derive(Debug, Args)]

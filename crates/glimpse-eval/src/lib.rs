@@ -21,9 +21,12 @@
 //!
 //! Modules: `options` (the task and the flags), `records` (what a record provides),
 //! `reader` (usable examples in file order), `tasks` (one module per task), `report`
-//! (what `glimpse eval` prints), and [`metrics`] (plain Rust over host slices).
+//! (what `glimpse eval` prints), [`evidence`] (the examples and images a report page
+//! shows, kept with `EvalOptions::evidence`), and [`metrics`] (plain Rust over host
+//! slices).
 
 mod error;
+pub mod evidence;
 pub mod metrics;
 mod options;
 mod reader;
@@ -79,7 +82,7 @@ pub fn evaluate(
         )));
     }
     let mut reader = Reader::open(data, opts, true)?;
-    let (samples, metrics) = match opts.task {
+    let (samples, metrics, evidence) = match opts.task {
         Task::Retrieval => tasks::retrieval::retrieval(pipeline, &mut reader, data, opts)?,
         Task::ZeroShot => tasks::zero_shot::zero_shot(pipeline, &mut reader, opts)?,
         Task::Caption => tasks::caption::caption(pipeline, &mut reader, opts)?,
@@ -94,5 +97,6 @@ pub fn evaluate(
         skipped,
         skipped_reasons,
         metrics,
+        evidence,
     })
 }

@@ -104,6 +104,8 @@ pub struct EvalOptions {
     pub workers: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Keep examples with thumbnails for a report page (`EvalReport::evidence`).
+    pub evidence: bool,
 }
 
 impl EvalOptions {
@@ -122,6 +124,7 @@ impl EvalOptions {
             },
             workers: 2,
             progress: false,
+            evidence: false,
         }
     }
 

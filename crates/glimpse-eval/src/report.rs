@@ -22,6 +22,10 @@ pub struct EvalReport {
     /// The first reasons, each naming the sample.
     pub skipped_reasons: Vec<String>,
     pub metrics: Metrics,
+    /// Examples and thumbnails for a report page, when `EvalOptions::evidence` was
+    /// set; not part of `--json`.
+    #[serde(skip)]
+    pub evidence: Option<crate::evidence::Evidence>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -450,3 +450,93 @@ fn missing_or_unusable_data_is_an_error_naming_it() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------- evidence
+
+#[test]
+fn evidence_is_kept_only_when_asked_and_names_only_images_it_holds() {
+    use glimpse_eval::evidence::TaskEvidence;
+    assert!(run("clip", &options(Task::Retrieval)).evidence.is_none());
+    let with = |task| {
+        let mut o = options(task);
+        o.evidence = true;
+        o
+    };
+
+    let r = run("clip", &with(Task::Retrieval));
+    let ev = r.evidence.expect("retrieval evidence");
+    let TaskEvidence::Retrieval { queries } = &ev.task else {
+        panic!("{:?}", ev.task)
+    };
+    assert!(!queries.is_empty() && queries.len() <= 12);
+    for q in queries {
+        assert_eq!(q.top.len(), 5);
+        assert!(q.top.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
+        let found = q.top.iter().position(|(k, _)| *k == q.truth);
+        match found {
+            Some(i) => assert_eq!(q.rank, i + 1, "{}", q.text),
+            None => assert!(q.rank > 5),
+        }
+        for k in q.top.iter().map(|(k, _)| k).chain([&q.truth]) {
+            assert!(ev.images.contains_key(k), "no thumbnail of {k}");
+        }
+    }
+    // The text of a query describes its true image.
+    let q = &queries[0];
+    let i: usize = q.truth.parse().unwrap();
+    assert_eq!(retrieval_texts(&data().records[i]), vec![q.text.clone()]);
+
+    let r = run("clip", &with(Task::ZeroShot));
+    let ev = r.evidence.expect("zero-shot evidence");
+    let TaskEvidence::ZeroShot {
+        confusion,
+        examples,
+    } = &ev.task
+    else {
+        panic!()
+    };
+    let total: usize = confusion.counts.iter().flatten().sum();
+    assert_eq!(total, r.samples, "every image is in the matrix once");
+    let Metrics::ZeroShot(m) = &r.metrics else {
+        panic!()
+    };
+    let diagonal: usize = (0..confusion.labels.len())
+        .map(|i| confusion.counts[i][i])
+        .sum();
+    assert!((diagonal as f64 / total as f64 - m.accuracy).abs() < 1e-9);
+    assert_eq!(examples.len(), r.samples.min(12));
+    assert!(examples.iter().all(|e| ev.images.contains_key(&e.key)));
+
+    let r = run("blip_caption", &with(Task::Caption));
+    let ev = r.evidence.expect("caption evidence");
+    let TaskEvidence::Caption { items } = &ev.task else {
+        panic!()
+    };
+    assert!(items.len() >= 6 && items.len() <= 12);
+    for c in items {
+        let i: usize = c.key.parse().unwrap();
+        assert_eq!(c.references, reference_captions(&data().records[i]));
+        assert_eq!(c.attributes.is_empty(), !single_object(&data().records[i]));
+        assert!(ev.images.contains_key(&c.key));
+    }
+
+    let mut o = with(Task::Vqa);
+    o.limit = Some(2);
+    o.generation.max_new_tokens = 4;
+    let r = run("blip_vqa", &o);
+    let Metrics::Vqa(m) = &r.metrics else {
+        panic!()
+    };
+    let ev = r.evidence.expect("vqa evidence");
+    let TaskEvidence::Vqa { by_type, wrong } = &ev.task else {
+        panic!()
+    };
+    let (right, total) = by_type
+        .iter()
+        .fold((0, 0), |(a, b), t| (a + t.correct, b + t.total));
+    assert_eq!(total, m.n_questions);
+    assert!((right as f64 / total as f64 - m.accuracy).abs() < 1e-9);
+    // At most two wrong answers per image are shown.
+    assert!(wrong.len() <= (total - right).min(4) && !wrong.is_empty());
+    assert!(wrong.iter().all(|w| ev.images.contains_key(&w.key)));
+}

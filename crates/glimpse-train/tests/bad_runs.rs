@@ -148,7 +148,12 @@ fn second_run_into_a_locked_run_directory_is_refused() {
     .unwrap();
     assert_eq!(r.steps, 4);
     let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 4, "{log}");
+    // Four updates and the resume point at update 2.
+    assert_eq!(log.lines().count(), 5, "{log}");
+    assert!(
+        log.lines().nth(2).unwrap().contains(r#""resumed""#),
+        "{log}"
+    );
 }
 
 /// Replaces every float tensor of `file` with NaNs.

@@ -45,6 +45,11 @@ pub struct EvalArgs {
     /// caption: text every caption starts with; removed before scoring.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Also write a page with the figures and the evidence behind them (queries with
+    /// their top-5 images, captions beside their images, wrong answers, the confusion
+    /// matrix) as DIR/index.html, images embedded.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Evaluate the model quantised as `--quantize` does for the other commands (`q8`:
@@ -65,9 +70,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         generation: args.decode.generation_config()?,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         progress: !args.common.json && std::io::stderr().is_terminal(),
+        evidence: args.report.is_some(),
         ..EvalOptions::new(task)
     };
     opts.validate()?;
+    if let Some(dir) = &args.report {
+        if dir.is_file() {
+            anyhow::bail!(
+                "--report {}: is a file; give a directory for index.html",
+                dir.display()
+            );
+        }
+    }
     // A wrong --data should not cost a model load first.
     glimpse_data::dataset::resolve_sources(&args.data).context("--data")?;
     let bundled = match task {
@@ -80,10 +94,24 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let pipeline = load_quantized(&args.common, bundled, args.quantize)?;
     let report = evaluate(&pipeline, &model, &args.data, &opts)
         .with_context(|| format!("evaluating `{model}` on {}", args.data))?;
+    let page = match &args.report {
+        Some(dir) => Some(
+            glimpse_report::write_eval_report(&report, dir)
+                .with_context(|| format!("--report {}", dir.display()))?,
+        ),
+        None => None,
+    };
     if args.common.json {
+        if let Some(w) = &page {
+            crate::output::note(format_args!("report: {}", w.path.display()));
+        }
         return print_json(&report);
     }
-    print_report(&report)
+    print_report(&report)?;
+    if let Some(w) = page {
+        outln!("report: {}", w.path.display());
+    }
+    Ok(())
 }
 
 fn pct(x: f64) -> String {

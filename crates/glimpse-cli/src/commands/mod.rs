@@ -8,6 +8,7 @@ pub mod data;
 mod embed;
 pub mod eval;
 mod matching;
+pub mod report;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::Export(args) => train::run_export(args),
         Command::Eval(args) => eval::run(args),
+        Command::Report(args) => report::run(args),
     }
 }
 

@@ -43,7 +43,13 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     // The progress bar (or stderr lines) and OUT/log.jsonl.
     let mut observer = RunLog::new(progress);
     let report = train_observed(&opts, &mut observer).context("training failed")?;
+    // The run's page; a run that trained is not failed for want of it.
+    let page = glimpse_report::write_run_report(std::slice::from_ref(&report.out), None);
     if args.json {
+        match &page {
+            Ok(w) => output::note(format_args!("report: {}", w.path.display())),
+            Err(e) => output::note(format_args!("warning: no report page: {e}")),
+        }
         return output::print_json(&report);
     }
     outln!(
@@ -65,6 +71,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     if let Some(c) = &report.checkpoint {
         outln!("checkpoint: {}", c.display());
+    }
+    match page {
+        Ok(w) => outln!("report: {}", w.path.display()),
+        Err(e) => output::note(format_args!("warning: no report page: {e}")),
     }
     Ok(())
 }

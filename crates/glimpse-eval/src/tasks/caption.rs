@@ -4,6 +4,7 @@
 use glimpse_models::pipeline::Pipeline;
 use serde_json::Value;
 
+use crate::evidence::{CaptionEvidence, Evidence, TaskEvidence, Thumbnail, MAX_ITEMS};
 use crate::metrics;
 use crate::reader::{metric_error, nothing_usable, split, Reader};
 use crate::records::{reference_captions, strip_prompt};
@@ -14,7 +15,7 @@ pub(crate) fn caption(
     p: &Pipeline,
     reader: &mut Reader,
     opts: &EvalOptions,
-) -> Result<(usize, Metrics)> {
+) -> Result<(usize, Metrics, Option<Evidence>)> {
     let select = |meta: &Value| {
         let r = reference_captions(meta);
         if r.is_empty() {
@@ -28,6 +29,10 @@ pub(crate) fn caption(
     let (mut candidates, mut references) = (Vec::new(), Vec::new());
     let mut attributes = AttributeMetrics::default();
     let mut examples = Vec::new();
+    // Evidence: the first images, then images whose caption got something wrong.
+    let mut evidence = Evidence::default();
+    let mut shown = Vec::new();
+    let (mut first, mut wrong) = (0, 0);
     loop {
         let batch = reader.batch(opts.batch_size, select)?;
         if batch.is_empty() {
@@ -35,7 +40,9 @@ pub(crate) fn caption(
         }
         let (keys, images, metas, refs) = split(batch);
         let out = p.caption(&images, prompt, &gen)?;
-        for (((key, meta), refs), g) in keys.into_iter().zip(metas).zip(refs).zip(out) {
+        for ((((key, meta), refs), g), image) in
+            keys.into_iter().zip(metas).zip(refs).zip(out).zip(&images)
+        {
             let text = strip_prompt(&g.text, prompt);
             let single = meta
                 .get("objects")
@@ -47,6 +54,28 @@ pub(crate) fn caption(
                 .flatten();
             if let Some(c) = &check {
                 attributes.add(c);
+            }
+            if opts.evidence {
+                let is_wrong = check.as_ref().is_some_and(|c| !c.all_correct);
+                let take = if first < MAX_ITEMS / 2 {
+                    first += 1;
+                    true
+                } else if is_wrong && wrong < MAX_ITEMS / 2 {
+                    wrong += 1;
+                    true
+                } else {
+                    false
+                };
+                if take {
+                    evidence.images.insert(key.clone(), Thumbnail::of(image));
+                    shown.push(CaptionEvidence::new(
+                        key.clone(),
+                        text.clone(),
+                        refs.clone(),
+                        &meta,
+                        check.as_ref(),
+                    ));
+                }
             }
             if examples.len() < MAX_EXAMPLES {
                 examples.push(CaptionExample {
@@ -74,6 +103,10 @@ pub(crate) fn caption(
             n_images: candidates.len(),
             attributes: attributes.finish(),
             examples,
+        }),
+        opts.evidence.then_some(Evidence {
+            task: TaskEvidence::Caption { items: shown },
+            ..evidence
         }),
     ))
 }

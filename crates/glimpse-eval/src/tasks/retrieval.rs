@@ -7,6 +7,7 @@ use glimpse_models::pipeline::Pipeline;
 use serde_json::Value;
 
 use super::{embed_texts, similarities};
+use crate::evidence::{spread, Evidence, RetrievalQuery, TaskEvidence, Thumbnail, MAX_ITEMS};
 use crate::metrics;
 use crate::reader::{metric_error, nothing_usable, progress_bar, split, Reader};
 use crate::records::retrieval_texts;
@@ -24,7 +25,7 @@ pub(crate) fn retrieval(
     reader: &mut Reader,
     data: &str,
     opts: &EvalOptions,
-) -> Result<(usize, Metrics)> {
+) -> Result<(usize, Metrics, Option<Evidence>)> {
     let select = |meta: &Value| {
         let t = retrieval_texts(meta);
         if t.is_empty() {
@@ -54,19 +55,29 @@ pub(crate) fn retrieval(
     let (n, m) = (keys.len(), texts.len());
     let sim = similarities(&image_embeds, &embed_texts(p, &texts, opts.batch_size)?)?;
     let err = metric_error(Task::Retrieval);
-    let ranks = match opts.rerank {
-        None => metrics::retrieval_ranks(&sim, n, &text_to_image).map_err(&err)?,
+    let (ranks, t2i_scores) = match opts.rerank {
+        None => (
+            metrics::retrieval_ranks(&sim, n, &text_to_image).map_err(&err)?,
+            None,
+        ),
         Some(k) => {
             let (i2t, t2i) = rerank(p, data, opts, &keys, &texts, &sim, k)?;
-            metrics::RetrievalRanks {
+            let ranks = metrics::RetrievalRanks {
                 i2t: metrics::retrieval_ranks(&i2t, n, &text_to_image)
                     .map_err(&err)?
                     .i2t,
                 t2i: metrics::retrieval_ranks(&t2i, n, &text_to_image)
                     .map_err(&err)?
                     .t2i,
-            }
+            };
+            (ranks, Some(t2i))
         }
+    };
+    let evidence = if opts.evidence {
+        let scores = t2i_scores.as_deref().unwrap_or(&sim);
+        Some(evidence(data, opts, &keys, &texts, &text_to_image, scores)?)
+    } else {
+        None
     };
     let s = metrics::RetrievalScores::from_ranks(&ranks).map_err(&err)?;
     let dir = |r: [f64; 3], mean_rank, median_rank| Direction {
@@ -87,7 +98,75 @@ pub(crate) fn retrieval(
             n_texts: m,
             rerank: opts.rerank,
         }),
+        evidence,
     ))
+}
+
+/// Text queries with their top-5 images: evenly spread queries, then queries whose
+/// right image is not in the top 5, up to [`MAX_ITEMS`]; the thumbnails come from a
+/// second pass over the data.
+fn evidence(
+    data: &str,
+    opts: &EvalOptions,
+    keys: &[String],
+    texts: &[String],
+    text_to_image: &[usize],
+    scores: &[f32],
+) -> Result<Evidence> {
+    let (n, m) = (keys.len(), texts.len());
+    let column = |t: usize| (0..n).map(move |i| scores[i * m + t]);
+    let rank_of = |t: usize| {
+        let right = scores[text_to_image[t] * m + t];
+        // Ties rank below the right image, as in the metric's lower-index rule.
+        1 + column(t)
+            .enumerate()
+            .filter(|&(i, s)| s > right || (s == right && i < text_to_image[t]))
+            .count()
+    };
+    let mut chosen = spread(m, MAX_ITEMS * 2 / 3);
+    let misses: Vec<usize> = (0..m)
+        .filter(|t| !chosen.contains(t) && rank_of(*t) > 5)
+        .take(MAX_ITEMS - chosen.len())
+        .collect();
+    chosen.extend(misses);
+    let queries: Vec<RetrievalQuery> = chosen
+        .into_iter()
+        .map(|t| RetrievalQuery {
+            text: texts[t].clone(),
+            truth: keys[text_to_image[t]].clone(),
+            top: top_k(column(t), 5)
+                .into_iter()
+                .map(|i| (keys[i].clone(), scores[i * m + t]))
+                .collect(),
+            rank: rank_of(t),
+        })
+        .collect();
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+    for q in &queries {
+        wanted.insert(&q.truth);
+        wanted.extend(q.top.iter().map(|(k, _)| k.as_str()));
+    }
+    let mut images = std::collections::BTreeMap::new();
+    let mut again = Reader::open(data, opts, false)?;
+    loop {
+        let batch = again.batch(opts.batch_size, |meta| {
+            (!retrieval_texts(meta).is_empty())
+                .then_some(())
+                .ok_or(String::new())
+        })?;
+        if batch.is_empty() {
+            break;
+        }
+        for (ex, ()) in batch {
+            if wanted.contains(ex.key.as_str()) {
+                images.insert(ex.key.clone(), Thumbnail::of(&ex.image));
+            }
+        }
+    }
+    Ok(Evidence {
+        images,
+        task: TaskEvidence::Retrieval { queries },
+    })
 }
 
 /// BLIP's re-ranking: each image's top `k` texts and each text's top `k` images by

@@ -7,6 +7,9 @@ use glimpse_models::pipeline::Pipeline;
 use serde_json::Value;
 
 use super::{embed_texts, similarities};
+use crate::evidence::{
+    spread, ConfusionMatrix, Evidence, TaskEvidence, Thumbnail, ZeroShotExample, MAX_ITEMS,
+};
 use crate::metrics;
 use crate::reader::{metric_error, nothing_usable, split, Reader};
 use crate::records::{synth_labels, zero_shot_label, LabelSource};
@@ -16,19 +19,25 @@ pub(crate) fn zero_shot(
     p: &Pipeline,
     reader: &mut Reader,
     opts: &EvalOptions,
-) -> Result<(usize, Metrics)> {
+) -> Result<(usize, Metrics, Option<Evidence>)> {
     let select = |meta: &Value| {
         zero_shot_label(meta).ok_or_else(|| {
             "no label (a `label` field, or a synthetic record with exactly one object)".into()
         })
     };
     let (mut image_embeds, mut keys, mut found) = (Vec::new(), Vec::new(), Vec::new());
+    // Thumbnails of every image only when evidence is asked for; the mistakes are
+    // known only at the end, and the few shown are picked from these.
+    let mut thumbs = Vec::new();
     loop {
         let batch = reader.batch(opts.batch_size, select)?;
         if batch.is_empty() {
             break;
         }
         let (k, images, _, labels) = split(batch);
+        if opts.evidence {
+            thumbs.extend(images.iter().map(Thumbnail::of));
+        }
         image_embeds.push(p.image_embeds(&images)?);
         keys.extend(k);
         found.extend(labels);
@@ -92,6 +101,43 @@ pub(crate) fn zero_shot(
             })
         })
         .collect();
+    let evidence = opts.evidence.then(|| {
+        let pairs: Vec<(usize, usize)> = kept
+            .iter()
+            .enumerate()
+            .map(|(r, &(_, c))| (c, argmax(&logits[r * nl..(r + 1) * nl])))
+            .collect();
+        let mut ev = Evidence::default();
+        // Mistakes first, then right ones spread over the data, up to MAX_ITEMS.
+        let mut order: Vec<usize> = (0..pairs.len())
+            .filter(|&r| pairs[r].0 != pairs[r].1)
+            .collect();
+        order.truncate(MAX_ITEMS);
+        let right: Vec<usize> = (0..pairs.len())
+            .filter(|&r| pairs[r].0 == pairs[r].1)
+            .collect();
+        order.extend(
+            spread(right.len(), MAX_ITEMS - order.len())
+                .into_iter()
+                .map(|i| right[i]),
+        );
+        let mut examples = Vec::new();
+        for r in order {
+            let (row, _) = kept[r];
+            let (t, p) = pairs[r];
+            ev.images.insert(keys[row].clone(), thumbs[row].clone());
+            examples.push(ZeroShotExample {
+                key: keys[row].clone(),
+                truth: label_set[t].clone(),
+                predicted: label_set[p].clone(),
+            });
+        }
+        ev.task = TaskEvidence::ZeroShot {
+            confusion: ConfusionMatrix::from_pairs(&label_set, &pairs),
+            examples,
+        };
+        ev
+    });
     Ok((
         kept.len(),
         Metrics::ZeroShot(ZeroShotMetrics {
@@ -102,5 +148,17 @@ pub(crate) fn zero_shot(
             template: opts.template.clone(),
             per_class,
         }),
+        evidence,
     ))
+}
+
+/// The first index of the largest value (the metric's tie rule).
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best
 }

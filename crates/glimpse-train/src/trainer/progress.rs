@@ -1,7 +1,8 @@
 //! Progress of a run as typed events, so a terminal, a server or a notebook can follow
 //! it. [`RunLog`] is the observer `glimpse train` uses: a progress bar (or plain lines
-//! on stderr) and the run's `OUT/log.jsonl`, one JSON object per logged update and per
-//! validation.
+//! on stderr) and the run's `OUT/log.jsonl`, one JSON object per logged update, per
+//! validation (`{"step", "validation": {...}}`) and per resume (`{"step", "resumed":
+//! {"epoch", "position"}}`).
 
 use std::fs::File;
 use std::io::Write;
@@ -159,6 +160,14 @@ impl Observer for RunLog {
                     .map_err(|e| Error::io_ctx(&path, e))?;
                 self.log = Some((file, path));
                 self.log_every = recipe.run.log_every.max(1);
+                if *resumed {
+                    // The resume point, for reports; kept by `truncate_log` on a
+                    // later resume since its step is not after the new start.
+                    self.write(&serde_json::json!({
+                        "step": state.step,
+                        "resumed": {"epoch": state.epoch, "position": state.position},
+                    }))?;
+                }
             }
             Event::Step(s) => {
                 let (loss, rate, lr) = (s.loss, s.samples_per_second, s.lr);
