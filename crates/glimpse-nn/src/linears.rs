@@ -53,10 +53,10 @@ impl Linears for SelfAttention {
                 ..
             } => [q_proj, k_proj, v_proj, out_proj]
                 .into_iter()
-                .try_for_each(|l| f(l)),
+                .try_for_each(&mut *f),
             Self::Fused {
                 qkv, projection, ..
-            } => [qkv, projection].into_iter().try_for_each(|l| f(l)),
+            } => [qkv, projection].into_iter().try_for_each(&mut *f),
         }
     }
 }
@@ -99,7 +99,7 @@ impl Linears for BertAttention {
         let s = &mut self.self_;
         [&mut s.query, &mut s.key, &mut s.value]
             .into_iter()
-            .try_for_each(|l| f(l))?;
+            .try_for_each(&mut *f)?;
         self.output.for_each_linear(f)
     }
 }

@@ -131,3 +131,42 @@ pub(super) fn has_vnni() -> bool {
         false
     }
 }
+
+/// Whether the CPU has AMX with 8-bit products (AMX-TILE and AMX-INT8) and Linux lets
+/// this process use its tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, asked
+/// once), for [`Int8Weight`](super::Int8Weight)'s widest kernel. `GLIMPSE_INT8_NO_AMX`
+/// (set, not `0`) keeps the VNNI kernel, for comparisons.
+pub(super) fn has_amx() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static YES: OnceLock<bool> = OnceLock::new();
+        *YES.get_or_init(|| {
+            let off = std::env::var("GLIMPSE_INT8_NO_AMX").is_ok_and(|v| !v.is_empty() && v != "0");
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            let (tile, int8) = (edx & (1 << 24) != 0, edx & (1 << 25) != 0);
+            if off || !tile || !int8 {
+                return false;
+            }
+            // arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18): 0 when the
+            // kernel grants this process the tile state.
+            let ret: i64;
+            // SAFETY: a plain system call; it reads no memory of ours.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    inlateout("rax") 158i64 => ret,
+                    in("rdi") 0x1023i64,
+                    in("rsi") 18i64,
+                    out("rcx") _,
+                    out("r11") _,
+                    options(nostack)
+                );
+            }
+            ret == 0
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}

@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::dispatch::{eligible, has_avx2_fma, has_vnni};
+use super::dispatch::{eligible, has_amx, has_avx2_fma, has_vnni};
 use super::outer::Onto;
 use super::{f32_data, SharedMut};
 
@@ -32,18 +32,32 @@ pub(super) const NR8: usize = 16;
 const GROUP: usize = 4;
 /// Bytes of one group of a panel.
 const GROUP_BYTES: usize = NR8 * GROUP;
+/// `k` is padded to a multiple of this (an AMX tile row: 64 steps), with zeros.
+const K_ALIGN: usize = 64;
+/// Rows of activations are padded to a multiple of this (two AMX tiles of 16 rows).
+const M_ALIGN: usize = 32;
 
 /// Which integer kernel runs the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Path {
+    /// AMX tiles (`tdpbusd`), with the VNNI path's rounding and epilogue.
+    Amx,
     Vnni,
     Avx2,
 }
 
 impl Path {
+    /// Whether the activations are stored shifted by 128 (unsigned), as `vpdpbusd` and
+    /// `tdpbusd` read them.
+    fn shifted(self) -> bool {
+        matches!(self, Self::Amx | Self::Vnni)
+    }
+
     /// The best path this CPU runs, or `None` without AVX2.
     pub(super) fn best() -> Option<Self> {
-        if has_vnni() {
+        if has_vnni() && has_amx() {
+            Some(Self::Amx)
+        } else if has_vnni() {
             Some(Self::Vnni)
         } else if has_avx2_fma() {
             Some(Self::Avx2)
@@ -89,6 +103,44 @@ fn round_row(row: &[f32], out: &mut [i8]) -> f32 {
     amax / 127.0
 }
 
+/// [`round_row`] for the VNNI path, 16 values at a time: the scale, and the rounded
+/// values shifted by 128 (`q + 128` as `u8`). Rounds half to even where `round_row`
+/// rounds half away from zero; each row is rounded one way only.
+///
+/// # Safety
+/// AVX-512F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn round_row_shifted_avx512(row: &[f32], out: &mut [u8]) -> f32 {
+    let k = row.len();
+    debug_assert!(out.len() >= k);
+    let mask = |t: usize| -> __mmask16 {
+        if t >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << t) - 1
+        }
+    };
+    let mut vmax = _mm512_setzero_ps();
+    for c in (0..k).step_by(16) {
+        let v = _mm512_maskz_loadu_ps(mask(k - c), row.as_ptr().add(c));
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+    }
+    let amax = _mm512_reduce_max_ps(vmax);
+    if amax == 0.0 || !amax.is_finite() {
+        out[..k].fill(128);
+        return if amax == 0.0 { 1.0 } else { amax };
+    }
+    let inv = _mm512_set1_ps(127.0 / amax);
+    let shift = _mm_set1_epi8(-128);
+    for c in (0..k).step_by(16) {
+        let m = mask(k - c);
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.as_ptr().add(c)), inv);
+        let q = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
+        _mm_mask_storeu_epi8(out.as_mut_ptr().add(c).cast(), m, _mm_xor_si128(q, shift));
+    }
+    amax / 127.0
+}
+
 impl Int8Weight {
     /// `weight` (`[out, in]`, f32 on the CPU, recording no gradient) rounded and laid
     /// out, or `None` where no integer kernel runs (a CPU without AVX2, the kernels
@@ -106,8 +158,9 @@ impl Int8Weight {
         if n == 0 || k == 0 {
             return Ok(None);
         }
-        let kp = k.div_ceil(GROUP) * GROUP;
-        let panels = n.div_ceil(NR8);
+        let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
+        // An even count: the tile kernels read panels in pairs.
+        let panels = n.div_ceil(2 * NR8) * 2;
         let panel = kp * NR8;
         let mut buf = vec![0u8; panels * panel + 64];
         let start = buf.as_ptr().align_offset(64).min(64);
@@ -122,7 +175,7 @@ impl Int8Weight {
             .enumerate()
             .for_each(|(p, ((dst, sc), sums))| {
                 let mut q = vec![0i8; k];
-                for c in 0..NR8.min(n - p * NR8) {
+                for c in 0..NR8.min(n.saturating_sub(p * NR8)) {
                     let j = p * NR8 + c;
                     sc[c] = round_row(&w[j * k..(j + 1) * k], &mut q);
                     sums[c] = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
@@ -158,7 +211,7 @@ impl Int8Weight {
     }
 
     fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.n.div_ceil(NR8) * self.panel_bytes()]
+        &self.buf[self.start..self.start + self.n.div_ceil(2 * NR8) * 2 * self.panel_bytes()]
     }
 
     /// The rounded weight as f32, `[out, in]`: `q * scale`, what the products compute
@@ -204,6 +257,7 @@ impl Int8Weight {
             onto,
         };
         match x.path {
+            Path::Amx => amx_block(x, panels, self.panel_bytes(), nn, &epilogue),
             Path::Vnni => vnni_block(x, panels, self.panel_bytes(), nn, &epilogue),
             Path::Avx2 => avx2_block(x, panels, self.panel_bytes(), nn, &epilogue),
         }
@@ -223,16 +277,20 @@ pub(super) struct QuantRows {
 impl QuantRows {
     /// `x` (`m` rows of `k`) rounded for `path`.
     pub(super) fn new(x: &[f32], m: usize, k: usize, path: Path) -> Self {
-        let kp = k.div_ceil(GROUP) * GROUP;
-        let fill = if path == Path::Vnni { 128u8 } else { 0 };
-        let mut data = vec![fill; m * kp];
+        let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
+        let fill = if path.shifted() { 128u8 } else { 0 };
+        // Whole AMX tiles of rows; the padding rows' sums are computed and dropped.
+        let mut data = vec![fill; m.div_ceil(M_ALIGN) * M_ALIGN * kp];
         let mut scales = vec![0f32; m];
         let round = |(i, (row, s)): (usize, (&mut [u8], &mut f32))| {
-            // SAFETY: i8 and u8 have the same layout.
-            let q: &mut [i8] = unsafe { &mut *(&mut row[..k] as *mut [u8] as *mut [i8]) };
-            *s = round_row(&x[i * k..(i + 1) * k], q);
-            if path == Path::Vnni {
-                row[..k].iter_mut().for_each(|v| *v ^= 0x80);
+            let xr = &x[i * k..(i + 1) * k];
+            if path.shifted() {
+                // SAFETY: the VNNI and AMX paths run only where the CPU has AVX-512 (BW).
+                *s = unsafe { round_row_shifted_avx512(xr, &mut row[..k]) };
+            } else {
+                // SAFETY: i8 and u8 have the same layout.
+                let q: &mut [i8] = unsafe { &mut *(&mut row[..k] as *mut [u8] as *mut [i8]) };
+                *s = round_row(xr, q);
             }
         };
         if m * k >= 1 << 16 {
@@ -269,7 +327,7 @@ struct Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// Writes rows `i0..i0 + rows`, columns `j..j + cols` of the block from `acc` (row
-    /// `r`'s sums at `acc[r * stride..]`).
+    /// `r`'s sums at `acc[r * stride..]`); scalar for the AVX2 path's unshifted sums.
     ///
     /// # Safety
     /// Inside the block the pointers were made for.
@@ -282,16 +340,15 @@ impl Epilogue<'_> {
         j: usize,
         cols: usize,
     ) {
-        let shift = self.x.path == Path::Vnni;
+        if self.x.path.shifted() {
+            return self.write_avx512(acc, stride, i0, rows, j, cols);
+        }
         for r in 0..rows {
             let i = i0 + r;
             let sx = self.x.scales[i];
             let o = self.out.add(i * self.ldo + j);
             for c in 0..cols {
-                let mut s = acc[r * stride + c];
-                if shift {
-                    s -= *self.shift_sums.add(j + c);
-                }
+                let s = acc[r * stride + c];
                 let mut v = s as f32 * (sx * *self.w_scales.add(j + c));
                 if !self.onto.bias.is_null() {
                     v += *self.onto.bias.add(j + c);
@@ -303,6 +360,142 @@ impl Epilogue<'_> {
             }
         }
     }
+}
+
+impl Epilogue<'_> {
+    /// [`Epilogue::write`] for the VNNI path, 16 columns at a time (the sums shifted).
+    ///
+    /// # Safety
+    /// As [`Epilogue::write`]; AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn write_avx512(
+        &self,
+        acc: &[i32],
+        stride: usize,
+        i0: usize,
+        rows: usize,
+        j: usize,
+        cols: usize,
+    ) {
+        for c0 in (0..cols).step_by(16) {
+            let left = cols - c0;
+            let m: __mmask16 = if left >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << left) - 1
+            };
+            let jc = j + c0;
+            let ws = _mm512_maskz_loadu_ps(m, self.w_scales.add(jc));
+            let sh = _mm512_maskz_loadu_epi32(m, self.shift_sums.add(jc));
+            let bias = if self.onto.bias.is_null() {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_maskz_loadu_ps(m, self.onto.bias.add(jc))
+            };
+            for r in 0..rows {
+                let i = i0 + r;
+                let s = _mm512_loadu_epi32(acc.as_ptr().add(r * stride + c0));
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, sh));
+                let scale = _mm512_mul_ps(ws, _mm512_set1_ps(self.x.scales[i]));
+                let mut v = _mm512_fmadd_ps(v, scale, bias);
+                if !self.onto.res.is_null() {
+                    let res = self.onto.res.add(i * self.onto.ldr + jc);
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res));
+                }
+                _mm512_mask_storeu_ps(self.out.add(i * self.ldo + jc), m, v);
+            }
+        }
+    }
+}
+
+/// The AMX tile configuration: palette 1, all eight tiles 16 rows of 64 bytes (C in
+/// `tmm0-3`, A in `tmm4-5`, B in `tmm6-7`).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+        }
+        Self(c)
+    }
+}
+
+/// Every tile of a column block on the AMX path: blocks of 32 rows by 32 columns (a
+/// pair of panels), four `tdpbusd` per 64 steps along `k` into `tmm0-3`, then the
+/// VNNI path's epilogue.
+///
+/// A's tiles are 16 rows of activations, 64 bytes (steps) each, `kp` apart; B's are 16
+/// groups of a panel, 64 bytes each (16 outputs by 4 steps): the panel layout is the
+/// layout `tdpbusd` reads, so both load in place.
+///
+/// # Safety
+/// AMX-INT8 permitted for this process ([`has_amx`]), AVX-512F; `x` padded to whole
+/// blocks of [`M_ALIGN`] rows and `kp` a multiple of [`K_ALIGN`]; `panels` holds the
+/// block's panels and, after an odd last one, a zero panel.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn amx_block(x: &QuantRows, panels: *const u8, pbytes: usize, nn: usize, e: &Epilogue) {
+    use std::arch::asm;
+    let cfg = TileConfig::new();
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    let mut acc = [0i32; M_ALIGN * 2 * NR8];
+    let out = acc.as_mut_ptr();
+    let row_bytes = 2 * NR8 * 4;
+    for j in (0..nn).step_by(2 * NR8) {
+        let cols = (2 * NR8).min(nn - j);
+        let p0 = panels.add(j / NR8 * pbytes);
+        let p1 = p0.add(pbytes);
+        for i0 in (0..x.m).step_by(M_ALIGN) {
+            let rows = M_ALIGN.min(x.m - i0);
+            let a0 = x.data.as_ptr().add(i0 * x.kp);
+            let a1 = a0.add(16 * x.kp);
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for kk in (0..x.kp).step_by(K_ALIGN) {
+                let b = kk / GROUP * GROUP_BYTES;
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(kk),
+                    a1 = in(reg) a1.add(kk),
+                    b0 = in(reg) p0.add(b),
+                    b1 = in(reg) p1.add(b),
+                    lda = in(reg) x.kp,
+                    ldb = in(reg) GROUP_BYTES,
+                    options(nostack, readonly)
+                );
+            }
+            asm!(
+                "tilestored [{c} + {ldc}*1], tmm0",
+                "tilestored [{c1} + {ldc}*1], tmm1",
+                "tilestored [{c2} + {ldc}*1], tmm2",
+                "tilestored [{c3} + {ldc}*1], tmm3",
+                c = in(reg) out,
+                c1 = in(reg) out.add(NR8),
+                c2 = in(reg) out.add(16 * 2 * NR8),
+                c3 = in(reg) out.add(16 * 2 * NR8 + NR8),
+                ldc = in(reg) row_bytes,
+                options(nostack)
+            );
+            e.write(&acc, 2 * NR8, i0, rows, j, cols);
+        }
+    }
+    asm!("tilerelease", options(nostack, nomem));
 }
 
 /// Rows per VNNI tile.
@@ -456,9 +649,10 @@ mod tests {
     /// exact, so only the final f32 multiply-adds differ.
     #[test]
     fn integer_products_equal_the_rounded_operands_f32_product() {
-        let paths: Vec<Path> = [Path::Vnni, Path::Avx2]
+        let paths: Vec<Path> = [Path::Amx, Path::Vnni, Path::Avx2]
             .into_iter()
             .filter(|p| match p {
+                Path::Amx => has_vnni() && has_amx(),
                 Path::Vnni => has_vnni(),
                 Path::Avx2 => has_avx2_fma(),
             })
@@ -488,7 +682,7 @@ mod tests {
                         .map(|t| {
                             let (i, kk) = (t / k, t % k);
                             let v = q.data[i * q.kp + kk];
-                            let v = if path == Path::Vnni {
+                            let v = if path.shifted() {
                                 (v ^ 0x80) as i8
                             } else {
                                 v as i8

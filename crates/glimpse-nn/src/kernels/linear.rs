@@ -184,7 +184,8 @@ pub fn linear_int8(
     let rs = rg.as_ref().map(|(g, l)| f32_data(g, l)).transpose()?;
     let mut out = reserve(m * n);
     let dst = SharedMut(out.as_mut_ptr());
-    let blocks = column_blocks(n, m, k, NR8);
+    // Pairs of panels per thread (the tile kernels read them in pairs).
+    let blocks = column_blocks(n, m, k, 2 * NR8);
     let activate = |j0: usize, nn: usize| {
         if let Some(act) = act {
             for i in 0..m {
