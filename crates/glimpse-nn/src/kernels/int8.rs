@@ -34,6 +34,8 @@ const GROUP: usize = 4;
 const GROUP_BYTES: usize = NR8 * GROUP;
 /// `k` is padded to a multiple of this (an AMX tile row: 64 steps), with zeros.
 const K_ALIGN: usize = 64;
+/// Products with fewer rows than this take the VNNI tiles on an AMX machine.
+const AMX_MIN_M: usize = 8;
 /// Rows of activations are padded to a multiple of this (two AMX tiles of 16 rows).
 const M_ALIGN: usize = 32;
 
@@ -257,7 +259,12 @@ impl Int8Weight {
             onto,
         };
         match x.path {
-            Path::Amx => amx_block(x, panels, self.panel_bytes(), nn, &epilogue),
+            // A few rows (decoding) would fill AMX's 16-row tiles with padding: the
+            // VNNI tiles read the same operands without it.
+            Path::Amx if x.m >= AMX_MIN_M => {
+                amx_block(x, panels, self.panel_bytes(), nn, &epilogue)
+            }
+            Path::Amx => vnni_block(x, panels, self.panel_bytes(), nn, &epilogue),
             Path::Vnni => vnni_block(x, panels, self.panel_bytes(), nn, &epilogue),
             Path::Avx2 => avx2_block(x, panels, self.panel_bytes(), nn, &epilogue),
         }
