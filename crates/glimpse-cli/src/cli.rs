@@ -44,6 +44,10 @@ pub enum Command {
     /// Evaluate a model on a dataset: retrieval recall@K, zero-shot accuracy, caption
     /// BLEU-4/CIDEr-D with attribute accuracy, or VQA accuracy.
     Eval(crate::commands::eval::EvalArgs),
+    /// Embed an image collection into a searchable index (`index build`, `index merge`).
+    Index(crate::commands::index::IndexArgs),
+    /// Search an index by text or image, optionally re-ranked with an ITM head.
+    Search(crate::commands::search::SearchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,10 @@ mod classify;
 pub mod data;
 mod embed;
 pub mod eval;
+pub mod index;
+mod index_model;
 mod matching;
+pub mod search;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +37,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::Export(args) => train::run_export(args),
         Command::Eval(args) => eval::run(args),
+        Command::Index(args) => index::run(args),
+        Command::Search(args) => search::run(args),
     }
 }
 
