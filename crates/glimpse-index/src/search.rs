@@ -272,8 +272,13 @@ pub fn build_search(
             ..old.clone()
         };
         if kind == IndexKind::Hnsw {
+            // An empty side has no files (hnsw_rs cannot dump an empty graph).
             let g = generation_dir(dir, old_generation);
-            graphs = Some((load_graph(&g, "image")?, load_graph(&g, "text")?));
+            let load = |base: &str, rows: usize| match rows {
+                0 => new_graph(&params, total),
+                _ => load_graph(&g, base),
+            };
+            graphs = Some((load("image", old.image_rows)?, load("text", old.text_rows)?));
         }
     } else if kind == IndexKind::Hnsw {
         graphs = Some((new_graph(&params, total)?, new_graph(&params, total)?));
@@ -310,8 +315,12 @@ pub fn build_search(
     }
     fs::create_dir_all(&g).map_err(Error::io(&g))?;
     if let Some((gi, gt)) = &graphs {
-        dump_graph(gi, &g, "image")?;
-        dump_graph(gt, &g, "text")?;
+        if state.image_rows > 0 {
+            dump_graph(gi, &g, "image")?;
+        }
+        if state.text_rows > 0 {
+            dump_graph(gt, &g, "text")?;
+        }
     }
     let p = state_path(dir);
     let tmp = tmp_name(&p);
