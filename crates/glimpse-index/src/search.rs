@@ -44,9 +44,12 @@ pub struct AnnParams {
 
 impl Default for AnnParams {
     fn default() -> Self {
+        // Measured on 300,000 clustered 512-d vectors (docs/retrieval.md): recall@10
+        // 0.999 at 916 queries/s on one thread (ef 32: 0.98 at 1,310/s); M 16 needed
+        // ef 256 for 0.96.
         AnnParams {
-            m: 16,
-            ef_construction: 100,
+            m: 32,
+            ef_construction: 128,
             ef_search: 64,
         }
     }
