@@ -47,6 +47,10 @@ pub enum Command {
     /// Write a training run (or several, overlaid) as one self-contained HTML page:
     /// losses, learning rate, throughput, validation, resume points, recipe.
     Report(crate::commands::report::ReportArgs),
+    /// Embed an image collection into a searchable index (`index build`, `index merge`).
+    Index(crate::commands::index::IndexArgs),
+    /// Search an index by text or image, optionally re-ranked with an ITM head.
+    Search(crate::commands::search::SearchArgs),
 }
 
 #[derive(Debug, Args)]

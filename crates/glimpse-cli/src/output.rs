@@ -141,6 +141,19 @@ pub fn progress(total: usize, batch: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// A progress counter on stderr for work of unknown size (samples of `shards` shards),
+/// hidden unless stderr is a terminal.
+pub fn samples_progress(shards: usize) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {pos} samples, {per_sec}, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(format!("{shards} shard(s)"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 /// A short rendering of a vector for people: its norm and first values.
 pub fn preview(v: &[f32]) -> String {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();

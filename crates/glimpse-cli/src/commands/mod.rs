@@ -7,8 +7,11 @@ mod classify;
 pub mod data;
 mod embed;
 pub mod eval;
+pub mod index;
+mod index_model;
 mod matching;
 pub mod report;
+pub mod search;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => train::run_export(args),
         Command::Eval(args) => eval::run(args),
         Command::Report(args) => report::run(args),
+        Command::Index(args) => index::run(args),
+        Command::Search(args) => search::run(args),
     }
 }
 

@@ -159,6 +159,25 @@ impl Loader {
     }
 }
 
+/// Every sample of `source` in file order, undecoded: `Ok` for a usable sample (its
+/// image bytes read), `Err` with a `SOURCE: sample KEY: REASON` message for one that
+/// cannot be used or for an unreadable rest of the source. For jobs that must list every
+/// skipped sample (an index build) rather than count them as [`Loader`] does.
+/// Fails only when the source cannot be opened or parsed at all.
+pub fn read_source(
+    source: &Source,
+) -> Result<impl Iterator<Item = std::result::Result<RawSample, String>> + Send> {
+    Ok(read::open(source)?.map(|raw| match raw {
+        read::Raw::Sample(pending) => pending.load(),
+        read::Raw::Bad {
+            source,
+            key,
+            reason,
+        } => Err(read::skip_message(&source, &key, &reason)),
+        read::Raw::Lost(message) => Err(message),
+    }))
+}
+
 fn no_sources() -> Error {
     Error::config("data loader", "no sources to read")
 }

@@ -1,0 +1,125 @@
+//! glimpse-models' `Embed` capability as glimpse-index's [`Embedder`], and the model id
+//! an index records: the model's name and a fingerprint of its config and weights, so
+//! that the same files give the same id wherever they lie and other weights do not.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use glimpse_index::job::BoxError;
+use glimpse_index::Embedder;
+use glimpse_models::checkpoint::ModelFiles;
+use glimpse_models::pipeline::Pipeline;
+use image::RgbImage;
+
+use super::{device, load, model_name, Bundled};
+use crate::cli::ModelArgs;
+
+/// A loaded model that embeds images and texts.
+pub struct PipelineEmbedder {
+    pub pipeline: Pipeline,
+    /// The model as named on the command line (a directory is made absolute).
+    pub model: String,
+    id: String,
+    dim: usize,
+    device: Device,
+}
+
+/// FNV-1a, 64 bit: a fingerprint, not a security measure.
+fn fnv(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= *b as u64;
+        *hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+/// `NAME@FINGERPRINT`: the config, and each weight file's size, first and last MiB.
+pub fn model_id(model: &str) -> Result<String> {
+    let files = ModelFiles::resolve(model).with_context(|| format!("model `{model}`"))?;
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let config = std::fs::read(&files.config)
+        .with_context(|| format!("reading {}", files.config.display()))?;
+    fnv(&mut hash, &config);
+    const MIB: u64 = 1 << 20;
+    for w in &files.weights {
+        let mut f = File::open(w).with_context(|| format!("reading {}", w.display()))?;
+        let len = f.metadata()?.len();
+        fnv(&mut hash, &len.to_le_bytes());
+        let mut buf = Vec::new();
+        f.by_ref().take(MIB).read_to_end(&mut buf)?;
+        if len > 2 * MIB {
+            f.seek(SeekFrom::Start(len - MIB))?;
+            f.take(MIB).read_to_end(&mut buf)?;
+        }
+        fnv(&mut hash, &buf);
+    }
+    let name = Path::new(model.trim_end_matches('/'))
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| model.to_string());
+    Ok(format!("{name}@{hash:016x}"))
+}
+
+impl PipelineEmbedder {
+    /// Loads `--model` (the bundled CLIP without it) and checks that it can embed.
+    pub fn load(args: &ModelArgs) -> Result<Self> {
+        let mut model = model_name(args, Bundled::Clip)?;
+        if Path::new(&model).is_dir() {
+            model = std::fs::canonicalize(&model)?.display().to_string();
+        }
+        let id = model_id(&model)?;
+        let pipeline = load(args, Bundled::Clip)?;
+        if pipeline.as_embed().is_none() {
+            bail!(
+                "model `{model}` ({}) cannot embed images and texts; use a CLIP model or \
+                 BLIP's retrieval model",
+                pipeline.architecture().class_name()
+            );
+        }
+        let (h, w) = pipeline.processor().output_size();
+        let probe = RgbImage::new(w as u32, h as u32);
+        let dim = pipeline.image_embeds(&[probe])?.dim(1)?;
+        Ok(PipelineEmbedder {
+            pipeline,
+            model,
+            id,
+            dim,
+            device: device(&args.device)?,
+        })
+    }
+}
+
+impl Embedder for PipelineEmbedder {
+    fn model_id(&self) -> &str {
+        &self.id
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn preprocess(&self, image: &RgbImage) -> std::result::Result<Vec<f32>, BoxError> {
+        let p = self.pipeline.processor();
+        p.check_size(image.width() as usize, image.height() as usize)?;
+        Ok(p.preprocess(image)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn embed_images(&self, pixels: &[Vec<f32>]) -> std::result::Result<Vec<Vec<f32>>, BoxError> {
+        let (h, w) = self.pipeline.processor().output_size();
+        if let Some(p) = pixels.iter().find(|p| p.len() != 3 * h * w) {
+            return Err(
+                format!("a preprocessed image has {} values, not 3x{h}x{w}", p.len()).into(),
+            );
+        }
+        let flat: Vec<f32> = pixels.concat();
+        let batch = Tensor::from_vec(flat, (pixels.len(), 3, h, w), &self.device)?;
+        let embed = self.pipeline.as_embed().ok_or("the model cannot embed")?;
+        Ok(embed.image_embeds(&batch)?.to_vec2::<f32>()?)
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, BoxError> {
+        Ok(self.pipeline.text_embeds(texts)?.to_vec2::<f32>()?)
+    }
+}
