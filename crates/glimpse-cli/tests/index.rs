@@ -464,3 +464,63 @@ fn colour_shape_queries_find_their_objects_on_a_held_out_split() {
     assert!(p >= 0.9, "precision@10 {p}");
     assert!(pr >= p, "re-ranking lowered precision@10 from {p} to {pr}");
 }
+
+#[test]
+fn a_q8_index_records_it_and_embeds_its_queries_the_same_way() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let q8 = dir.path().join("idx-q8");
+    let build = json(&[
+        "index",
+        "build",
+        "--data",
+        s(&f.data),
+        "--out",
+        s(&q8),
+        "--batch-size",
+        "8",
+        "--quantize",
+        "q8",
+        "--json",
+    ]);
+    let id = build["model_id"].as_str().unwrap();
+    assert!(id.ends_with("+q8"), "{build}");
+    assert_eq!(
+        id.trim_end_matches("+q8"),
+        f.build["model_id"].as_str().unwrap()
+    );
+    // The indexed image finds itself through the 8-bit query embedding.
+    let v = json(&[
+        "search",
+        "--index",
+        s(&q8),
+        "--image",
+        s(&f.image),
+        "--k",
+        "3",
+        "--json",
+    ]);
+    let top = &results(&v)[0];
+    assert!(top["score"].as_f64().unwrap() > 0.999, "{v}");
+    assert!(top["path"]
+        .as_str()
+        .unwrap()
+        .ends_with(f.image.file_name().unwrap().to_str().unwrap()));
+    // A text query ranks as on the f32 index, near enough: the top hit is shared.
+    let query = ["--text", "a red circle", "--k", "1", "--json"];
+    let f32_top = json(&[&["search", "--index", s(&f.index)][..], &query].concat());
+    let q8_top = json(&[&["search", "--index", s(&q8)][..], &query].concat());
+    assert_eq!(results(&f32_top)[0]["key"], results(&q8_top)[0]["key"]);
+    // 4-bit embeddings do not exist.
+    let err = fails(&[
+        "index",
+        "build",
+        "--data",
+        s(&f.data),
+        "--out",
+        s(&dir.path().join("idx-q4")),
+        "--quantize",
+        "q4",
+    ]);
+    assert!(err.contains("q4"), "{err}");
+}

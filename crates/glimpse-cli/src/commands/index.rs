@@ -80,6 +80,10 @@ pub struct BuildArgs {
     /// Threads that decode and preprocess images while the model runs.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// `q8`: embed with 8-bit encoders (integer products; see `glimpse embed
+    /// --quantize`). The index records it, and `search` embeds its queries the same way.
+    #[arg(long, value_name = "q8")]
+    pub quantize: Option<glimpse_nn::quant::Quant>,
     #[command(flatten)]
     pub search: SearchIndexArgs,
 }
@@ -158,7 +162,7 @@ fn run_build(a: BuildArgs) -> Result<()> {
             );
         }
     }
-    let embedder = PipelineEmbedder::load(&a.common)?;
+    let embedder = PipelineEmbedder::load(&a.common, a.quantize)?;
     let dir = IndexDir::create_or_open(
         &a.out,
         Manifest {

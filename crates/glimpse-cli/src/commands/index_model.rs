@@ -14,8 +14,12 @@ use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::pipeline::Pipeline;
 use image::RgbImage;
 
-use super::{device, load, model_name, Bundled};
+use super::{device, load_quantized, model_name, Bundled};
 use crate::cli::ModelArgs;
+use glimpse_nn::quant::Quant;
+
+/// The end of an embedding model's id when its encoders run in 8 bits (`--quantize q8`).
+pub const Q8_SUFFIX: &str = "+q8";
 
 /// A loaded model that embeds images and texts.
 pub struct PipelineEmbedder {
@@ -63,14 +67,21 @@ pub fn model_id(model: &str) -> Result<String> {
 }
 
 impl PipelineEmbedder {
-    /// Loads `--model` (the bundled CLIP without it) and checks that it can embed.
-    pub fn load(args: &ModelArgs) -> Result<Self> {
+    /// Loads `--model` (the bundled CLIP without it), with 8-bit encoders when `quantize`
+    /// is `q8`, and checks that it can embed. The id of an 8-bit model ends in
+    /// [`Q8_SUFFIX`], so an index names how its vectors were made.
+    pub fn load(args: &ModelArgs, quantize: Option<Quant>) -> Result<Self> {
         let mut model = model_name(args, Bundled::Clip)?;
         if Path::new(&model).is_dir() {
             model = std::fs::canonicalize(&model)?.display().to_string();
         }
-        let id = model_id(&model)?;
-        let pipeline = load(args, Bundled::Clip)?;
+        let mut id = model_id(&model)?;
+        match quantize {
+            None => {}
+            Some(Quant::Q8) => id.push_str(Q8_SUFFIX),
+            Some(q) => bail!("--quantize {q}: embeddings take q8 (8-bit encoders) only"),
+        }
+        let pipeline = load_quantized(args, Bundled::Clip, quantize)?;
         if pipeline.as_embed().is_none() {
             bail!(
                 "model `{model}` ({}) cannot embed images and texts; use a CLIP model or \

@@ -9,7 +9,7 @@ use glimpse_index::data::read_image_bytes;
 use glimpse_index::{Hit, SearchIndex, Side};
 use serde::Serialize;
 
-use super::index_model::PipelineEmbedder;
+use super::index_model::{PipelineEmbedder, Q8_SUFFIX};
 use super::{check_texts, read_image, Bundled};
 use crate::cli::ModelArgs;
 use crate::output::{outln, print_json};
@@ -95,7 +95,15 @@ pub fn run(args: SearchArgs) -> Result<()> {
         device: args.common.device.clone(),
         json: args.common.json,
     };
-    let embedder = PipelineEmbedder::load(&model_args)?;
+    // Queries are embedded as the index's vectors were: with 8-bit encoders for a
+    // `--quantize q8` index.
+    let quantize = index
+        .dir
+        .manifest
+        .model_id
+        .ends_with(Q8_SUFFIX)
+        .then_some(glimpse_nn::quant::Quant::Q8);
+    let embedder = PipelineEmbedder::load(&model_args, quantize)?;
     let query = match (&args.text, &query_image) {
         (Some(t), _) => embedder.pipeline.text_embeds(&[t.as_str()])?,
         (None, Some(img)) => embedder.pipeline.image_embeds(std::slice::from_ref(img))?,
