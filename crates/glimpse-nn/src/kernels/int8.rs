@@ -10,9 +10,11 @@
 //! the last panel with zero rows.
 //!
 //! Two kernels read it, chosen at run time:
-//! * AVX-512 VNNI: `vpdpbusd` multiplies unsigned by signed bytes, so the activations
-//!   are stored shifted by 128 (`q + 128`), and each output subtracts `128 * sum(w[j])`
-//!   (kept per row of the weight) at the end. Tiles of up to 12 rows by 32 columns.
+//! * AVX-512 VNNI: `vpdpbusd` multiplies unsigned by signed bytes, so each activation
+//!   row is rounded asymmetrically (`x ~ scale * (u - zero)`, `u` in 0..=255, which
+//!   also gives one-sided rows such as GELU's outputs all 256 levels), and each output
+//!   takes `zero * sum(w[j])` (kept per weight row) off its sum. Tiles of up to 12 rows
+//!   by 32 columns; on CPUs with AMX-INT8, `tdpbusd` on 32 x 32 blocks instead.
 //! * AVX2: `maddubs` on `|x|` and `w` carrying `x`'s sign (`psignb`), so its pairs of
 //!   products stay below `2 * 127 * 127` and never saturate; `pmaddwd` widens them to
 //!   32 bits. Tiles of up to 4 rows by 16 columns.
@@ -49,8 +51,8 @@ pub(super) enum Path {
 }
 
 impl Path {
-    /// Whether the activations are stored shifted by 128 (unsigned), as `vpdpbusd` and
-    /// `tdpbusd` read them.
+    /// Whether the activations are stored unsigned with a zero point per row, as
+    /// `vpdpbusd` and `tdpbusd` read them.
     fn shifted(self) -> bool {
         matches!(self, Self::Amx | Self::Vnni)
     }
@@ -79,9 +81,10 @@ pub struct Int8Weight {
     pub(super) k: usize,
     /// `k` rounded up to a multiple of [`GROUP`].
     kp: usize,
-    /// Per output row: the scale, and `128 * sum_k q[j, k]` (VNNI's shift to undo).
+    /// Per output row: the scale, and `sum_k q[j, k]` (to undo the activations' zero
+    /// points on the VNNI and AMX paths).
     scales: Vec<f32>,
-    shift_sums: Vec<i32>,
+    row_sums: Vec<i32>,
 }
 
 impl std::fmt::Debug for Int8Weight {
@@ -105,14 +108,15 @@ fn round_row(row: &[f32], out: &mut [i8]) -> f32 {
     amax / 127.0
 }
 
-/// [`round_row`] for the VNNI path, 16 values at a time: the scale, and the rounded
-/// values shifted by 128 (`q + 128` as `u8`). Rounds half to even where `round_row`
-/// rounds half away from zero; each row is rounded one way only.
+/// Asymmetric 8-bit rounding of `row` for the VNNI and AMX paths, 16 values at a time:
+/// `x ~ scale * (u - zero)` with `u` in 0..=255 (what `vpdpbusd` and `tdpbusd` read as
+/// unsigned) over the row's range with 0 in it, so a one-sided row (after GELU or
+/// ReLU) keeps all 256 levels. Returns `(scale, zero)`.
 ///
 /// # Safety
 /// AVX-512F and BW.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn round_row_shifted_avx512(row: &[f32], out: &mut [u8]) -> f32 {
+unsafe fn round_row_affine_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     let k = row.len();
     debug_assert!(out.len() >= k);
     let mask = |t: usize| -> __mmask16 {
@@ -122,25 +126,32 @@ unsafe fn round_row_shifted_avx512(row: &[f32], out: &mut [u8]) -> f32 {
             (1u16 << t) - 1
         }
     };
-    let mut vmax = _mm512_setzero_ps();
+    let (mut vmin, mut vmax) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for c in (0..k).step_by(16) {
         let v = _mm512_maskz_loadu_ps(mask(k - c), row.as_ptr().add(c));
-        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+        vmin = _mm512_min_ps(vmin, v);
+        vmax = _mm512_max_ps(vmax, v);
     }
-    let amax = _mm512_reduce_max_ps(vmax);
-    if amax == 0.0 || !amax.is_finite() {
-        out[..k].fill(128);
-        return if amax == 0.0 { 1.0 } else { amax };
+    let (lo, hi) = (_mm512_reduce_min_ps(vmin), _mm512_reduce_max_ps(vmax));
+    let range = hi - lo;
+    if range == 0.0 || !range.is_finite() {
+        out[..k].fill(0);
+        // A non-finite row gives a non-finite scale, so the output shows it.
+        return (if range == 0.0 { 1.0 } else { range }, 0);
     }
-    let inv = _mm512_set1_ps(127.0 / amax);
-    let shift = _mm_set1_epi8(-128);
+    let scale = range / 255.0;
+    let zero = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+    let inv = _mm512_set1_ps(1.0 / scale);
+    let z = _mm512_set1_epi32(zero);
+    let (floor, top) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
     for c in (0..k).step_by(16) {
         let m = mask(k - c);
         let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.as_ptr().add(c)), inv);
-        let q = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
-        _mm_mask_storeu_epi8(out.as_mut_ptr().add(c).cast(), m, _mm_xor_si128(q, shift));
+        let u = _mm512_add_epi32(_mm512_cvtps_epi32(v), z);
+        let u = _mm512_min_epi32(_mm512_max_epi32(u, floor), top);
+        _mm_mask_storeu_epi8(out.as_mut_ptr().add(c).cast(), m, _mm512_cvtepi32_epi8(u));
     }
-    amax / 127.0
+    (scale, zero)
 }
 
 impl Int8Weight {
@@ -167,20 +178,20 @@ impl Int8Weight {
         let mut buf = vec![0u8; panels * panel + 64];
         let start = buf.as_ptr().align_offset(64).min(64);
         let mut scales = vec![0f32; panels * NR8];
-        let mut shift_sums = vec![0i32; panels * NR8];
+        let mut row_sums = vec![0i32; panels * NR8];
         let (g, l) = weight.storage_and_layout();
         let w = f32_data(&g, l)?;
         buf[start..start + panels * panel]
             .par_chunks_mut(panel)
             .zip(scales.par_chunks_mut(NR8))
-            .zip(shift_sums.par_chunks_mut(NR8))
+            .zip(row_sums.par_chunks_mut(NR8))
             .enumerate()
             .for_each(|(p, ((dst, sc), sums))| {
                 let mut q = vec![0i8; k];
                 for c in 0..NR8.min(n.saturating_sub(p * NR8)) {
                     let j = p * NR8 + c;
                     sc[c] = round_row(&w[j * k..(j + 1) * k], &mut q);
-                    sums[c] = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
+                    sums[c] = q.iter().map(|&v| v as i32).sum::<i32>();
                     for (kk, &v) in q.iter().enumerate() {
                         dst[kk / GROUP * GROUP_BYTES + c * GROUP + kk % GROUP] = v as u8;
                     }
@@ -194,7 +205,7 @@ impl Int8Weight {
             k,
             kp,
             scales,
-            shift_sums,
+            row_sums,
         }))
     }
 
@@ -205,7 +216,7 @@ impl Int8Weight {
 
     /// Bytes held: the values, their padding and the per-row scales and sums.
     pub fn size_in_bytes(&self) -> usize {
-        self.buf.len() + 4 * (self.scales.len() + self.shift_sums.len())
+        self.buf.len() + 4 * (self.scales.len() + self.row_sums.len())
     }
 
     fn panel_bytes(&self) -> usize {
@@ -253,7 +264,7 @@ impl Int8Weight {
         let epilogue = Epilogue {
             x,
             w_scales: self.scales[j0..].as_ptr(),
-            shift_sums: self.shift_sums[j0..].as_ptr(),
+            row_sums: self.row_sums[j0..].as_ptr(),
             out,
             ldo,
             onto,
@@ -271,11 +282,13 @@ impl Int8Weight {
     }
 }
 
-/// Rows of activations rounded to 8 bits, each with its own scale (`max |x[i, :]| /
-/// 127`), `kp` bytes apart (the padding zero); stored shifted by 128 for VNNI.
+/// Rows of activations rounded to 8 bits, each with its own scale, `kp` bytes apart:
+/// symmetric (`max |x[i, :]| / 127`) for the AVX2 path, asymmetric with a zero point
+/// per row for the VNNI and AMX paths (the padding multiplies zero weights).
 pub(super) struct QuantRows {
     data: Vec<u8>,
     scales: Vec<f32>,
+    zeros: Vec<i32>,
     pub(super) m: usize,
     kp: usize,
     path: Path,
@@ -285,19 +298,18 @@ impl QuantRows {
     /// `x` (`m` rows of `k`) rounded for `path`.
     pub(super) fn new(x: &[f32], m: usize, k: usize, path: Path) -> Self {
         let kp = k.div_ceil(K_ALIGN) * K_ALIGN;
-        let fill = if path.shifted() { 128u8 } else { 0 };
         // Whole AMX tiles of rows; the padding rows' sums are computed and dropped.
-        let mut data = vec![fill; m.div_ceil(M_ALIGN) * M_ALIGN * kp];
-        let mut scales = vec![0f32; m];
-        let round = |(i, (row, s)): (usize, (&mut [u8], &mut f32))| {
+        let mut data = vec![0u8; m.div_ceil(M_ALIGN) * M_ALIGN * kp];
+        let mut scales = vec![(0f32, 0i32); m];
+        let round = |(i, (row, s)): (usize, (&mut [u8], &mut (f32, i32)))| {
             let xr = &x[i * k..(i + 1) * k];
             if path.shifted() {
                 // SAFETY: the VNNI and AMX paths run only where the CPU has AVX-512 (BW).
-                *s = unsafe { round_row_shifted_avx512(xr, &mut row[..k]) };
+                *s = unsafe { round_row_affine_avx512(xr, &mut row[..k]) };
             } else {
                 // SAFETY: i8 and u8 have the same layout.
                 let q: &mut [i8] = unsafe { &mut *(&mut row[..k] as *mut [u8] as *mut [i8]) };
-                *s = round_row(xr, q);
+                *s = (round_row(xr, q), 0);
             }
         };
         if m * k >= 1 << 16 {
@@ -311,9 +323,11 @@ impl QuantRows {
                 .enumerate()
                 .for_each(round);
         }
+        let (scales, zeros) = scales.into_iter().unzip();
         Self {
             data,
             scales,
+            zeros,
             m,
             kp,
             path,
@@ -321,12 +335,12 @@ impl QuantRows {
     }
 }
 
-/// What a tile's integer sums become: `(sum - shift) * x_scale * w_scale`, plus the
+/// What a tile's integer sums become: `(sum - zero * w_sum) * x_scale * w_scale`, plus the
 /// bias and residual of `onto`, written to `out`.
 struct Epilogue<'a> {
     x: &'a QuantRows,
     w_scales: *const f32,
-    shift_sums: *const i32,
+    row_sums: *const i32,
     out: *mut f32,
     ldo: usize,
     onto: Onto,
@@ -334,7 +348,7 @@ struct Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// Writes rows `i0..i0 + rows`, columns `j..j + cols` of the block from `acc` (row
-    /// `r`'s sums at `acc[r * stride..]`); scalar for the AVX2 path's unshifted sums.
+    /// `r`'s sums at `acc[r * stride..]`); scalar for the AVX2 path's symmetric sums.
     ///
     /// # Safety
     /// Inside the block the pointers were made for.
@@ -370,7 +384,8 @@ impl Epilogue<'_> {
 }
 
 impl Epilogue<'_> {
-    /// [`Epilogue::write`] for the VNNI path, 16 columns at a time (the sums shifted).
+    /// [`Epilogue::write`] for the VNNI and AMX paths, 16 columns at a time: each row's
+    /// zero point times the weight row's sum taken off first.
     ///
     /// # Safety
     /// As [`Epilogue::write`]; AVX-512F.
@@ -393,7 +408,7 @@ impl Epilogue<'_> {
             };
             let jc = j + c0;
             let ws = _mm512_maskz_loadu_ps(m, self.w_scales.add(jc));
-            let sh = _mm512_maskz_loadu_epi32(m, self.shift_sums.add(jc));
+            let sums = _mm512_maskz_loadu_epi32(m, self.row_sums.add(jc));
             let bias = if self.onto.bias.is_null() {
                 _mm512_setzero_ps()
             } else {
@@ -402,7 +417,8 @@ impl Epilogue<'_> {
             for r in 0..rows {
                 let i = i0 + r;
                 let s = _mm512_loadu_epi32(acc.as_ptr().add(r * stride + c0));
-                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, sh));
+                let zero = _mm512_mullo_epi32(sums, _mm512_set1_epi32(self.x.zeros[i]));
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, zero));
                 let scale = _mm512_mul_ps(ws, _mm512_set1_ps(self.x.scales[i]));
                 let mut v = _mm512_fmadd_ps(v, scale, bias);
                 if !self.onto.res.is_null() {
@@ -690,9 +706,9 @@ mod tests {
                             let (i, kk) = (t / k, t % k);
                             let v = q.data[i * q.kp + kk];
                             let v = if path.shifted() {
-                                (v ^ 0x80) as i8
+                                v as i32 - q.zeros[i]
                             } else {
-                                v as i8
+                                v as i8 as i32
                             };
                             v as f32 * q.scales[i]
                         })
