@@ -131,6 +131,33 @@ pub fn linear_quant(
     linear_with(x, Weight::Quant(weight), bias, act, residual)
 }
 
+/// The output's dims and row count of `x` (`[..., k]`) times a `[n, k]` weight, or
+/// `None` where the kernels do not take the operands: a width that is not `k` (the
+/// plain path then reports the mismatch), a bias or residual of another shape or not
+/// contiguous, no rows, `k` of zero.
+fn output_shape(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Option<(Vec<usize>, usize)> {
+    let mut out_dims = x.dims().to_vec();
+    if out_dims.pop() != Some(k) {
+        return None;
+    }
+    out_dims.push(n);
+    let m = x.elem_count() / k.max(1);
+    if bias.is_some_and(|b| b.dims() != [n] || !b.is_contiguous())
+        || residual.is_some_and(|r| r.dims() != out_dims.as_slice() || !r.is_contiguous())
+        || m == 0
+        || k == 0
+    {
+        return None;
+    }
+    Some((out_dims, m))
+}
+
 /// [`linear`] with an 8-bit weight ([`Int8Weight`]): each row of `x` rounded to 8 bits
 /// with its own scale, the products summed in integers, then scaled back, the bias,
 /// residual or activation applied as for [`linear`]. `x` may be a view (it is copied);
@@ -163,18 +190,9 @@ pub fn linear_int8(
         return Ok(None);
     }
     let (n, k) = weight.dims();
-    let mut out_dims = x.dims().to_vec();
-    if out_dims.pop() != Some(k) {
-        return Ok(None); // the plain path reports the mismatch
-    }
-    out_dims.push(n);
-    let m = x.elem_count() / k.max(1);
-    if bias.is_some_and(|b| b.dims() != [n] || !b.is_contiguous())
-        || residual.is_some_and(|r| r.dims() != out_dims.as_slice() || !r.is_contiguous())
-        || m == 0
-    {
+    let Some((out_dims, m)) = output_shape(x, n, k, bias, residual) else {
         return Ok(None);
-    }
+    };
     let (xg, xl) = x.storage_and_layout();
     let q = QuantRows::new(f32_data(&xg, xl)?, m, k, path);
     drop(xg);
@@ -233,19 +251,9 @@ fn linear_with(
         Weight::Packed(p) => (p.n, p.k),
         Weight::Quant(q) => (q.n, q.k),
     };
-    let mut out_dims = x.dims().to_vec();
-    if out_dims.pop() != Some(k) {
-        return Ok(None); // the plain path reports the mismatch
-    }
-    out_dims.push(n);
-    let m = x.elem_count() / k.max(1);
-    if bias.is_some_and(|b| b.dims() != [n] || !b.is_contiguous())
-        || residual.is_some_and(|r| r.dims() != out_dims.as_slice() || !r.is_contiguous())
-        || m == 0
-        || k == 0
-    {
+    let Some((out_dims, m)) = output_shape(x, n, k, bias, residual) else {
         return Ok(None);
-    }
+    };
     let (xg, xl) = x.storage_and_layout();
     let wg = match weight {
         Weight::Plain(w) => Some(w.storage_and_layout()),
