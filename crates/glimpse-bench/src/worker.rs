@@ -132,32 +132,26 @@ fn build_step(
 ) -> Result<Step> {
     let device = Device::Cpu;
     let mut rng = SplitMix64::new(0x5EED);
-    if let (Task::Matmul, true) = (w.task, w.int8) {
-        // The weight rounded once (as a model's at load time); each call rounds `a`'s
-        // rows and runs the integer products, as an 8-bit linear layer does.
-        let a = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
-        let b = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
-        let b = glimpse_nn::kernels::Int8Weight::new(&b)?.ok_or_else(|| {
-            Error::InvalidConfig(format!("{}: this CPU has no 8-bit kernel (AVX2)", w.name))
-        })?;
-        return Ok(Box::new(move || {
-            for _ in 0..MATMUL_COUNT {
-                let c = glimpse_nn::kernels::linear_int8(&a, &b, None, None, None)?
-                    .ok_or_else(|| Error::Unexpected("the 8-bit kernel declined".into()))?;
-                if c.dims() != [MATMUL_N, MATMUL_N] {
-                    return Err(Error::Unexpected(format!("matmul produced {:?}", c.dims())));
-                }
-            }
-            Ok(1.into())
-        }));
-    }
     if let Task::Matmul = w.task {
-        // Inputs made once; the call is the kernel every Glimpse model's layers use.
+        // Inputs made once; the call is the kernel every Glimpse model's layers use: the
+        // f32 product, or for `matmul-i8` an 8-bit linear layer (the weight rounded once,
+        // as a model's at load time; each call rounds `a`'s rows).
         let a = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
         let b = pixels(&mut rng, &[MATMUL_N, MATMUL_N], &device)?;
+        let product: Box<dyn Fn() -> Result<Tensor>> = if w.int8 {
+            let b = glimpse_nn::kernels::Int8Weight::new(&b)?.ok_or_else(|| {
+                Error::InvalidConfig(format!("{}: this CPU has no 8-bit kernel (AVX2)", w.name))
+            })?;
+            Box::new(move || {
+                glimpse_nn::kernels::linear_int8(&a, &b, None, None, None)?
+                    .ok_or_else(|| Error::Unexpected("the 8-bit kernel declined".into()))
+            })
+        } else {
+            Box::new(move || Ok(a.matmul(&b)?))
+        };
         return Ok(Box::new(move || {
             for _ in 0..MATMUL_COUNT {
-                let c = a.matmul(&b)?; // [n, n]
+                let c = product()?; // [n, n]
                 if c.dims() != [MATMUL_N, MATMUL_N] {
                     return Err(Error::Unexpected(format!("matmul produced {:?}", c.dims())));
                 }

@@ -147,6 +147,25 @@ fn evidence(
         wanted.extend(q.top.iter().map(|(k, _)| k.as_str()));
     }
     let mut images = std::collections::BTreeMap::new();
+    read_again(data, opts, |ex| {
+        if wanted.contains(ex.key.as_str()) {
+            images.insert(ex.key.clone(), Thumbnail::of(&ex.image));
+        }
+        Ok(())
+    })?;
+    Ok(Evidence {
+        images,
+        task: TaskEvidence::Retrieval { queries },
+    })
+}
+
+/// The usable retrieval samples of `data` read once more, in the first pass's order,
+/// each handed to `f` (the evaluation keeps no image between passes).
+fn read_again(
+    data: &str,
+    opts: &EvalOptions,
+    mut f: impl FnMut(glimpse_data::dataset::Example) -> Result<()>,
+) -> Result<()> {
     let mut again = Reader::open(data, opts, false)?;
     loop {
         let batch = again.batch(opts.batch_size, |meta| {
@@ -155,18 +174,12 @@ fn evidence(
                 .ok_or(String::new())
         })?;
         if batch.is_empty() {
-            break;
+            return Ok(());
         }
         for (ex, ()) in batch {
-            if wanted.contains(ex.key.as_str()) {
-                images.insert(ex.key.clone(), Thumbnail::of(&ex.image));
-            }
+            f(ex)?;
         }
     }
-    Ok(Evidence {
-        images,
-        task: TaskEvidence::Retrieval { queries },
-    })
 }
 
 /// BLIP's re-ranking: each image's top `k` texts and each text's top `k` images by
@@ -196,49 +209,39 @@ fn rerank(
     let (mut i2t, mut t2i) = (sim.to_vec(), sim.to_vec());
     // Probabilities lie in [0, 1] and cosines in [-1, 1]: +2 lifts the re-scored ones.
     const LIFT: f32 = 2.0;
-    let mut again = Reader::open(data, opts, false)?;
     let bar = progress_bar(opts.progress, n, "re-ranking");
     let mut i = 0;
-    loop {
-        let batch = again.batch(opts.batch_size, |meta| {
-            (!retrieval_texts(meta).is_empty())
-                .then_some(())
-                .ok_or(String::new())
-        })?;
-        if batch.is_empty() {
-            break;
+    read_again(data, opts, |ex| {
+        if keys.get(i) != Some(&ex.key) {
+            return Err(Error::Eval(format!(
+                "{data}: the second pass for --rerank read sample {} where the first \
+                 read {:?}; did the data change during evaluation?",
+                ex.key,
+                keys.get(i)
+            )));
         }
-        for (ex, ()) in batch {
-            if keys.get(i) != Some(&ex.key) {
-                return Err(Error::Eval(format!(
-                    "{data}: the second pass for --rerank read sample {} where the first \
-                     read {:?}; did the data change during evaluation?",
-                    ex.key,
-                    keys.get(i)
-                )));
-            }
-            let mut need: BTreeSet<usize> = i2t_top[i].iter().copied().collect();
-            need.extend(&t2i_of_image[i]);
-            let need: Vec<usize> = need.into_iter().collect();
-            let mut itm = HashMap::new();
-            for chunk in need.chunks(opts.batch_size) {
-                let refs: Vec<&str> = chunk.iter().map(|&t| texts[t].as_str()).collect();
-                let scores = p.match_scores(&ex.image, &refs)?;
-                let probs = scores.itm.ok_or_else(|| {
-                    Error::Eval("--rerank: the model returned no ITM scores".into())
-                })?;
-                itm.extend(chunk.iter().copied().zip(probs));
-            }
-            for &t in &i2t_top[i] {
-                i2t[i * m + t] = LIFT + itm[&t];
-            }
-            for &t in &t2i_of_image[i] {
-                t2i[i * m + t] = LIFT + itm[&t];
-            }
-            i += 1;
-            bar.inc(1);
+        let mut need: BTreeSet<usize> = i2t_top[i].iter().copied().collect();
+        need.extend(&t2i_of_image[i]);
+        let need: Vec<usize> = need.into_iter().collect();
+        let mut itm = HashMap::new();
+        for chunk in need.chunks(opts.batch_size) {
+            let refs: Vec<&str> = chunk.iter().map(|&t| texts[t].as_str()).collect();
+            let scores = p.match_scores(&ex.image, &refs)?;
+            let probs = scores
+                .itm
+                .ok_or_else(|| Error::Eval("--rerank: the model returned no ITM scores".into()))?;
+            itm.extend(chunk.iter().copied().zip(probs));
         }
-    }
+        for &t in &i2t_top[i] {
+            i2t[i * m + t] = LIFT + itm[&t];
+        }
+        for &t in &t2i_of_image[i] {
+            t2i[i * m + t] = LIFT + itm[&t];
+        }
+        i += 1;
+        bar.inc(1);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if i != n {
         return Err(Error::Eval(format!(
