@@ -22,6 +22,7 @@ pins=(
     "pillow==13.0.0"
     "numpy==2.4.6"
     "pycocoevalcap==1.2"
+    "openai==3.51.0" # tools/serve/check_openai.py: the official client against `glimpse serve`
 )
 
 # Skip pip entirely when every pin is already installed (keeps re-runs offline and fast).

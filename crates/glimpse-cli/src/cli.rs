@@ -51,6 +51,9 @@ pub enum Command {
     Index(crate::commands::index::IndexArgs),
     /// Search an index by text or image, optionally re-ranked with an ITM head.
     Search(crate::commands::search::SearchArgs),
+    /// Serve the models over HTTP: OpenAI-compatible chat completions and embeddings,
+    /// caption/ask/match/classify/search routes, metrics and a web page.
+    Serve(crate::commands::serve::ServeArgs),
 }
 
 #[derive(Debug, Args)]

@@ -127,6 +127,10 @@ pub trait Match {
     fn match_scores(&self, pixel_values: &Tensor, texts: &TextBatch) -> Result<MatchScores>;
 }
 
+/// A streaming callback: sees each decoding step's new token per row (`None` for rows
+/// that already ended) and returns whether to go on.
+pub type OnStep<'a> = &'a mut dyn FnMut(&[Option<u32>]) -> bool;
+
 /// Captions, optionally started by a prompt.
 pub trait Caption {
     /// One caption per image of `pixel_values` (`[n, 3, H, W]`); `prompt`, when given,
@@ -138,6 +142,19 @@ pub trait Caption {
         prompt: Option<&str>,
         gen: &GenerationConfig,
     ) -> Result<Vec<Generated>>;
+
+    /// [`Self::caption`] calling `on_step` after every decoding step (greedy search or
+    /// sampling); `None` when this family does not stream.
+    fn caption_stream(
+        &self,
+        _tokenizer: &TextTokenizer,
+        _pixel_values: &Tensor,
+        _prompt: Option<&str>,
+        _gen: &GenerationConfig,
+        _on_step: OnStep<'_>,
+    ) -> Option<Result<Vec<Generated>>> {
+        None
+    }
 }
 
 /// Visual question answering.
@@ -150,6 +167,19 @@ pub trait Answer {
         question: &str,
         gen: &GenerationConfig,
     ) -> Result<Generated>;
+
+    /// [`Self::answer`] calling `on_step` after every decoding step; `None` when this
+    /// family does not stream.
+    fn answer_stream(
+        &self,
+        _tokenizer: &TextTokenizer,
+        _pixel_values: &Tensor,
+        _question: &str,
+        _gen: &GenerationConfig,
+        _on_step: OnStep<'_>,
+    ) -> Option<Result<Generated>> {
+        None
+    }
 }
 
 /// Multi-turn chat about one image.

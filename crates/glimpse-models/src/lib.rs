@@ -23,6 +23,7 @@ pub mod capability;
 pub mod checkpoint;
 pub mod clip;
 mod error;
+pub mod fingerprint;
 pub mod finite;
 mod int8;
 pub mod llava;

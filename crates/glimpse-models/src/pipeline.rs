@@ -17,7 +17,7 @@ use image::RgbImage;
 use std::path::Path;
 
 use crate::capability::{
-    Answer, Capability, Caption, Chat, Classify, Conversation, Embed, Match, Model,
+    Answer, Capability, Caption, Chat, Classify, Conversation, Embed, Match, Model, OnStep,
 };
 use crate::checkpoint::ModelFiles;
 use crate::registry::{self, classes_with};
@@ -256,6 +256,43 @@ impl Pipeline {
         let pixels = self.pixel_values(images)?;
         let m = self.need(self.as_caption(), "caption", Capability::Caption)?;
         m.caption(&self.tokenizer, &pixels, prompt, gen)
+    }
+
+    /// [`Self::caption`] calling `on_step` after every decoding step; `Ok(None)` when
+    /// the model's family does not stream (the caller captions without it).
+    pub fn caption_stream(
+        &self,
+        images: &[RgbImage],
+        prompt: Option<&str>,
+        gen: &GenerationConfig,
+        on_step: OnStep<'_>,
+    ) -> Result<Option<Vec<Generated>>> {
+        let prompt = prompt.filter(|p| !p.trim().is_empty());
+        let pixels = self.pixel_values(images)?;
+        let m = self.need(self.as_caption(), "caption", Capability::Caption)?;
+        m.caption_stream(&self.tokenizer, &pixels, prompt, gen, on_step)
+            .transpose()
+    }
+
+    /// [`Self::ask`] calling `on_step` after every decoding step; `Ok(None)` when the
+    /// model's family does not stream.
+    pub fn ask_stream(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        gen: &GenerationConfig,
+        on_step: OnStep<'_>,
+    ) -> Result<Option<Generated>> {
+        if question.trim().is_empty() {
+            return Err(Error::Model {
+                model: self.name.clone(),
+                msg: "empty question".into(),
+            });
+        }
+        let pixels = self.pixel_values(std::slice::from_ref(image))?;
+        let m = self.need(self.as_answer(), "ask", Capability::Answer)?;
+        m.answer_stream(&self.tokenizer, &pixels, question, gen, on_step)
+            .transpose()
     }
 
     /// Answer to `question` about one image (BLIP-2 uses the zero-shot VQA prompt

@@ -2,15 +2,12 @@
 //! an index records: the model's name and a fingerprint of its config and weights, so
 //! that the same files give the same id wherever they lie and other weights do not.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use glimpse_index::job::BoxError;
 use glimpse_index::Embedder;
-use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::pipeline::Pipeline;
 use image::RgbImage;
 
@@ -31,39 +28,9 @@ pub struct PipelineEmbedder {
     device: Device,
 }
 
-/// FNV-1a, 64 bit: a fingerprint, not a security measure.
-fn fnv(hash: &mut u64, bytes: &[u8]) {
-    for b in bytes {
-        *hash ^= *b as u64;
-        *hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-}
-
-/// `NAME@FINGERPRINT`: the config, and each weight file's size, first and last MiB.
+/// `NAME@FINGERPRINT` (see [`glimpse_models::fingerprint`]).
 pub fn model_id(model: &str) -> Result<String> {
-    let files = ModelFiles::resolve(model).with_context(|| format!("model `{model}`"))?;
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    let config = std::fs::read(&files.config)
-        .with_context(|| format!("reading {}", files.config.display()))?;
-    fnv(&mut hash, &config);
-    const MIB: u64 = 1 << 20;
-    for w in &files.weights {
-        let mut f = File::open(w).with_context(|| format!("reading {}", w.display()))?;
-        let len = f.metadata()?.len();
-        fnv(&mut hash, &len.to_le_bytes());
-        let mut buf = Vec::new();
-        f.by_ref().take(MIB).read_to_end(&mut buf)?;
-        if len > 2 * MIB {
-            f.seek(SeekFrom::Start(len - MIB))?;
-            f.take(MIB).read_to_end(&mut buf)?;
-        }
-        fnv(&mut hash, &buf);
-    }
-    let name = Path::new(model.trim_end_matches('/'))
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| model.to_string());
-    Ok(format!("{name}@{hash:016x}"))
+    glimpse_models::fingerprint::model_id(model).with_context(|| format!("model `{model}`"))
 }
 
 impl PipelineEmbedder {

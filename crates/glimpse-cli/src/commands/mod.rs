@@ -12,6 +12,7 @@ mod index_model;
 mod matching;
 pub mod report;
 pub mod search;
+pub mod serve;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args),
         Command::Index(args) => index::run(args),
         Command::Search(args) => search::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -147,6 +147,17 @@ impl BlipForConditionalGeneration {
         processor_ids: Option<&[u32]>,
         gen: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>> {
+        self.generate_with(pixel_values, processor_ids, gen, None)
+    }
+
+    /// [`Self::generate`], streaming each step to `on_step` when given.
+    pub fn generate_with(
+        &self,
+        pixel_values: &Tensor,
+        processor_ids: Option<&[u32]>,
+        gen: &GenerationConfig,
+        on_step: Option<crate::capability::OnStep<'_>>,
+    ) -> Result<Vec<Vec<u32>>> {
         let image = self.vision(pixel_values)?; // [b, n, dv]
         let b = image.dim(0)?;
         let prompt = self.caption_prompt(processor_ids);
@@ -156,7 +167,7 @@ impl BlipForConditionalGeneration {
             .unsqueeze(0)?
             .repeat((b, 1))?; // [b, t]
         let mut cache = self.new_cache(&image)?;
-        super::run_generate(self, &mut cache, &prompt, gen)
+        super::run_generate(self, &mut cache, &prompt, gen, on_step)
     }
 }
 

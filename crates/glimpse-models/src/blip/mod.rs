@@ -53,14 +53,19 @@ fn open(
     Ok((cfg, weights, vb))
 }
 
-/// Runs the shared decoding loop; its errors become model errors.
+/// Runs the shared decoding loop (streaming when `on_step` is given); its errors
+/// become model errors.
 fn run_generate<M: glimpse_generate::Decoder>(
     model: &M,
     cache: &mut M::Cache,
     prompt: &candle_core::Tensor,
     gen: &glimpse_generate::GenerationConfig,
+    on_step: Option<crate::capability::OnStep<'_>>,
 ) -> Result<Vec<Vec<u32>>> {
-    Ok(glimpse_generate::generate(model, cache, prompt, gen)?)
+    Ok(match on_step {
+        Some(f) => glimpse_generate::generate_stream(model, cache, prompt, gen, f)?,
+        None => glimpse_generate::generate(model, cache, prompt, gen)?,
+    })
 }
 
 /// `[1 or batch, n, d]` image states for `batch` texts: one image is shared by every
@@ -117,16 +122,17 @@ impl Model for BlipForConditionalGeneration {
     }
 }
 
-impl Caption for BlipForConditionalGeneration {
-    fn caption(
+impl BlipForConditionalGeneration {
+    fn caption_with(
         &self,
         tokenizer: &TextTokenizer,
         pixel_values: &Tensor,
         prompt: Option<&str>,
         gen: &GenerationConfig,
+        on_step: Option<crate::capability::OnStep<'_>>,
     ) -> Result<Vec<Generated>> {
         let prompt_ids = prompt.map(|p| tokenizer.encode(p, true)).transpose()?;
-        let ids = self.generate(pixel_values, prompt_ids.as_deref(), gen)?;
+        let ids = self.generate_with(pixel_values, prompt_ids.as_deref(), gen, on_step)?;
         // A prompted caption reads as one sentence: decode the prompt with the
         // continuation (as the reference decodes the whole sequence), but report only
         // the generated ids.
@@ -138,6 +144,29 @@ impl Caption for BlipForConditionalGeneration {
                 Ok(Generated { text, token_ids })
             })
             .collect()
+    }
+}
+
+impl Caption for BlipForConditionalGeneration {
+    fn caption(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        prompt: Option<&str>,
+        gen: &GenerationConfig,
+    ) -> Result<Vec<Generated>> {
+        self.caption_with(tokenizer, pixel_values, prompt, gen, None)
+    }
+
+    fn caption_stream(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        prompt: Option<&str>,
+        gen: &GenerationConfig,
+        on_step: crate::capability::OnStep<'_>,
+    ) -> Option<Result<Vec<Generated>>> {
+        Some(self.caption_with(tokenizer, pixel_values, prompt, gen, Some(on_step)))
     }
 }
 
@@ -209,6 +238,30 @@ impl Model for BlipForQuestionAnswering {
     }
 }
 
+impl BlipForQuestionAnswering {
+    fn answer_with(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        question: &str,
+        gen: &GenerationConfig,
+        on_step: Option<crate::capability::OnStep<'_>>,
+    ) -> Result<Generated> {
+        let max_len = Some(self.config().text_config.max_position_embeddings);
+        let batch = tokenizer.encode_batch(&[question], true, max_len, pixel_values.device())?;
+        let ids = self.generate_with(
+            pixel_values,
+            &batch.input_ids,
+            &batch.attention_mask,
+            gen,
+            on_step,
+        )?;
+        let mut answer = decode_all(tokenizer, ids)?.remove(0);
+        answer.text = answer.text.trim().to_string();
+        Ok(answer)
+    }
+}
+
 impl Answer for BlipForQuestionAnswering {
     fn answer(
         &self,
@@ -217,11 +270,17 @@ impl Answer for BlipForQuestionAnswering {
         question: &str,
         gen: &GenerationConfig,
     ) -> Result<Generated> {
-        let max_len = Some(self.config().text_config.max_position_embeddings);
-        let batch = tokenizer.encode_batch(&[question], true, max_len, pixel_values.device())?;
-        let ids = self.generate(pixel_values, &batch.input_ids, &batch.attention_mask, gen)?;
-        let mut answer = decode_all(tokenizer, ids)?.remove(0);
-        answer.text = answer.text.trim().to_string();
-        Ok(answer)
+        self.answer_with(tokenizer, pixel_values, question, gen, None)
+    }
+
+    fn answer_stream(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        question: &str,
+        gen: &GenerationConfig,
+        on_step: crate::capability::OnStep<'_>,
+    ) -> Option<Result<Generated>> {
+        Some(self.answer_with(tokenizer, pixel_values, question, gen, Some(on_step)))
     }
 }

@@ -149,6 +149,18 @@ impl BlipForQuestionAnswering {
         attention_mask: &Tensor,
         gen: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>> {
+        self.generate_with(pixel_values, input_ids, attention_mask, gen, None)
+    }
+
+    /// [`Self::generate`], streaming each step to `on_step` when given.
+    pub fn generate_with(
+        &self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        gen: &GenerationConfig,
+        on_step: Option<crate::capability::OnStep<'_>>,
+    ) -> Result<Vec<Vec<u32>>> {
         let image = self.vision(pixel_values)?; // [bi, n, dv]
         let question = self.encode_question(&image, input_ids, Some(attention_mask), false)?; // [b, t, dt]
         let b = question.dim(0)?;
@@ -157,7 +169,7 @@ impl BlipForQuestionAnswering {
         let gen = &crate::positions::fit_positions("blip", gen, 1, max)?;
         let prompt = Tensor::full(bos, (b, 1), question.device())?; // [b, 1]
         let mut cache = self.new_cache(&question, None)?;
-        super::run_generate(self, &mut cache, &prompt, gen)
+        super::run_generate(self, &mut cache, &prompt, gen, on_step)
     }
 }
 

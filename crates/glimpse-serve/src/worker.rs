@@ -1,0 +1,541 @@
+//! Dynamic batching: one worker thread per model takes every request that is waiting
+//! (up to `max_batch`, after a short window for more to arrive) and runs compatible
+//! ones in one forward pass.
+//!
+//! - Text embeddings share one text-tower pass, image embeddings one vision pass.
+//! - Greedy captions with the same prompt and settings share one batched decoding
+//!   run; each row streams its own tokens to its request, and a row that ends leaves
+//!   the batch (the decoder stops computing it, see `glimpse_generate`).
+//! - Sampled generation (a `seed` fixes each request's draws) and the per-image
+//!   routes (ask, chat, match, classify) run one request at a time.
+//!
+//! The queue is bounded: a full queue is refused at once with 429, never grown. A
+//! request whose client has gone is dropped before it runs, and a panic inside a
+//! model answers its requests with 500 while the worker goes on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glimpse_generate::GenerationConfig;
+use glimpse_models::pipeline::{Generated, MatchScores, Pipeline};
+use image::RgbImage;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics;
+
+/// Work for a model.
+pub enum Task {
+    /// At most `max_batch` texts (the handler splits longer inputs).
+    EmbedTexts(Vec<String>),
+    /// At most `max_batch` images.
+    EmbedImages(Vec<RgbImage>),
+    Caption {
+        image: RgbImage,
+        prompt: Option<String>,
+        gen: GenerationConfig,
+    },
+    Ask {
+        image: RgbImage,
+        question: String,
+        gen: GenerationConfig,
+    },
+    Chat {
+        image: RgbImage,
+        system: Option<String>,
+        user: String,
+        gen: GenerationConfig,
+    },
+    Match {
+        image: RgbImage,
+        texts: Vec<String>,
+    },
+    Classify {
+        image: RgbImage,
+        labels: Vec<String>,
+        template: String,
+    },
+}
+
+impl Task {
+    fn kind(&self) -> &'static str {
+        match self {
+            Task::EmbedTexts(_) => "embed_text",
+            Task::EmbedImages(_) => "embed_image",
+            Task::Caption { .. } => "caption",
+            Task::Ask { .. } => "ask",
+            Task::Chat { .. } => "chat",
+            Task::Match { .. } => "match",
+            Task::Classify { .. } => "classify",
+        }
+    }
+}
+
+/// What a task gives back.
+#[derive(Debug)]
+pub enum Output {
+    /// One row per input, in order.
+    Embeddings(Vec<Vec<f32>>),
+    /// Generated text; `prompt_tokens` counts the model's input ids.
+    Generated {
+        out: Generated,
+        prompt_tokens: usize,
+    },
+    Match(MatchScores),
+    Classify(Vec<f32>),
+}
+
+struct Job {
+    task: Task,
+    /// Inputs of an embedding task (its rows of the batch's output).
+    rows: usize,
+    reply: oneshot::Sender<ApiResult<Output>>,
+    /// Each new token id of a generating task, as it is chosen.
+    tokens: Option<mpsc::UnboundedSender<u32>>,
+}
+
+impl Job {
+    fn new(
+        task: Task,
+        reply: oneshot::Sender<ApiResult<Output>>,
+        tokens: Option<mpsc::UnboundedSender<u32>>,
+    ) -> Self {
+        let rows = match &task {
+            Task::EmbedTexts(t) => t.len(),
+            Task::EmbedImages(i) => i.len(),
+            _ => 1,
+        };
+        Self {
+            task,
+            rows,
+            reply,
+            tokens,
+        }
+    }
+}
+
+/// Settings of the batching loop.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+    pub window: Duration,
+}
+
+/// The sending side of a model's queue.
+#[derive(Clone)]
+pub struct Worker {
+    tx: mpsc::Sender<Job>,
+    model: String,
+    capacity: usize,
+}
+
+impl Worker {
+    /// Starts the worker thread of `pipeline`, known to clients as `model`.
+    pub fn spawn(model: String, pipeline: Arc<Pipeline>, policy: BatchPolicy) -> Self {
+        let (tx, rx) = mpsc::channel(policy.queue_capacity.max(1));
+        let name = model.clone();
+        // The loop runs on a worker of its own pool of candle's thread count, so the
+        // kernels' parallel loops start inside the pool (as the CLI runs its commands);
+        // without a pool it runs on a plain thread.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(candle_core::utils::get_num_threads())
+            .stack_size(8 << 20)
+            .thread_name(move |i| format!("model-{i}"))
+            .build()
+            .ok();
+        let spawned = std::thread::Builder::new()
+            .name(format!("model {model}"))
+            .stack_size(8 << 20)
+            .spawn(move || match pool {
+                Some(pool) => pool.install(|| run(&name, &pipeline, rx, policy)),
+                None => run(&name, &pipeline, rx, policy),
+            });
+        if let Err(e) = spawned {
+            // Without its thread the model answers every request with 503 (the queue's
+            // receiver is gone), and the error is in the log.
+            tracing::error!(model, "cannot start the model's worker thread: {e}");
+        }
+        Self {
+            tx,
+            model,
+            capacity: policy.queue_capacity,
+        }
+    }
+
+    fn enqueue(&self, job: Job) -> ApiResult<()> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                metrics::queue_depth(&self.model, self.capacity - self.tx.capacity());
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::rejected(&self.model);
+                Err(ApiError::queue_full(&self.model, self.capacity))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::unavailable(format!(
+                "model `{}` has stopped",
+                self.model
+            ))),
+        }
+    }
+
+    /// Runs `task` and waits for its result.
+    pub async fn run(&self, task: Task) -> ApiResult<Output> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Job::new(task, reply, None))?;
+        rx.await.map_err(|_| self.lost())?
+    }
+
+    /// Queues a generating `task` whose tokens arrive on the returned receiver as they
+    /// are chosen; the final result comes on the oneshot.
+    pub fn run_streaming(
+        &self,
+        task: Task,
+    ) -> ApiResult<(
+        mpsc::UnboundedReceiver<u32>,
+        oneshot::Receiver<ApiResult<Output>>,
+    )> {
+        let (reply, rx) = oneshot::channel();
+        let (tokens, token_rx) = mpsc::unbounded_channel();
+        self.enqueue(Job::new(task, reply, Some(tokens)))?;
+        Ok((token_rx, rx))
+    }
+
+    pub fn lost(&self) -> ApiError {
+        ApiError::internal(format!("model `{}` dropped the request", self.model))
+    }
+}
+
+fn run(model: &str, pipeline: &Pipeline, mut rx: mpsc::Receiver<Job>, policy: BatchPolicy) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + policy.window;
+        while jobs.len() < policy.max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::queue_depth(model, rx.len());
+        // A client that went away while waiting costs nothing more.
+        jobs.retain(|j| !j.reply.is_closed());
+        process(model, pipeline, jobs, policy.max_batch);
+    }
+}
+
+/// Groups `jobs` into batches and runs them.
+fn process(model: &str, pipeline: &Pipeline, jobs: Vec<Job>, max_batch: usize) {
+    let mut texts = Vec::new();
+    let mut images = Vec::new();
+    let mut captions: Vec<(String, Vec<Job>)> = Vec::new();
+    let mut single = Vec::new();
+    for job in jobs {
+        match &job.task {
+            Task::EmbedTexts(_) => texts.push(job),
+            Task::EmbedImages(_) => images.push(job),
+            Task::Caption { prompt, gen, .. } if !gen.do_sample && gen.num_beams == 1 => {
+                let key = format!("{prompt:?} {gen:?}");
+                match captions.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, group)) => group.push(job),
+                    None => captions.push((key, vec![job])),
+                }
+            }
+            _ => single.push(job),
+        }
+    }
+    for group in chunks_by_rows(texts, max_batch) {
+        guarded(model, "embed_text", group, |jobs| {
+            embed_texts(pipeline, jobs)
+        });
+    }
+    for group in chunks_by_rows(images, max_batch) {
+        guarded(model, "embed_image", group, |jobs| {
+            embed_images(pipeline, jobs)
+        });
+    }
+    for (_, group) in captions {
+        for group in chunks(group, max_batch) {
+            guarded(model, "caption", group, |jobs| {
+                caption_batch(model, pipeline, jobs)
+            });
+        }
+    }
+    for job in single {
+        let kind = job.task.kind();
+        guarded(model, kind, vec![job], |mut jobs| {
+            let job = jobs.pop().expect("one job");
+            let result = run_single(pipeline, &job);
+            let _ = job
+                .reply
+                .send(result.map_err(|e| ApiError::from_model(model, &e)));
+        });
+    }
+}
+
+/// Embedding jobs in groups of at most `n` inputs (a job is never split).
+fn chunks_by_rows(jobs: Vec<Job>, n: usize) -> Vec<Vec<Job>> {
+    let rows = |j: &Job| match &j.task {
+        Task::EmbedTexts(t) => t.len(),
+        Task::EmbedImages(i) => i.len(),
+        _ => 1,
+    };
+    let mut out: Vec<Vec<Job>> = Vec::new();
+    let mut filled = 0;
+    for job in jobs {
+        let r = rows(&job);
+        match out.last_mut() {
+            Some(group) if filled + r <= n => group.push(job),
+            _ => {
+                filled = 0;
+                out.push(vec![job]);
+            }
+        }
+        filled += r;
+    }
+    out
+}
+
+fn chunks(mut jobs: Vec<Job>, n: usize) -> Vec<Vec<Job>> {
+    let mut out = Vec::new();
+    while !jobs.is_empty() {
+        let rest = jobs.split_off(jobs.len().min(n));
+        out.push(jobs);
+        jobs = rest;
+    }
+    out
+}
+
+/// Runs `f` on a batch; a panic answers every request of the batch with 500 (the
+/// replies are kept aside so that they survive the unwinding).
+fn guarded(model: &str, kind: &str, jobs: Vec<Job>, f: impl FnOnce(Vec<Job>)) {
+    metrics::batch(model, kind, jobs.len());
+    let (replies, jobs): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|j| {
+            let (tx, rx) = oneshot::channel();
+            let forward = j.reply;
+            (
+                (forward, rx),
+                Job {
+                    task: j.task,
+                    rows: j.rows,
+                    reply: tx,
+                    tokens: j.tokens,
+                },
+            )
+        })
+        .unzip();
+    let started = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(move || f(jobs)));
+    metrics::batch_seconds(model, kind, started.elapsed());
+    for (forward, mut rx) in replies {
+        let result = match (&outcome, rx.try_recv()) {
+            (_, Ok(result)) => result,
+            (Err(panic), _) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                tracing::error!(model, kind, "a model call panicked: {what}");
+                Err(ApiError::internal(format!(
+                    "model `{model}` failed on this request ({what}); the server goes on"
+                )))
+            }
+            (Ok(()), Err(_)) => Err(ApiError::internal(format!(
+                "model `{model}` gave no result for this request"
+            ))),
+        };
+        let _ = forward.send(result);
+    }
+}
+
+fn embed_texts(pipeline: &Pipeline, jobs: Vec<Job>) {
+    let texts: Vec<&str> = jobs
+        .iter()
+        .flat_map(|j| match &j.task {
+            Task::EmbedTexts(t) => t.iter().map(String::as_str),
+            _ => unreachable!("grouped as texts"),
+        })
+        .collect();
+    let result = pipeline
+        .text_embeds(&texts)
+        .and_then(|t| Ok(t.to_vec2::<f32>()?));
+    reply_rows(jobs, result);
+}
+
+fn embed_images(pipeline: &Pipeline, mut jobs: Vec<Job>) {
+    let images: Vec<RgbImage> = jobs
+        .iter_mut()
+        .flat_map(|j| match &mut j.task {
+            Task::EmbedImages(imgs) => std::mem::take(imgs),
+            _ => unreachable!("grouped as images"),
+        })
+        .collect();
+    let result = pipeline
+        .image_embeds(&images)
+        .and_then(|t| Ok(t.to_vec2::<f32>()?));
+    reply_rows(jobs, result);
+}
+
+/// Hands each job its rows of `result` (jobs in order, each its inputs' count).
+fn reply_rows(jobs: Vec<Job>, result: glimpse_models::Result<Vec<Vec<f32>>>) {
+    match result {
+        Ok(rows) => {
+            let mut rows = rows.into_iter();
+            for job in jobs {
+                let n = job.rows;
+                let mine: Vec<Vec<f32>> = rows.by_ref().take(n).collect();
+                let _ = job.reply.send(Ok(Output::Embeddings(mine)));
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(ApiError::from_model("embedding", &e)));
+            }
+        }
+    }
+}
+
+fn caption_batch(model: &str, pipeline: &Pipeline, mut jobs: Vec<Job>) {
+    let (prompt, gen) = match &jobs[0].task {
+        Task::Caption { prompt, gen, .. } => (prompt.clone(), gen.clone()),
+        _ => unreachable!("grouped as captions"),
+    };
+    let images: Vec<RgbImage> = jobs
+        .iter_mut()
+        .map(|j| match &mut j.task {
+            Task::Caption { image, .. } => std::mem::take(image),
+            _ => unreachable!("grouped as captions"),
+        })
+        .collect();
+    let streams: Vec<Option<mpsc::UnboundedSender<u32>>> =
+        jobs.iter().map(|j| j.tokens.clone()).collect();
+    let prompt_tokens = prompt
+        .as_deref()
+        .and_then(|p| pipeline.tokenizer().encode(p, true).ok())
+        .map_or(1, |ids| ids.len());
+    let mut on_step = |step: &[Option<u32>]| {
+        let mut listening = false;
+        for (token, stream) in step.iter().zip(&streams) {
+            if let (Some(t), Some(s)) = (token, stream) {
+                listening |= s.send(*t).is_ok();
+            } else if stream.as_ref().is_some_and(|s| !s.is_closed()) {
+                listening = true;
+            }
+        }
+        // Stop only when every request of the batch streams and all have gone.
+        listening || streams.iter().any(Option::is_none)
+    };
+    let result = if streams.iter().any(Option::is_some) {
+        match pipeline.caption_stream(&images, prompt.as_deref(), &gen, &mut on_step) {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => pipeline.caption(&images, prompt.as_deref(), &gen),
+            Err(e) => Err(e),
+        }
+    } else {
+        pipeline.caption(&images, prompt.as_deref(), &gen)
+    };
+    match result {
+        Ok(outs) => {
+            metrics::tokens(model, outs.iter().map(|o| o.token_ids.len()).sum());
+            for (job, out) in jobs.into_iter().zip(outs) {
+                let _ = job.reply.send(Ok(Output::Generated { out, prompt_tokens }));
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(ApiError::from_model(model, &e)));
+            }
+        }
+    }
+}
+
+fn run_single(pipeline: &Pipeline, job: &Job) -> glimpse_models::Result<Output> {
+    let stream = job.tokens.clone();
+    let mut on_step = |step: &[Option<u32>]| match (&stream, step.first()) {
+        (Some(s), Some(Some(t))) => s.send(*t).is_ok(),
+        (Some(s), _) => !s.is_closed(),
+        (None, _) => true,
+    };
+    Ok(match &job.task {
+        Task::Caption { image, prompt, gen } => {
+            let images = std::slice::from_ref(image);
+            let mut outs = match &job.tokens {
+                Some(_) => {
+                    match pipeline.caption_stream(images, prompt.as_deref(), gen, &mut on_step)? {
+                        Some(o) => o,
+                        None => pipeline.caption(images, prompt.as_deref(), gen)?,
+                    }
+                }
+                None => pipeline.caption(images, prompt.as_deref(), gen)?,
+            };
+            let prompt_tokens = prompt
+                .as_deref()
+                .and_then(|p| pipeline.tokenizer().encode(p, true).ok())
+                .map_or(1, |ids| ids.len());
+            Output::Generated {
+                out: outs.remove(0),
+                prompt_tokens,
+            }
+        }
+        Task::Ask {
+            image,
+            question,
+            gen,
+        } => {
+            let out = match &job.tokens {
+                Some(_) => match pipeline.ask_stream(image, question, gen, &mut on_step)? {
+                    Some(o) => o,
+                    None => pipeline.ask(image, question, gen)?,
+                },
+                None => pipeline.ask(image, question, gen)?,
+            };
+            let prompt_tokens = pipeline.tokenizer().encode(question, true)?.len();
+            Output::Generated { out, prompt_tokens }
+        }
+        Task::Chat {
+            image,
+            system,
+            user,
+            gen,
+        } => {
+            let pixels = pipeline.pixel_values(std::slice::from_ref(image))?;
+            let mut chat = pipeline.start_chat(&pixels, system.as_deref())?;
+            let mut on_token = |t: u32| match &stream {
+                Some(s) => s.send(t).is_ok(),
+                None => true,
+            };
+            let turn = if gen.num_beams > 1 {
+                chat.send(user, gen)?
+            } else {
+                chat.send_stream(user, gen, &mut on_token)?
+            };
+            Output::Generated {
+                prompt_tokens: turn.input_ids.len(),
+                out: Generated {
+                    text: turn.answer,
+                    token_ids: turn.token_ids,
+                },
+            }
+        }
+        Task::Match { image, texts } => {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            Output::Match(pipeline.match_scores(image, &texts)?)
+        }
+        Task::Classify {
+            image,
+            labels,
+            template,
+        } => {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            Output::Classify(pipeline.classify(image, &labels, template)?)
+        }
+        Task::EmbedTexts(_) | Task::EmbedImages(_) => unreachable!("batched"),
+    })
+}

@@ -1,0 +1,370 @@
+//! The OpenAI-compatible and native routes on the bundled models: answers equal the
+//! pipeline's (what `glimpse ask`/`caption`/`embed` print), streaming equals the
+//! whole answer, concurrent requests batch and still get their own answers.
+
+mod common;
+
+use common::*;
+use glimpse_models::pipeline::Pipeline;
+use serde_json::json;
+
+fn pipeline(rel: &str) -> Pipeline {
+    Pipeline::load(&repo(rel), &candle_core::Device::Cpu).unwrap()
+}
+
+fn gen(p: &Pipeline) -> glimpse_generate::GenerationConfig {
+    p.generation_config(glimpse_generate::GenerationConfig {
+        max_new_tokens: 30,
+        top_k: 0,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_until_the_models_are_loaded() {
+    let state = glimpse_serve::AppState::new(config());
+    let r = get(&state, "/health").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "loading");
+    let r = post(&state, "/v1/embeddings", json!({"input": "a red circle"})).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
+    let loader = state.clone();
+    tokio::task::spawn_blocking(move || loader.load())
+        .await
+        .unwrap()
+        .unwrap();
+    let r = get(&state, "/health").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_listed_with_their_family() {
+    let r = get(&shared(), "/v1/models").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "clip-synth",
+            "blip-synth-caption",
+            "blip-synth-retrieval",
+            "blip-synth-vqa"
+        ]
+    );
+    for m in v["data"].as_array().unwrap() {
+        assert_eq!(m["object"], "model");
+        let id = m["id"].as_str().unwrap();
+        assert!(id.contains(m["family"].as_str().unwrap()), "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_answers_equal_the_pipeline_and_stream_the_same_text() {
+    let state = shared();
+    let vqa = pipeline("models/blip-synth/vqa");
+    for (name, question) in [
+        ("blue-circle", "what colour is the circle?"),
+        ("pink-triangle", "what shape is it?"),
+    ] {
+        let image = glimpse_data::load_image(std::path::Path::new(&image_path(name))).unwrap();
+        let expected = vqa.ask(&image, question, &gen(&vqa)).unwrap();
+        let r = post(
+            &state,
+            "/v1/chat/completions",
+            chat_body("blip-synth-vqa", question, &data_url(name)),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            expected.text.as_str()
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["completion_tokens"], expected.token_ids.len());
+
+        let mut body = chat_body("blip-synth-vqa", question, &data_url(name));
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let r = post(&state, "/v1/chat/completions", body).await;
+        assert_eq!(r.status, 200);
+        assert!(r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let events = sse_data(&r.text());
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let mut text = String::new();
+        let mut finish = None;
+        let mut usage = None;
+        for e in &events[..events.len() - 1] {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            assert_eq!(v["object"], "chat.completion.chunk");
+            if let Some(c) = v["choices"].get(0) {
+                text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+                if !c["finish_reason"].is_null() {
+                    finish = Some(c["finish_reason"].clone());
+                }
+            }
+            if !v["usage"].is_null() {
+                usage = Some(v["usage"].clone());
+            }
+        }
+        assert_eq!(text, expected.text);
+        assert_eq!(finish, Some(json!("stop")));
+        assert_eq!(
+            usage.unwrap()["completion_tokens"],
+            expected.token_ids.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caption_model_chats_by_captioning_from_the_user_text() {
+    let state = shared();
+    let cap = pipeline("models/blip-synth/caption");
+    let image = glimpse_data::load_image(std::path::Path::new(&image_path("cyan-heart"))).unwrap();
+    let expected = cap
+        .caption(
+            std::slice::from_ref(&image),
+            Some("a picture of"),
+            &gen(&cap),
+        )
+        .unwrap();
+    let r = post(
+        &state,
+        "/v1/chat/completions",
+        chat_body(
+            "blip-synth-caption",
+            "a picture of",
+            &data_url("cyan-heart"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        expected[0].text.as_str()
+    );
+    let r = post(
+        &state,
+        "/v1/caption",
+        json!({"image": data_url("cyan-heart"), "prompt": "a picture of"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["text"], expected[0].text.as_str());
+    assert_eq!(r.json()["token_ids"], json!(expected[0].token_ids));
+    // A stop string cuts the text and finishes with "stop".
+    let mut body = chat_body(
+        "blip-synth-caption",
+        "a picture of",
+        &data_url("cyan-heart"),
+    );
+    body["stop"] = json!(["picture"]);
+    let r = post(&state, "/v1/chat/completions", body).await;
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "a ");
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "stop");
+    // max_tokens reached: "length".
+    let mut body = chat_body(
+        "blip-synth-caption",
+        "a picture of",
+        &data_url("cyan-heart"),
+    );
+    body["max_tokens"] = json!(1);
+    let r = post(&state, "/v1/chat/completions", body).await;
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+    assert_eq!(r.json()["usage"]["completion_tokens"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_equal_the_pipeline_in_float_and_base64() {
+    let state = shared();
+    let clip = pipeline("models/clip-synth");
+    let texts = ["a blue circle", "a pink triangle on a grey background"];
+    let image = glimpse_data::load_image(std::path::Path::new(&image_path("blue-circle"))).unwrap();
+    let text_rows = clip.text_embeds(&texts).unwrap().to_vec2::<f32>().unwrap();
+    let image_row = clip
+        .image_embeds(std::slice::from_ref(&image))
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .remove(0);
+    let input = json!([texts[0], data_url("blue-circle"), texts[1]]);
+    let r = post(
+        &state,
+        "/v1/embeddings",
+        json!({"model": "clip-synth", "input": input}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let rows: Vec<Vec<f32>> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect();
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+    };
+    assert!(close(&rows[0], &text_rows[0]));
+    assert!(close(&rows[1], &image_row));
+    assert!(close(&rows[2], &text_rows[1]));
+    assert_eq!(v["data"][1]["index"], 1);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let r = post(
+        &state,
+        "/v1/embeddings",
+        json!({"model": "clip-synth", "input": texts[0], "encoding_format": "base64"}),
+    )
+    .await;
+    let b64 = r.json()["data"][0]["embedding"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(close(&floats, &text_rows[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_captions_share_batches_and_keep_their_own_answers() {
+    let state = state_with(|c| c.batch_window = std::time::Duration::from_millis(50));
+    let names = [
+        "blue-circle",
+        "cyan-heart",
+        "pink-triangle",
+        "purple-diamond",
+    ];
+    let cap = pipeline("models/blip-synth/caption");
+    let mut expected = Vec::new();
+    for n in names {
+        let image = glimpse_data::load_image(std::path::Path::new(&image_path(n))).unwrap();
+        expected.push(
+            cap.caption(&[image], None, &gen(&cap))
+                .unwrap()
+                .remove(0)
+                .text,
+        );
+    }
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let state = state.clone();
+        let name = names[i % names.len()];
+        tasks.push(tokio::spawn(async move {
+            post(&state, "/v1/caption", json!({"image": data_url(name)})).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["text"],
+            expected[i % names.len()].as_str(),
+            "request {i}"
+        );
+    }
+    // The batches were larger than one request.
+    let metrics = get(&state, "/metrics").await.text();
+    let sum = metric(
+        &metrics,
+        "glimpse_batch_size_sum{model=\"blip-synth-caption\",kind=\"caption\"}",
+    );
+    let count = metric(
+        &metrics,
+        "glimpse_batch_size_count{model=\"blip-synth-caption\",kind=\"caption\"}",
+    );
+    assert!(
+        sum >= 16.0 && count < sum,
+        "batches: {count} for {sum} requests\n{metrics}"
+    );
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_routes_match_classify_ask() {
+    let state = shared();
+    let r = post(&state, "/v1/match", json!({"model": "blip-synth-retrieval", "image": data_url("blue-circle"), "texts": ["a blue circle", "a pink triangle"]})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let itm = v["itm"].as_array().unwrap();
+    assert!(itm[0].as_f64().unwrap() > itm[1].as_f64().unwrap(), "{v}");
+    let r = post(&state, "/v1/classify", json!({"image": data_url("purple-diamond"), "labels": ["circle", "diamond", "star"], "template": "a {}"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["labels"][0]["label"], "diamond");
+    let r = post(
+        &state,
+        "/v1/ask",
+        json!({"image": data_url("blue-circle"), "question": "what colour is the circle?"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["text"], "blue");
+    // No index on this server: search is 404 with a message saying how to get one.
+    let r = post(&state, "/v1/search", json!({"text": "a blue circle"})).await;
+    assert_eq!(r.status, 404);
+    assert!(r.message().contains("--index"), "{}", r.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_routes_answer() {
+    let state = shared();
+    let r = get(&state, "/").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("<html"));
+    let r = get(&state, "/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    for path in [
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/caption",
+        "/knn-service",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let r = get(&state, "/docs").await;
+    assert!(r.text().contains("/openapi.json"));
+    let _ = post(&state, "/v1/embeddings", json!({"input": "a red star"})).await;
+    let r = get(&state, "/metrics").await;
+    assert_eq!(r.status, 200);
+    let m = r.text();
+    for name in [
+        "glimpse_requests_total",
+        "glimpse_request_duration_seconds_bucket",
+        "glimpse_batch_size",
+        "glimpse_queue_depth",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+    let r = get(&state, "/runs").await;
+    assert!(r.text().contains("--runs"));
+}
