@@ -539,3 +539,43 @@ fn run_single(pipeline: &Pipeline, job: &Job) -> glimpse_models::Result<Output> 
         Task::EmbedTexts(_) | Task::EmbedImages(_) => unreachable!("batched"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_batch_answers_500_and_the_next_batch_runs() {
+        let (reply, mut rx) = oneshot::channel();
+        let job = Job::new(Task::EmbedTexts(vec!["x".into()]), reply, None);
+        guarded("m", "embed_text", vec![job], |_jobs| {
+            panic!("a broken kernel")
+        });
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert_eq!(err.status.as_u16(), 500);
+        assert!(err.message.contains("a broken kernel"), "{}", err.message);
+
+        let (reply, mut rx) = oneshot::channel();
+        let job = Job::new(Task::EmbedTexts(vec!["x".into()]), reply, None);
+        guarded("m", "embed_text", vec![job], |jobs| {
+            for j in jobs {
+                let _ = j.reply.send(Ok(Output::Embeddings(vec![vec![1.0]])));
+            }
+        });
+        assert!(matches!(rx.try_recv().unwrap(), Ok(Output::Embeddings(_))));
+    }
+
+    #[test]
+    fn embedding_jobs_group_by_rows_without_splitting_a_job() {
+        let job = |n: usize| {
+            let (reply, _rx) = oneshot::channel();
+            Job::new(Task::EmbedTexts(vec!["t".into(); n]), reply, None)
+        };
+        let groups = chunks_by_rows(vec![job(3), job(2), job(4), job(1), job(8)], 5);
+        let sizes: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| g.iter().map(|j| j.rows).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![3, 2], vec![4, 1], vec![8]]);
+    }
+}
