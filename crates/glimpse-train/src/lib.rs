@@ -5,8 +5,10 @@
 pub mod attributes;
 pub mod blip;
 pub mod clip;
+pub mod corpus;
 mod error;
 pub mod export;
+pub mod lm;
 pub mod losses;
 pub mod negatives;
 pub mod objective;
