@@ -51,6 +51,9 @@ pub enum Command {
     Index(crate::commands::index::IndexArgs),
     /// Search an index by text or image, optionally re-ranked with an ITM head.
     Search(crate::commands::search::SearchArgs),
+    /// Continue text with a text-only language model (OPTForCausalLM,
+    /// LlamaForCausalLM), such as an exported `lm` training run.
+    Generate(crate::commands::generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]

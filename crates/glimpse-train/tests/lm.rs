@@ -6,10 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use glimpse_models::checkpoint::{ModelFiles, Weights};
-use glimpse_nn::llama::LlamaForCausalLM;
-use glimpse_nn::opt::OptForCausalLM;
+use candle_core::{Device, Tensor};
+use glimpse_models::causal_lm::{CausalDecoder, CausalLm};
+use glimpse_models::checkpoint::ModelFiles;
 use glimpse_synth::SynthConfig;
 use glimpse_train::corpus::write_world_corpus;
 use glimpse_train::lm::{LmConfig, LmObjective};
@@ -206,26 +205,34 @@ fn check(name: &str, config: &str) {
         assert!(out.join(f).is_file(), "{f}");
     }
     let files = ModelFiles::from_dir(&out, name).unwrap();
-    let w = Weights::open(&files).unwrap();
-    let vb = w.var_builder(DType::F32, &Device::Cpu);
+    let lm = CausalLm::load(&files, &Device::Cpu).unwrap();
+    assert_eq!(lm.class, cfg.class_name());
     let (ids, m) = (&batch.input_ids, Some(&batch.attention_mask));
-    let got = match &cfg {
-        LmConfig::Opt(c) => {
-            let model = OptForCausalLM::new(c, vb).unwrap();
-            w.finish().unwrap();
-            model
-                .forward(ids, m, &mut model.new_cache(), false)
-                .unwrap()
-        }
-        LmConfig::Llama(c) => {
-            let model = LlamaForCausalLM::new(c, vb).unwrap();
-            w.finish().unwrap();
-            model
-                .forward(ids, m, &mut model.new_cache(), false)
-                .unwrap()
-        }
-    };
+    let got = match &lm.decoder {
+        CausalDecoder::Opt(model) => model.forward(ids, m, &mut model.new_cache(), false),
+        CausalDecoder::Llama(model) => model.forward(ids, m, &mut model.new_cache(), false),
+    }
+    .unwrap();
     assert!(max_abs(&got, &want) < 1e-5, "{name}: export logits differ");
+    // One unpadded row through the scoring entry point, and a greedy continuation.
+    let row: Vec<u32> = samples[0].ids.clone();
+    let one = lm.logits(&row).unwrap();
+    let want0 = want.get(0).unwrap().narrow(0, 0, row.len()).unwrap();
+    assert!(max_abs(&one, &want0) < 1e-5);
+    let prompt = lm
+        .encode_prompt("question: what color is the circle? answer:")
+        .unwrap();
+    assert_eq!(prompt[0], 2);
+    let cont = lm
+        .generate(
+            &prompt,
+            &glimpse_generate::GenerationConfig {
+                max_new_tokens: 6,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!cont.is_empty() && cont.len() <= 6);
     let exported: serde_json::Value =
         serde_json::from_slice(&bytes(out.join("config.json"))).unwrap();
     assert_eq!(exported["architectures"][0], cfg.class_name());

@@ -7,6 +7,7 @@ mod classify;
 pub mod data;
 mod embed;
 pub mod eval;
+pub mod generate;
 pub mod index;
 mod index_model;
 mod matching;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args),
         Command::Index(args) => index::run(args),
         Command::Search(args) => search::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }
 
