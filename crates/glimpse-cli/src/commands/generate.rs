@@ -57,14 +57,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.num_beams == 0 {
         bail!("--num-beams must be at least 1");
     }
+    if a.prompt.is_none() && a.ids.as_ref().is_none_or(|i| i.is_empty()) {
+        bail!("give --prompt TEXT or --ids 1,2,3");
+    }
     let device = super::device(&a.device)?;
     let context = || format!("loading model `{}`", a.model);
     let files = ModelFiles::resolve(&a.model).with_context(context)?;
     let lm = CausalLm::load(&files, &device).with_context(context)?;
     let prompt_ids = match (&a.prompt, &a.ids) {
         (Some(p), _) => lm.encode_prompt(p)?,
-        (None, Some(ids)) if !ids.is_empty() => ids.clone(),
-        _ => bail!("give --prompt TEXT or --ids 1,2,3"),
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => unreachable!("checked above"),
     };
     let vocab = lm.tokenizer.vocab_size() as u32;
     if let Some(bad) = prompt_ids.iter().find(|&&i| i >= vocab) {
