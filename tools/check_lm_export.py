@@ -4,7 +4,7 @@
 
 Usage:
     tools/.venv/bin/python tools/check_lm_export.py --glimpse target/debug/glimpse \
-        --model out/opt-lm-synth [--model out/llama-lm-synth ...] [--prompt "a red" ...]
+        --model runs/export/opt-lm-synth [--model runs/export/llama-lm-synth ...] [--prompt "a red" ...]
 
 For each model directory the script checks:
 
