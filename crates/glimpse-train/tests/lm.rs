@@ -148,6 +148,36 @@ fn check(name: &str, config: &str) {
         );
     }
 
+    // A run that continues this one (`model.init`) on a corpus with other words keeps
+    // the first run's tokenizer, which its weights fit.
+    let other = tmp.join("other.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("{{\"text\": \"zebra {i} grazes near the giraffe\"}}"))
+        .collect();
+    std::fs::write(&other, lines.join("\n") + "\n").unwrap();
+    let cont = recipe(tmp, &data, name, config, "cont", 2);
+    let text = std::fs::read_to_string(&cont)
+        .unwrap()
+        .replace(
+            "seed = 2",
+            &format!("seed = 2\ninit = \"{}\"", tmp.join("full").display()),
+        )
+        .replace(
+            &data.join("train.jsonl").display().to_string(),
+            &other.display().to_string(),
+        );
+    std::fs::write(&cont, text).unwrap();
+    let r = train(&TrainOptions {
+        recipe: Some(cont),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(r.steps, 2);
+    assert!(
+        bytes(tmp.join("cont/model/tokenizer.json"))
+            == bytes(tmp.join("full/model/tokenizer.json"))
+    );
+
     // The objective at the last checkpoint: gradients, prompts, logits to compare.
     let recipe_v = Recipe::from_file(&full).unwrap();
     let files = RunFiles::open(&tmp.join("full/model")).unwrap();

@@ -187,23 +187,28 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `OUT/model/` of a language-model run: the tokenizer (copied, or built from the
-/// training corpus with `[CLS]` as bos and `[SEP]` as eos), and the recipe's config
+/// `OUT/model/` of a language-model run: the tokenizer (copied from `data.tokenizer`'s
+/// directory or the `model.init` run, or built from the training corpus with `[CLS]` as
+/// bos and `[SEP]` as eos), and the recipe's config
 /// with the vocabulary size, the special ids and the causal-LM class; no image
 /// processor.
 fn prepare_lm_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     let max_len = recipe.data.max_text_len;
-    copy_tokenizer(recipe, dir)?;
-    if recipe.data.tokenizer.is_none() {
-        let train = Path::new(&recipe.data.train);
-        let corpus = crate::corpus::TextCorpus::open(train)?;
-        let v = vocab::vocabulary(corpus.texts());
-        vocab::write_tokenizer(dir, &v, max_len, "[CLS]")?;
-        // A causal LM ends at [SEP]; the reference's tokenizer should say so too.
-        let p = dir.join("tokenizer_config.json");
-        let mut tc: Value = read_json(&p)?;
-        tc["eos_token"] = "[SEP]".into();
-        write_json(&p, &tc)?;
+    match (&recipe.data.tokenizer, &recipe.model.init) {
+        (Some(path), _) => copy_tokenizer(path.parent().unwrap_or(Path::new(".")), dir)?,
+        // Continuing another run: its weights fit its vocabulary only.
+        (None, Some(init)) => copy_tokenizer(&resolve_checkpoint(init)?.0.join("model"), dir)?,
+        (None, None) => {
+            let train = Path::new(&recipe.data.train);
+            let corpus = crate::corpus::TextCorpus::open(train)?;
+            let v = vocab::vocabulary(corpus.texts());
+            vocab::write_tokenizer(dir, &v, max_len, "[CLS]")?;
+            // A causal LM ends at [SEP]; the reference's tokenizer should say so too.
+            let p = dir.join("tokenizer_config.json");
+            let mut tc: Value = read_json(&p)?;
+            tc["eos_token"] = "[SEP]".into();
+            write_json(&p, &tc)?;
+        }
     }
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let id = |t: &str| {
@@ -236,12 +241,8 @@ fn prepare_lm_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     write_json(&dir.join("config.json"), &config)
 }
 
-/// Copies the tokenizer files next to `data.tokenizer`, if the recipe names one.
-fn copy_tokenizer(recipe: &Recipe, dir: &Path) -> Result<()> {
-    let Some(path) = &recipe.data.tokenizer else {
-        return Ok(());
-    };
-    let src_dir = path.parent().unwrap_or(Path::new("."));
+/// Copies the tokenizer files of `src_dir` into `dir`.
+fn copy_tokenizer(src_dir: &Path, dir: &Path) -> Result<()> {
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
