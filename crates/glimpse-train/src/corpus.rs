@@ -196,6 +196,13 @@ pub struct TextCorpus {
 
 impl TextCorpus {
     pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Err(Error::io_ctx(
+                path,
+                "is a directory; a language-model recipe reads one JSONL text file \
+                 (e.g. train.jsonl of `glimpse data corpus`)",
+            ));
+        }
         let file = std::fs::File::open(path).map_err(|e| Error::io_ctx(path, e))?;
         let mut docs = Vec::new();
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -390,5 +397,7 @@ mod tests {
         std::fs::write(&p, "\n").unwrap();
         let e = TextCorpus::open(&p).unwrap_err().to_string();
         assert!(e.contains("no document"), "{e}");
+        let e = TextCorpus::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is a directory") && e.contains("JSONL"), "{e}");
     }
 }

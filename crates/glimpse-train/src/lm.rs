@@ -19,7 +19,7 @@ use glimpse_nn::opt::{OptConfig, OptForCausalLM};
 use serde_json::Value;
 
 use crate::losses::lm_loss;
-use crate::objective::{scalar, Losses, Objective, Split, Step};
+use crate::objective::{Losses, Objective, Split, Step};
 use crate::params::{init_weights, Recorder, SharedVars};
 use crate::recipe::Recipe;
 use crate::samples::Inputs;
@@ -157,6 +157,8 @@ impl LmTrain {
 /// A document as token ids: `bos prompt text eos`, scored from `scored_from`.
 pub struct LmSample {
     pub ids: Vec<u32>,
+    /// The document's `kind`, if the corpus names one (validation reports per kind).
+    pub kind: Option<String>,
     /// The first position whose token is a target (1 + the prompt's length).
     pub scored_from: usize,
 }
@@ -169,6 +171,8 @@ pub struct LmBatch {
     pub attention_mask: Tensor,
     /// `[B, T]` u32: 1 where the token is a scored target.
     pub loss_mask: Tensor,
+    /// Each row's document kind.
+    pub kinds: Vec<Option<String>>,
 }
 
 /// Causal language modelling as a training [`Objective`].
@@ -210,9 +214,11 @@ impl LmObjective {
         })
     }
 
-    /// Mean loss per scored token, perplexity and next-token accuracy over `batches`.
+    /// Mean loss per scored token, perplexity and next-token accuracy over `batches`,
+    /// overall and per document `kind` (`by_kind`) where the corpus names kinds.
     fn metrics(&self, batches: &[LmBatch]) -> Result<Value> {
-        let (mut nll, mut right, mut n) = (0.0f64, 0.0f64, 0.0f64);
+        // (kind, nll, right, tokens), the overall sums under "".
+        let mut sums: Vec<(String, [f64; 3])> = vec![(String::new(), [0.0; 3])];
         for b in batches {
             let logits = self
                 .train
@@ -226,18 +232,49 @@ impl LmObjective {
                 .contiguous()?
                 .gather(&target.unsqueeze(2)?, 2)?
                 .squeeze(2)?; // [b, t-1]
-            nll -= scalar(&(picked * &mask)?.sum_all()?)?;
             let hit = logp.argmax(D::Minus1)?.eq(&target)?.to_dtype(DType::F32)?; // [b, t-1]
-            right += scalar(&(hit * &mask)?.sum_all()?)?;
-            n += scalar(&mask.sum_all()?)?;
+            let per_row = |x: Tensor| -> Result<Vec<f32>> { Ok((x * &mask)?.sum(1)?.to_vec1()?) }; // [b]
+            let nll = per_row(picked.neg()?)?;
+            let right = per_row(hit)?;
+            let n = per_row(mask.ones_like()?)?;
+            for (row, kind) in b.kinds.iter().enumerate() {
+                let add = [nll[row] as f64, right[row] as f64, n[row] as f64];
+                let mut bump = |k: &str| {
+                    let i = match sums.iter().position(|(name, _)| name == k) {
+                        Some(i) => i,
+                        None => {
+                            sums.push((k.to_string(), [0.0; 3]));
+                            sums.len() - 1
+                        }
+                    };
+                    for (s, a) in sums[i].1.iter_mut().zip(add) {
+                        *s += a;
+                    }
+                };
+                bump("");
+                if let Some(k) = kind.as_deref().filter(|k| !k.is_empty()) {
+                    bump(k);
+                }
+            }
         }
-        let loss = nll / n.max(1.0);
-        Ok(serde_json::json!({
-            "loss": loss,
-            "perplexity": loss.exp(),
-            "accuracy": right / n.max(1.0),
-            "tokens": n as u64,
-        }))
+        let report = |[nll, right, n]: [f64; 3]| {
+            let loss = nll / n.max(1.0);
+            serde_json::json!({
+                "loss": loss,
+                "perplexity": loss.exp(),
+                "accuracy": right / n.max(1.0),
+                "tokens": n as u64,
+            })
+        };
+        let mut out = report(sums[0].1);
+        if sums.len() > 1 {
+            let mut by_kind: Vec<_> = sums[1..].to_vec();
+            by_kind.sort_by(|a, b| a.0.cmp(&b.0));
+            let map: serde_json::Map<String, Value> =
+                by_kind.into_iter().map(|(k, v)| (k, report(v))).collect();
+            out["by_kind"] = Value::Object(map);
+        }
+        Ok(out)
     }
 }
 
@@ -267,7 +304,16 @@ impl Objective for LmObjective {
                 example.key, self.inputs.max_text_len
             ));
         }
-        Ok(LmSample { ids, scored_from })
+        let kind = example
+            .meta
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(String::from);
+        Ok(LmSample {
+            ids,
+            kind,
+            scored_from,
+        })
     }
 
     fn batch(&self, samples: &[LmSample], _split: Split) -> Result<LmBatch> {
@@ -290,6 +336,7 @@ impl Objective for LmObjective {
             input_ids: Tensor::from_vec(ids, (n, t), dev)?,
             attention_mask: Tensor::from_vec(mask, (n, t), dev)?,
             loss_mask: Tensor::from_vec(scored, (n, t), dev)?,
+            kinds: samples.iter().map(|s| s.kind.clone()).collect(),
         })
     }
 

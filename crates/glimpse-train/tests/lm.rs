@@ -107,6 +107,13 @@ fn check(name: &str, config: &str) {
     let ppl = val["perplexity"].as_f64().unwrap();
     let acc = val["accuracy"].as_f64().unwrap();
     assert!(val["tokens"].as_u64().unwrap() > 100, "{val}");
+    let kinds = val["by_kind"].as_object().unwrap();
+    let per_kind: u64 = kinds.values().map(|k| k["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(per_kind, val["tokens"].as_u64().unwrap(), "{val}");
+    assert!(
+        kinds.contains_key("qa") && kinds.contains_key("caption"),
+        "{val}"
+    );
     // The log's first validation (step 6) against the last.
     let log = std::fs::read_to_string(tmp.join("full/log.jsonl")).unwrap();
     let vals: Vec<serde_json::Value> = log

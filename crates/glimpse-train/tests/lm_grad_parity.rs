@@ -49,6 +49,7 @@ fn check(name: &str) {
         input_ids: u32s("input_ids"),
         attention_mask: u32s("attention_mask"),
         loss_mask: u32s("loss_mask"),
+        kinds: vec![None; 3],
     };
     let loss = m.loss(&batch, true).unwrap();
     let got = loss
