@@ -243,6 +243,13 @@ const LINES: &[(&[&str], &[&str])] = &[
     (&["embed", "--model", CLIP, "--text", "x", "--quantize", "q3"], &["q3"]),
     (&["eval", "--model", CLIP, "--task", "zeroshot", "--data", GOOD_DATA, "--batch-size", "0"], &["batch"]),
     (&["embed", "--model", "{bad}/models/no_such_model", "--text", "x"], &["no_such_model"]),
+    // data corpus and generate (text-only language models).
+    (&["data", "corpus", "--out", "{out}", "--count", "0"], &["--count"]),
+    (&["data", "corpus", "--out", "/dev/null/corpus", "--count", "4"], &["/dev/null/corpus"]),
+    (&["generate", "--model", CLIP, "--prompt", "a red"], &["config.json", "causal language model"]),
+    (&["generate", "--model", "{bad}/models/no_such_model", "--prompt", "a"], &["no_such_model"]),
+    (&["generate", "--model", CLIP, "--prompt", "a", "--max-new-tokens", "0"], &["--max-new-tokens"]),
+    (&["generate", "--model", CLIP], &["--prompt"]),
 ];
 
 fn cases() -> Vec<Case> {

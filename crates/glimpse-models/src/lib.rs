@@ -20,6 +20,7 @@ pub mod allocator;
 pub mod blip;
 pub mod blip2;
 pub mod capability;
+pub mod causal_lm;
 pub mod checkpoint;
 pub mod clip;
 mod error;

@@ -1,7 +1,8 @@
 //! `glimpse export`: a training checkpoint becomes Hugging Face model directories
 //! that Glimpse and `transformers` load: a CLIP run → one `CLIPModel` directory; a
 //! BLIP pretraining run → `caption/` (`BlipForConditionalGeneration`) and
-//! `retrieval/` (`BlipForImageTextRetrieval`). Each holds `model.safetensors`,
+//! `retrieval/` (`BlipForImageTextRetrieval`); a language-model run → one
+//! `OPTForCausalLM` or `LlamaForCausalLM` directory. Each holds `model.safetensors`,
 //! `config.json`, the tokenizer files and `preprocessor_config.json`.
 //!
 //! The export is written into a temporary sibling of the output directory and renamed
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 use crate::blip::BlipPretrain;
 use crate::clip::ClipTrain;
+use crate::lm::{LmConfig, LmTrain};
 use crate::params::load_into;
 use crate::recipe::{ModelKind, Recipe};
 use crate::trainer::resolve_checkpoint;
@@ -274,6 +276,25 @@ fn export_into(run: &Path, out: &Path) -> Result<Vec<Exported>> {
                 &model_dir,
                 &config,
                 "BlipForQuestionAnswering",
+                m.export_tensors()?,
+                &[("generation_config.json", gen)],
+            )?])
+        }
+        ModelKind::Lm => {
+            let cfg = LmConfig::from_json(&config, &cfg_path.display().to_string())?;
+            let m = LmTrain::new(&cfg, &device)?;
+            load_into(&m.vars.map, &weights, &origin)?;
+            let gen = serde_json::json!({
+                "bos_token_id": config["bos_token_id"],
+                "eos_token_id": config["eos_token_id"],
+                "pad_token_id": config["pad_token_id"],
+                "max_length": recipe.data.max_text_len,
+            });
+            Ok(vec![write_model(
+                out,
+                &model_dir,
+                &config,
+                cfg.class_name(),
                 m.export_tensors()?,
                 &[("generation_config.json", gen)],
             )?])

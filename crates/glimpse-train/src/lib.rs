@@ -1,12 +1,15 @@
 //! Training for Glimpse: losses, the AdamW optimizer and its schedule, CLIP and BLIP
-//! pretraining, checkpoints that resume bitwise, export to Hugging Face directories.
+//! pretraining, text-only language models, checkpoints that resume bitwise, export to
+//! Hugging Face directories.
 //! Evaluation lives in `glimpse-eval`, the synthetic world in `glimpse-synth`.
 
 pub mod attributes;
 pub mod blip;
 pub mod clip;
+pub mod corpus;
 mod error;
 pub mod export;
+pub mod lm;
 pub mod losses;
 pub mod negatives;
 pub mod objective;

@@ -5,7 +5,8 @@
 //! the schedule, checkpoints and progress, so an objective is one module.
 //!
 //! Objectives: [`crate::clip::ClipObjective`], [`crate::blip::BlipObjective`],
-//! [`crate::vqa::VqaObjective`], [`crate::attributes::AttributesObjective`].
+//! [`crate::vqa::VqaObjective`], [`crate::attributes::AttributesObjective`],
+//! [`crate::lm::LmObjective`].
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -21,6 +21,9 @@ pub enum ModelKind {
     /// (see [`crate::attributes`]); a `blip` or `clip` recipe starts from it with
     /// `model.init_vision`.
     VisionAttributes,
+    /// A text-only causal language model (OPT or LLaMA layout, from the config's
+    /// `model_type`) on a JSONL corpus (see [`crate::lm`], [`crate::corpus`]).
+    Lm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,6 +321,11 @@ impl Recipe {
             return bad(
                 "loss.hard_negative_captions applies to clip and blip pretraining, not vision_attributes"
                     .into(),
+            );
+        }
+        if kind == ModelKind::Lm && self.loss.hard_negative_captions {
+            return bad(
+                "loss.hard_negative_captions applies to clip and blip pretraining, not lm".into(),
             );
         }
         if self.model.kind == ModelKind::BlipVqa && self.loss.hard_negative_captions {

@@ -79,7 +79,10 @@ impl Inputs {
     /// * returns `[n, 3, S, S]`
     pub fn pixels<'a>(&self, examples: impl Iterator<Item = &'a Example>) -> Result<Tensor> {
         let imgs: Vec<image::RgbImage> = examples.map(|e| e.image.clone()).collect();
-        Ok(self.files.processor.preprocess_batch(&imgs, &self.device)?)
+        let processor = self.files.processor.as_ref().ok_or_else(|| {
+            crate::Error::io_ctx(&self.files.dir, "has no preprocessor_config.json")
+        })?;
+        Ok(processor.preprocess_batch(&imgs, &self.device)?)
     }
 
     /// [`encode_texts`] with the run's tokenizer and length.

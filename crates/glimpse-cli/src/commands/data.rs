@@ -1,5 +1,6 @@
 //! `glimpse data`: dataset tools. `glimpse data synth` writes the synthetic world as
-//! WebDataset shards.
+//! WebDataset shards; `glimpse data corpus` writes its text as JSONL documents for
+//! language models.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,33 @@ pub enum DataCommand {
     /// records and question/answer pairs) as WebDataset tar shards with
     /// train/val/test splits. Deterministic; rerun with the same arguments to resume.
     Synth(SynthArgs),
+    /// Write the synthetic world's text (captions, question/answer pairs, instructions,
+    /// dialogue) as JSONL documents for language-model training, split by scene as
+    /// `data synth` splits its images. Deterministic from the seed.
+    Corpus(CorpusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// Output directory (DIR/{train,val,test}.jsonl and DIR/manifest.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of scenes, all splits together.
+    #[arg(long)]
+    pub count: u64,
+    /// Seed; the same seed as `data synth` gives the text of the same scenes, split the
+    /// same way.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Expected share of the validation split.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Expected share of the test split.
+    #[arg(long, default_value_t = 0.05)]
+    pub test_fraction: f64,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -63,7 +91,43 @@ pub struct SynthArgs {
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
         DataCommand::Synth(a) => run_synth(a),
+        DataCommand::Corpus(a) => run_corpus(a),
     }
+}
+
+fn run_corpus(a: CorpusArgs) -> Result<()> {
+    let cfg = SynthConfig {
+        seed: a.seed,
+        count: a.count,
+        val_fraction: a.val_fraction,
+        test_fraction: a.test_fraction,
+        ..SynthConfig::default()
+    };
+    cfg.validate()?;
+    let bar = output::progress(cfg.count as usize, 1000, "corpus");
+    let m = glimpse_train::corpus::write_world_corpus(&a.out, &cfg, |done| bar.set_position(done))
+        .with_context(|| format!("writing the text corpus in {}", a.out.display()))?;
+    bar.finish_and_clear();
+    if a.json {
+        return output::print_json(&m);
+    }
+    outln!(
+        "wrote the text of {} scene(s) in {}",
+        m.scenes,
+        a.out.display()
+    );
+    for f in &m.files {
+        let path = a.out.join(&f.file);
+        outln!(
+            "  {:<5} {:>8} documents  {}",
+            f.split,
+            f.documents,
+            path.display()
+        );
+    }
+    let kinds: Vec<String> = m.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    outln!("  kinds: {}", kinds.join(", "));
+    Ok(())
 }
 
 fn run_synth(a: SynthArgs) -> Result<()> {

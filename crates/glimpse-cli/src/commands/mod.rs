@@ -7,6 +7,7 @@ mod classify;
 pub mod data;
 mod embed;
 pub mod eval;
+pub mod generate;
 pub mod index;
 mod index_model;
 mod matching;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(args) => index::run(args),
         Command::Search(args) => search::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }
 

@@ -12,7 +12,8 @@
 //! deterministic for a fixed thread count.
 //!
 //! Run directory:
-//! `OUT/recipe.toml`, `OUT/model/` (config.json, preprocessor and tokenizer files),
+//! `OUT/recipe.toml`, `OUT/model/` (config.json, tokenizer files and, for image
+//! models, the preprocessor config),
 //! `OUT/checkpoints/step-NNNNNNNN/` (`model.safetensors`, `optimizer.safetensors`,
 //! `state.safetensors`, `trainer.json`), `OUT/checkpoints/latest`, `OUT/log.jsonl`,
 //! and `OUT/lock`, which a run holds locked while it lives so a second one into the
@@ -23,13 +24,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use glimpse_data::dataset::{resolve_sources, Loader, LoaderConfig};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::attributes::AttributesObjective;
 use crate::blip::BlipObjective;
 use crate::clip::ClipObjective;
+use crate::lm::LmObjective;
 use crate::objective::{scalar, Objective, Split, Step};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::recipe::{ModelKind, Precision, Recipe};
@@ -38,6 +39,7 @@ use crate::vqa::VqaObjective;
 use crate::{Error, Result};
 
 mod checkpoint;
+mod data;
 mod progress;
 mod run_dir;
 mod skips;
@@ -48,6 +50,7 @@ pub use progress::{Event, InitPart, Observer, RunLog, StepEvent};
 pub use run_dir::{preprocessor_json, RunFiles};
 
 use checkpoint::{init_vision, read_json, save_checkpoint};
+use data::Data;
 use run_dir::{lock_run_dir, prepare_model_dir};
 use skips::Skips;
 
@@ -114,6 +117,10 @@ pub fn train_observed(opts: &TrainOptions, observer: &mut dyn Observer) -> Resul
         }
         ModelKind::VisionAttributes => {
             let o = AttributesObjective::new(r, inputs)?;
+            run.train(o, opts, observer)
+        }
+        ModelKind::Lm => {
+            let o = LmObjective::new(r, inputs)?;
             run.train(o, opts, observer)
         }
     }
@@ -230,15 +237,7 @@ impl Run {
         objective.weights_ready()?;
 
         // Data.
-        let seed = recipe.model.seed;
-        let loader_cfg = LoaderConfig {
-            shuffle_buffer: recipe.data.shuffle_buffer,
-            workers: recipe.data.workers,
-            seed,
-            shuffle_sources: true,
-            prefetch: 256,
-        };
-        let train_loader = Loader::new(resolve_sources(&recipe.data.train)?, loader_cfg);
+        let train_loader = Data::open(recipe, &recipe.data.train, true)?;
         let n_train = train_loader.count()?;
         let per_update = (recipe.optim.batch_size * recipe.optim.accumulate) as u64;
         let updates_per_epoch = n_train / per_update;
@@ -321,9 +320,7 @@ impl Run {
         let accum = recipe.optim.accumulate;
 
         'epochs: while state.step < total_steps {
-            let mut it = train_loader
-                .epoch(state.epoch, state.position)
-                .max_consecutive_skips(skips::MAX_CONSECUTIVE);
+            let mut it = train_loader.epoch(state.epoch, state.position);
             // A resumed epoch may legitimately end before its next update.
             let whole_epoch = state.position == 0;
             let first_step = state.step;
@@ -475,20 +472,9 @@ impl Run {
 /// The first `run.val_samples` usable samples of the validation split, in file order,
 /// as batches.
 fn load_val<O: Objective>(objective: &O, spec: &str, recipe: &Recipe) -> Result<Vec<O::Batch>> {
-    let loader = Loader::new(
-        resolve_sources(spec)?,
-        LoaderConfig {
-            shuffle_buffer: 0,
-            workers: recipe.data.workers,
-            seed: recipe.model.seed,
-            shuffle_sources: false,
-            prefetch: 64,
-        },
-    );
+    let loader = Data::open(recipe, spec, false)?;
     let mut samples = Vec::new();
-    let mut it = loader
-        .epoch(0, 0)
-        .max_consecutive_skips(skips::MAX_CONSECUTIVE);
+    let mut it = loader.epoch(0, 0);
     let mut refused = Vec::new();
     for ex in it.by_ref() {
         match objective.sample(ex?, Split::Validation) {

@@ -13,10 +13,11 @@ use crate::recipe::{ModelKind, Recipe};
 use crate::vocab;
 use crate::{Error, Result};
 
-/// Everything a run needs besides the weights: processor, tokenizer, resolved config.
+/// Everything a run needs besides the weights: processor (none for a text-only
+/// model), tokenizer, resolved config.
 pub struct RunFiles {
     pub dir: PathBuf,
-    pub processor: ImageProcessor,
+    pub processor: Option<ImageProcessor>,
     pub tokenizer: TextTokenizer,
     pub config: Value,
 }
@@ -25,7 +26,13 @@ impl RunFiles {
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self {
             dir: dir.to_path_buf(),
-            processor: ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?,
+            processor: {
+                let p = dir.join("preprocessor_config.json");
+                match p.is_file() {
+                    true => Some(ImageProcessor::from_file(&p)?),
+                    false => None,
+                }
+            },
             tokenizer: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
             config: read_json(&dir.join("config.json"))?,
         })
@@ -94,6 +101,9 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         config["architectures"] = serde_json::json!(["BlipForQuestionAnswering"]);
         return write_json(&dir.join("config.json"), &config);
     }
+    if recipe.model.kind == ModelKind::Lm {
+        return prepare_lm_dir(recipe, dir);
+    }
     let max_len = recipe.data.max_text_len;
     let vocab_size = match &recipe.data.tokenizer {
         Some(path) => {
@@ -151,6 +161,7 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         // Not a Hugging Face architecture: the run's tower is taken into a BLIP or
         // CLIP run with `model.init_vision`, not exported on its own.
         ModelKind::VisionAttributes => "GlimpseVisionAttributes",
+        ModelKind::Lm => unreachable!("prepare_lm_dir"),
     };
     let mpe = text
         .get("max_position_embeddings")
@@ -176,6 +187,76 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `OUT/model/` of a language-model run: the tokenizer (copied from `data.tokenizer`'s
+/// directory or the `model.init` run, or built from the training corpus with `[CLS]` as
+/// bos and `[SEP]` as eos), and the recipe's config
+/// with the vocabulary size, the special ids and the causal-LM class; no image
+/// processor.
+fn prepare_lm_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
+    let max_len = recipe.data.max_text_len;
+    match (&recipe.data.tokenizer, &recipe.model.init) {
+        (Some(path), _) => copy_tokenizer(path.parent().unwrap_or(Path::new(".")), dir)?,
+        // Continuing another run: its weights fit its vocabulary only.
+        (None, Some(init)) => copy_tokenizer(&resolve_checkpoint(init)?.0.join("model"), dir)?,
+        (None, None) => {
+            let train = Path::new(&recipe.data.train);
+            let corpus = crate::corpus::TextCorpus::open(train)?;
+            let v = vocab::vocabulary(corpus.texts());
+            vocab::write_tokenizer(dir, &v, max_len, "[CLS]")?;
+            // A causal LM ends at [SEP]; the reference's tokenizer should say so too.
+            let p = dir.join("tokenizer_config.json");
+            let mut tc: Value = read_json(&p)?;
+            tc["eos_token"] = "[SEP]".into();
+            write_json(&p, &tc)?;
+        }
+    }
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let id = |t: &str| {
+        tok.token_id(t)
+            .ok_or_else(|| Error::io_ctx(&dir.join("tokenizer.json"), format!("has no {t} token")))
+    };
+    let cfg_path = &recipe.model.config;
+    let mut config: Value = read_json(cfg_path)?;
+    let lm = crate::lm::LmConfig::from_json(&config, &cfg_path.display().to_string())?;
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| Error::io_ctx(cfg_path, "not a JSON object"))?;
+    obj.insert("vocab_size".into(), tok.vocab_size().into());
+    obj.insert("pad_token_id".into(), id("[PAD]")?.into());
+    obj.insert("bos_token_id".into(), id("[CLS]")?.into());
+    obj.insert("eos_token_id".into(), id("[SEP]")?.into());
+    let mpe = obj
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(2048) as usize;
+    if mpe < max_len {
+        return Err(Error::Recipe {
+            path: cfg_path.clone(),
+            message: format!(
+                "max_position_embeddings = {mpe} is below data.max_text_len = {max_len}"
+            ),
+        });
+    }
+    config["architectures"] = serde_json::json!([lm.class_name()]);
+    write_json(&dir.join("config.json"), &config)
+}
+
+/// Copies the tokenizer files of `src_dir` into `dir`.
+fn copy_tokenizer(src_dir: &Path, dir: &Path) -> Result<()> {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+    ] {
+        let src = src_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, dir.join(f)).map_err(|e| Error::io_ctx(&src, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The reference's preprocessor config for a model of this kind and image size.
 pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
     let mean = [0.48145466, 0.4578275, 0.40821073];
@@ -189,12 +270,14 @@ pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
             "do_normalize": true, "image_mean": mean, "image_std": std,
             "do_convert_rgb": true,
         }),
-        ModelKind::Blip | ModelKind::BlipVqa | ModelKind::VisionAttributes => serde_json::json!({
-            "image_processor_type": "BlipImageProcessor",
-            "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
-            "do_rescale": true, "rescale_factor": 1.0 / 255.0,
-            "do_normalize": true, "image_mean": mean, "image_std": std,
-            "do_convert_rgb": true,
-        }),
+        ModelKind::Blip | ModelKind::BlipVqa | ModelKind::VisionAttributes | ModelKind::Lm => {
+            serde_json::json!({
+                "image_processor_type": "BlipImageProcessor",
+                "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
+                "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+                "do_normalize": true, "image_mean": mean, "image_std": std,
+                "do_convert_rgb": true,
+            })
+        }
     }
 }
