@@ -54,6 +54,9 @@ pub enum Command {
     /// Serve the models over HTTP: OpenAI-compatible chat completions and embeddings,
     /// caption/ask/match/classify/search routes, metrics and a web page.
     Serve(crate::commands::serve::ServeArgs),
+    /// Load a running `glimpse serve` on this machine with concurrent requests and
+    /// report throughput, latency percentiles, statuses and the server's memory.
+    Loadtest(crate::commands::loadtest::LoadtestArgs),
     /// Continue text with a text-only language model (OPTForCausalLM,
     /// LlamaForCausalLM), such as an exported `lm` training run.
     Generate(crate::commands::generate::GenerateArgs),

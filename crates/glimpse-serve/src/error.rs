@@ -15,11 +15,11 @@ use serde::Serialize;
 /// Errors of the server's startup (binding, loading models).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("model `{model}`: {source}")]
+    #[error("loading {model}: {source}")]
     Load {
         model: String,
         #[source]
-        source: glimpse_models::Error,
+        source: Box<glimpse_models::Error>,
     },
     #[error("index {path}: {msg}")]
     Index { path: String, msg: String },

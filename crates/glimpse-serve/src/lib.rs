@@ -19,6 +19,7 @@ pub mod config;
 mod detok;
 pub mod error;
 mod images;
+pub mod loadtest;
 pub mod metrics;
 pub mod openapi;
 pub mod registry;
@@ -137,7 +138,7 @@ pub(crate) fn load_model(
 ) -> Result<LoadedModel, ServeError> {
     let fail = |source| ServeError::Load {
         model: spec.source.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut pipeline = Pipeline::load(&spec.source, &cfg.device).map_err(fail)?;
     let arch = pipeline.architecture();
@@ -164,8 +165,8 @@ pub(crate) fn load_model(
         .id
         .clone()
         .unwrap_or_else(|| registry::model_id(family, &spec.source));
-    if cfg.quantize.is_some() && spec.id.is_none() {
-        id.push_str(&format!("-{}", cfg.quantize.expect("checked")));
+    if let (Some(quant), None) = (cfg.quantize, &spec.id) {
+        id.push_str(&format!("-{quant}"));
     }
     if loaded.get(&id).is_some() {
         return Err(ServeError::Config(format!(

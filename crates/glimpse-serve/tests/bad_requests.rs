@@ -53,7 +53,7 @@ async fn every_bad_request_gets_a_4xx_naming_the_problem() {
 
     // (name, route, body, expected status, a word the message must contain)
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
-        ("truncated JSON", "/v1/chat/completions", good_chat_text[..good_chat_text.len() / 2].as_bytes().to_vec(), 400, "JSON"),
+        ("truncated JSON", "/v1/chat/completions", good_chat_text.as_bytes()[..good_chat_text.len() / 2].to_vec(), 400, "JSON"),
         ("not JSON", "/v1/embeddings", b"input=hello".to_vec(), 400, "JSON"),
         ("non-UTF-8 body", "/v1/embeddings", b"{\"input\": \"\xff\xfe\"}".to_vec(), 400, "JSON"),
         ("wrong type", "/v1/chat/completions", wrong_type.to_string().into_bytes(), 422, "max_tokens"),

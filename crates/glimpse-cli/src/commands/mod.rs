@@ -10,6 +10,7 @@ pub mod eval;
 pub mod generate;
 pub mod index;
 mod index_model;
+pub mod loadtest;
 mod matching;
 pub mod report;
 pub mod search;
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(args) => index::run(args),
         Command::Search(args) => search::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
         Command::Generate(args) => generate::run(args),
     }
 }
