@@ -368,3 +368,46 @@ async fn operations_routes_answer() {
     let r = get(&state, "/runs").await;
     assert!(r.text().contains("--runs"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantize_q8_serves_8_bit_encoders_under_their_own_ids() {
+    let state = state_with(|c| {
+        c.models.truncate(2);
+        c.quantize = Some(glimpse_nn::quant::Quant::Q8);
+    });
+    let r = get(&state, "/v1/models").await;
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["clip-synth-q8", "blip-synth-caption-q8"]);
+    let clip = pipeline("models/clip-synth");
+    let f32_row = clip
+        .text_embeds(&["a blue circle"])
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .remove(0);
+    let r = post(
+        &state,
+        "/v1/embeddings",
+        json!({"model": "clip-synth-q8", "input": "a blue circle"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q8_row: Vec<f32> =
+        serde_json::from_value(r.json()["data"][0]["embedding"].clone()).unwrap();
+    let dot: f32 = f32_row.iter().zip(&q8_row).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosine = dot / (norm(&f32_row) * norm(&q8_row));
+    assert!(cosine > 0.99 && q8_row != f32_row, "cosine {cosine}");
+    let r = post(
+        &state,
+        "/v1/caption",
+        json!({"model": "blip-synth-caption-q8", "image": data_url("blue-circle")}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
