@@ -16,7 +16,6 @@
 //! connections, lets in-flight requests finish and returns.
 
 pub mod config;
-mod detok;
 pub mod error;
 mod images;
 pub mod loadtest;

@@ -411,3 +411,41 @@ async fn quantize_q8_serves_8_bit_encoders_under_their_own_ids() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_string_across_streamed_pieces_cuts_the_stream_where_it_cuts_the_answer() {
+    let state = shared();
+    for stop in ["e c", "circle", "blue circle on", "zzz"] {
+        let mut body = chat_body("blip-synth-caption", "", &data_url("blue-circle"));
+        body["messages"][0]["content"] =
+            json!([{"type": "image_url", "image_url": {"url": data_url("blue-circle")}}]);
+        body["stop"] = json!([stop]);
+        let whole = post(&state, "/v1/chat/completions", body.clone())
+            .await
+            .json();
+        body["stream"] = json!(true);
+        let r = post(&state, "/v1/chat/completions", body).await;
+        let mut text = String::new();
+        let mut finish = None;
+        for e in sse_data(&r.text()) {
+            if e == "[DONE]" {
+                break;
+            }
+            let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+            text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+            if !v["choices"][0]["finish_reason"].is_null() {
+                finish = Some(v["choices"][0]["finish_reason"].clone());
+            }
+        }
+        assert_eq!(
+            text,
+            whole["choices"][0]["message"]["content"].as_str().unwrap(),
+            "stop {stop:?}"
+        );
+        assert_eq!(
+            finish.unwrap(),
+            whole["choices"][0]["finish_reason"],
+            "stop {stop:?}"
+        );
+    }
+}

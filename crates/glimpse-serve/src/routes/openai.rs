@@ -18,13 +18,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
+use glimpse_data::text::StreamDecoder;
 use glimpse_generate::GenerationConfig;
 use glimpse_models::capability::Capability;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{body, Sampling};
-use crate::detok::Detokenizer;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::LoadedModel;
 use crate::worker::{Output, Task};
@@ -454,17 +454,28 @@ fn stream_chat(work: ChatWork, id: String, include_usage: bool) -> ApiResult<Res
             return;
         }
         let tokenizer = model.pipeline.tokenizer();
-        let mut detok = Detokenizer::new(tokenizer, prefix);
+        let mut detok = StreamDecoder::new(tokenizer, &gen.eos_token_ids);
         let mut stopped = false;
         let mut emitted = String::new();
-        // Decoded text held back while it could begin a stop string.
+        // Decoded text held back while it could begin a stop string; a caption's
+        // prompt starts it, as the final text starts with the prompt.
         let mut pending = String::new();
+        for id in prefix {
+            pending.push_str(&detok.push(id).unwrap_or_default());
+        }
         while let Some(t) = token_rx.recv().await {
             if stopped {
                 continue;
             }
-            let Some(piece) = detok.push(t) else { continue };
+            let Ok(piece) = detok.push(t) else { continue };
             pending.push_str(&piece);
+            if emitted.is_empty() {
+                // The final text of an answer is trimmed: so is its start here.
+                pending = pending.trim_start().to_string();
+            }
+            if pending.is_empty() {
+                continue;
+            }
             let candidate = format!("{emitted}{pending}");
             let (cut, hit) = apply_stops(&candidate, &stops);
             // A tail that may be the start of a stop string waits for the next piece.
