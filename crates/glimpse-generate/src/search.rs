@@ -48,13 +48,14 @@ pub(crate) fn run<D: Decoder>(
     let mut rngs: Vec<_> = (0..n).map(|r| row_rng(cfg.seed, r)).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut done = vec![false; n];
+    // The rows still decoding, in cache order: `logits[i]` belongs to row `active[i]`.
+    // A row that ends leaves the batch (its cache row is dropped), so the next steps
+    // compute only the rows that go on.
+    let mut active: Vec<usize> = (0..n).collect();
     for step_no in 0..cfg.max_new_tokens {
         let mut fresh = vec![None; n];
-        for r in 0..n {
-            if done[r] {
-                continue;
-            }
-            let row = &mut logits[r];
+        for (i, &r) in active.iter().enumerate() {
+            let row = &mut logits[i];
             p::repetition_penalty(row, &seqs[r], cfg.repetition_penalty);
             if step_no < cfg.min_new_tokens {
                 p::suppress(row, &cfg.eos_token_ids);
@@ -76,12 +77,16 @@ pub(crate) fn run<D: Decoder>(
         if !keep_going || done.iter().all(|&d| d) || step_no + 1 == cfg.max_new_tokens {
             break;
         }
-        // Ended rows are fed the pad token, as the reference does; their logits are unused.
-        let feed: Vec<u32> = (0..n)
-            .map(|r| match (done[r], seqs[r].last()) {
-                (false, Some(&t)) => t,
-                _ => cfg.pad_token_id,
-            })
+        if active.iter().any(|&r| done[r]) {
+            let keep: Vec<u32> = (0..active.len() as u32)
+                .filter(|&i| !done[active[i as usize]])
+                .collect();
+            select_rows(model, cache, &keep, &prompt.device)?;
+            active.retain(|&r| !done[r]);
+        }
+        let feed: Vec<u32> = active
+            .iter()
+            .map(|&r| *seqs[r].last().expect("a decoding row has a token"))
             .collect();
         logits = step_tokens(model, cache, &feed, &prompt.device)?;
     }
