@@ -51,6 +51,9 @@ pub enum Command {
     Index(crate::commands::index::IndexArgs),
     /// Search an index by text or image, optionally re-ranked with an ITM head.
     Search(crate::commands::search::SearchArgs),
+    /// Bootstrap a dataset (BLIP's CapFilt): synthetic captions by nucleus sampling,
+    /// web and synthetic texts filtered by ITM; per shard, resumable, `--shard I`.
+    Capfilt(crate::commands::capfilt::CapfiltArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! One function per subcommand: validate flags, call the pipeline, print.
 
 pub mod bench;
+pub mod capfilt;
 mod caption;
 pub mod chat;
 mod classify;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args),
         Command::Index(args) => index::run(args),
         Command::Search(args) => search::run(args),
+        Command::Capfilt(args) => capfilt::run(args),
     }
 }
 
