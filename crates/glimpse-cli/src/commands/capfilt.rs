@@ -128,6 +128,7 @@ fn load_model(
         json: a.json,
     };
     let name = super::model_name(&margs, bundled)?;
+    glimpse_models::checkpoint::ModelFiles::resolve(&name).with_context(|| flag.to_string())?;
     let mut id = model_id(&name).with_context(|| format!("{flag} {name}"))?;
     if a.quantize.is_some() {
         id.push_str(Q8_SUFFIX);
@@ -152,9 +153,9 @@ pub fn run(a: CapfiltArgs) -> Result<()> {
         }
     }
     let (pipeline, id) = load_model(&a, "--captioner", &a.captioner, Bundled::Caption)?;
-    let captioner = PipelineCaptioner::new(pipeline, id, &opts)?;
+    let captioner = PipelineCaptioner::new(pipeline, id, &opts).context("--captioner")?;
     let (pipeline, id) = load_model(&a, "--filter", &a.filter, Bundled::Retrieval)?;
-    let filter = PipelineFilter::new(pipeline, id)?;
+    let filter = PipelineFilter::new(pipeline, id).context("--filter")?;
     let out = OutputDir::create_or_open(&a.out, settings(&captioner, &filter, &opts, &inputs))?;
 
     let todo: Vec<_> = inputs
