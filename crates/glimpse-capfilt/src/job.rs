@@ -118,11 +118,14 @@ fn skipped_from_message(shard: usize, source: &str, message: String) -> Skipped 
     }
 }
 
-/// Checks a raw sample: the image decodes, the record is an object whose `caption`
-/// (the web text) is a string or absent, the key fits a tar entry and is new.
+/// Checks a raw sample: the image decodes and both models can take it, the record is
+/// an object whose `caption` (the web text) is a string or absent, the key fits a tar
+/// entry and is new.
 fn prepare(
     sample: RawSample,
     seen: &mut HashSet<String>,
+    captioner: &dyn Captioner,
+    filter: &dyn Filter,
 ) -> std::result::Result<Ready, (String, String)> {
     let key = sample.key;
     let fail = |reason: String| (key.clone(), reason);
@@ -136,6 +139,12 @@ fn prepare(
     }
     let image = glimpse_data::decode_image(&sample.image_bytes, &sample.image_name)
         .map_err(|e| fail(format!("corrupt image: {e}")))?;
+    for (role, check) in [
+        ("captioner", captioner.check_image(&image)),
+        ("filter", filter.check_image(&image)),
+    ] {
+        check.map_err(|why| fail(format!("the {role} cannot take this image: {why}")))?;
+    }
     let Value::Object(meta) = sample.meta else {
         return Err(fail("malformed record: not a JSON object".into()));
     };
@@ -298,7 +307,7 @@ fn write_shard(
     let mut batch = Vec::with_capacity(opts.batch_size);
     for item in read_source(&shard.source)? {
         progress(1);
-        match item.map(|s| prepare(s, &mut seen)) {
+        match item.map(|s| prepare(s, &mut seen, captioner, filter)) {
             Ok(Ok(ready)) => batch.push(ready),
             Ok(Err((key, reason))) => skipped.push(Skipped {
                 shard: shard.index,

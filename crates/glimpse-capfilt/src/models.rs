@@ -22,6 +22,12 @@ pub trait Captioner {
         opts: &CapfiltOptions,
         seed: u64,
     ) -> Result<Vec<Vec<String>>>;
+
+    /// Why this model cannot take `image` (its preprocessing would make it too
+    /// large), or `Ok`; such a sample is skipped rather than failing the shard.
+    fn check_image(&self, _image: &RgbImage) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Scores image-text pairs with an ITM head.
@@ -30,6 +36,18 @@ pub trait Filter {
     fn id(&self) -> &str;
     /// The ITM match probability of `image` with each of `texts` (none blank).
     fn itm(&self, image: &RgbImage, texts: &[&str]) -> Result<Vec<f32>>;
+
+    /// As [`Captioner::check_image`].
+    fn check_image(&self, _image: &RgbImage) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+fn check_size(pipeline: &Pipeline, image: &RgbImage) -> std::result::Result<(), String> {
+    pipeline
+        .processor()
+        .check_size(image.width() as usize, image.height() as usize)
+        .map_err(|e| e.to_string())
 }
 
 /// A loaded captioning model.
@@ -125,6 +143,10 @@ impl Captioner for PipelineCaptioner {
             .collect::<Result<Vec<_>>>()?;
         Ok(texts.chunks(k).map(<[String]>::to_vec).collect())
     }
+
+    fn check_image(&self, image: &RgbImage) -> std::result::Result<(), String> {
+        check_size(&self.pipeline, image)
+    }
 }
 
 /// A loaded model with an ITM head.
@@ -188,5 +210,9 @@ impl Filter for PipelineFilter {
             ));
         }
         Ok(itm)
+    }
+
+    fn check_image(&self, image: &RgbImage) -> std::result::Result<(), String> {
+        check_size(&self.pipeline, image)
     }
 }

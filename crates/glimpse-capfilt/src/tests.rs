@@ -73,6 +73,12 @@ impl Filter for FakeFilter {
             .map(|t| if t.contains(c) { 0.9 } else { 0.1 })
             .collect())
     }
+    fn check_image(&self, image: &RgbImage) -> std::result::Result<(), String> {
+        match image.width() > 8 {
+            true => Err(format!("{} px is too wide", image.width())),
+            false => Ok(()),
+        }
+    }
 }
 
 fn png(colour: [u8; 3]) -> Vec<u8> {
@@ -118,6 +124,15 @@ fn dataset(dir: &Path) -> PathBuf {
     b.push(("000005.json".into(), b"{not json".to_vec()));
     b.push(("000006.png".into(), png([0, 0, 255])));
     b.push(("000006.json".into(), br#"{"caption": 7}"#.to_vec()));
+    let mut wide = std::io::Cursor::new(Vec::new());
+    RgbImage::from_pixel(9, 8, Rgb([255, 0, 0]))
+        .write_to(&mut wide, image::ImageFormat::Png)
+        .unwrap();
+    b.push(("000007.png".into(), wide.into_inner()));
+    b.push((
+        "000007.json".into(),
+        br#"{"caption": "a red one"}"#.to_vec(),
+    ));
     write_tar(&data.join("b.tar"), &b);
     data
 }
@@ -216,7 +231,7 @@ fn shards_keep_keys_and_images_and_gain_capfilt_records() {
         .iter()
         .map(|s| (s.key.as_deref().unwrap(), s.reason.as_str()))
         .collect();
-    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert_eq!(skipped.len(), 4, "{skipped:?}");
     assert_eq!(skipped[0].0, "000004");
     assert!(skipped[0].1.starts_with("corrupt image"), "{skipped:?}");
     assert_eq!(skipped[1].0, "000005");
@@ -232,7 +247,7 @@ fn shards_keep_keys_and_images_and_gain_capfilt_records() {
     assert_eq!(m.samples, 4);
     assert_eq!((m.web.kept, m.web.removed), (3, 1));
     assert_eq!((m.synthetic.kept, m.synthetic.removed), (4, 4));
-    assert_eq!(m.skipped.len(), 3);
+    assert_eq!(m.skipped.len(), 4);
     let on_disk: Manifest =
         serde_json::from_str(&fs::read_to_string(run.out.manifest_path()).unwrap()).unwrap();
     assert_eq!(on_disk, m);
