@@ -317,3 +317,40 @@ fn capfilt_refuses_models_that_cannot_play_their_role_before_any_work() {
     ]);
     assert!(err.contains("threshold 0.5, now 0.7"), "{err}");
 }
+
+#[test]
+fn capfilt_beam_search_returns_the_best_beams_and_repeats_itself() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shard", "0", "--beams", "3", "--captions-per-image", "2"];
+    let a = capfilt(&f.data, &dir.path().join("a"), &args);
+    let b = capfilt(&f.data, &dir.path().join("b"), &args);
+    assert_eq!(a["reports"][0]["synthetic"], b["reports"][0]["synthetic"]);
+    let shard = |d: &str| fs::read(dir.path().join(d).join("shard-000000.tar")).unwrap();
+    assert_eq!(shard("a"), shard("b"), "beam search is deterministic");
+    for (key, record, _) in samples(&dir.path().join("a/shard-000000.tar")) {
+        let synthetic = record["capfilt"]["synthetic"].as_array().unwrap();
+        assert_eq!(synthetic.len(), 2, "sample {key}");
+        assert_ne!(synthetic[0]["text"], synthetic[1]["text"], "sample {key}");
+    }
+    let settings: Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("a/settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        settings["options"]["decoding"],
+        serde_json::json!({"beam": {"beams": 3}})
+    );
+    assert_eq!(settings["options"]["repetition_penalty"], 1.0);
+    let err = fails(&[
+        "capfilt",
+        "--data",
+        s(&f.data),
+        "--out",
+        s(&dir.path().join("c")),
+        "--beams",
+        "2",
+        "--captions-per-image",
+        "3",
+    ]);
+    assert!(err.contains("--captions-per-image"), "{err}");
+}
