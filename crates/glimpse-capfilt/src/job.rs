@@ -258,7 +258,7 @@ pub fn run_shard(
     }
     let start = Instant::now();
     let tmp = out.shard_tmp_path(shard.index);
-    let result = write_shard(out, shard, &tmp, captioner, filter, opts, progress);
+    let result = write_shard(shard, &tmp, captioner, filter, opts, progress);
     let (tally, skipped) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -290,7 +290,6 @@ pub fn run_shard(
 }
 
 fn write_shard(
-    _out: &OutputDir,
     shard: &InputShard,
     tmp: &std::path::Path,
     captioner: &dyn Captioner,
