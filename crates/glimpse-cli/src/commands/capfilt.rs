@@ -24,11 +24,12 @@ pub struct CapfiltArgs {
     /// or a COCO captions `.json`. Each is one shard.
     #[arg(long)]
     pub data: String,
-    /// Captioning model directory (default: the bundled models/blip-synth/caption).
+    /// Captioning model directory (default: the bundled
+    /// models/capfilt-synth/captioner, fine-tuned for CapFilt).
     #[arg(long)]
     pub captioner: Option<String>,
     /// Filter model directory, with an ITM head (default: the bundled
-    /// models/blip-synth/retrieval).
+    /// models/capfilt-synth/filter, fine-tuned for CapFilt).
     #[arg(long)]
     pub filter: Option<String>,
     /// Output directory: bootstrapped shards, markers, manifest (created, or resumed).
@@ -152,9 +153,9 @@ pub fn run(a: CapfiltArgs) -> Result<()> {
             );
         }
     }
-    let (pipeline, id) = load_model(&a, "--captioner", &a.captioner, Bundled::Caption)?;
+    let (pipeline, id) = load_model(&a, "--captioner", &a.captioner, Bundled::CapfiltCaptioner)?;
     let captioner = PipelineCaptioner::new(pipeline, id, &opts).context("--captioner")?;
-    let (pipeline, id) = load_model(&a, "--filter", &a.filter, Bundled::Retrieval)?;
+    let (pipeline, id) = load_model(&a, "--filter", &a.filter, Bundled::CapfiltFilter)?;
     let filter = PipelineFilter::new(pipeline, id).context("--filter")?;
     let out = OutputDir::create_or_open(&a.out, settings(&captioner, &filter, &opts, &inputs))?;
 

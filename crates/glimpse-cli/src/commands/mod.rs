@@ -78,6 +78,11 @@ pub enum Bundled {
     Retrieval,
     /// `models/blip-synth/vqa`: ask.
     Vqa,
+    /// `models/capfilt-synth/captioner`: CapFilt's captioner (fine-tuned with the
+    /// prompt "a picture of ").
+    CapfiltCaptioner,
+    /// `models/capfilt-synth/filter`: CapFilt's filter (ITC + ITM fine-tuned).
+    CapfiltFilter,
 }
 
 impl Bundled {
@@ -87,6 +92,8 @@ impl Bundled {
             Bundled::Caption => "models/blip-synth/caption",
             Bundled::Retrieval => "models/blip-synth/retrieval",
             Bundled::Vqa => "models/blip-synth/vqa",
+            Bundled::CapfiltCaptioner => "models/capfilt-synth/captioner",
+            Bundled::CapfiltFilter => "models/capfilt-synth/filter",
         }
     }
 
