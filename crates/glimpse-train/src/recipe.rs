@@ -34,7 +34,9 @@ pub struct ModelSection {
     pub seed: u64,
     /// Start from this run (directory or checkpoint) instead of random weights:
     /// `blip_vqa` starts from a `blip` pretraining run and uses its tokenizer and
-    /// config.
+    /// config. A `blip` run may also start from an exported model directory
+    /// (`retrieval/` or `caption/`): it takes that model's tokenizer and config and the
+    /// tensors it holds, the others keeping their initial values.
     pub init: Option<PathBuf>,
     /// Start the vision tower (`vision_model.*`) from this `vision_attributes` run
     /// (directory or checkpoint); `clip` and `blip` only.
