@@ -14,8 +14,14 @@ file system they share (NFS, a mounted bucket).
 runs `... --shard 0`, `--shard 1`, `--shard 2` as Spark tasks, retrying each up to
 `--max-failures` times, then (with `--finalize`) the command once more without
 `--shard` on the driver, which for `index build` finds every shard complete and builds
-the search index. `--kill-shard I` (for tests) kills the first attempt of shard I with
-SIGKILL as soon as it has started (its first line on stderr), as a lost executor would.
+the search index;
+
+    python tools/spark/shard_driver.py --master local[2] --shards 4 --finalize -- \
+        target/debug/glimpse capfilt --data SHARDS --out BOOTSTRAPPED
+
+does the same for CapFilt, whose final run writes the manifest. `--kill-shard I` (for
+tests) kills the first attempt of shard I with SIGKILL as soon as it has started (its
+first line on stderr), as a lost executor would.
 """
 
 import argparse

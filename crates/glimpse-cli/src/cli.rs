@@ -60,6 +60,9 @@ pub enum Command {
     /// Continue text with a text-only language model (OPTForCausalLM,
     /// LlamaForCausalLM), such as an exported `lm` training run.
     Generate(crate::commands::generate::GenerateArgs),
+    /// Bootstrap a dataset (BLIP's CapFilt): synthetic captions by nucleus sampling,
+    /// web and synthetic texts filtered by ITM; per shard, resumable, `--shard I`.
+    Capfilt(crate::commands::capfilt::CapfiltArgs),
 }
 
 #[derive(Debug, Args)]

@@ -114,6 +114,16 @@ pub struct CaptionNegatives<'a> {
     pub valid: &'a [f32],
 }
 
+/// The LM's texts when they differ from ITC/ITM's: each caption after a prompt.
+pub struct LmTexts {
+    /// `[B, T]` u32, `[CLS] prompt caption [SEP]` (the first becomes `[DEC]`)
+    pub ids: Tensor,
+    /// `[B, T]` u32 attention mask
+    pub mask: Tensor,
+    /// `[B, T]` u32: the mask with the prompt's positions zeroed (not predicted)
+    pub targets: Tensor,
+}
+
 /// The losses of one forward pass, and what a test or log may want to see.
 pub struct BlipLosses {
     pub total: Tensor,
@@ -330,6 +340,50 @@ impl BlipPretrain {
         negatives: Negatives,
         captions: Option<CaptionNegatives>,
     ) -> Result<BlipLosses> {
+        self.losses_with_texts(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            alpha,
+            negatives,
+            captions,
+            None,
+        )
+    }
+
+    /// [`Self::losses_with_captions`] with the LM reading `lm` (the captions after a
+    /// prompt) instead of the ITC/ITM texts. A loss whose weight is 0 is not computed
+    /// (reported as 0): with `itc_weight` and `itm_weight` both 0 (a captioner's
+    /// fine-tuning) neither the momentum encoder nor the queues move, and `sim_i2t`
+    /// and `itm_logits` are empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn losses_with_texts(
+        &mut self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        alpha: f64,
+        negatives: Negatives,
+        captions: Option<CaptionNegatives>,
+        lm: Option<&LmTexts>,
+    ) -> Result<BlipLosses> {
+        let c = self.loss_cfg;
+        if c.itc_weight == 0.0 && c.itm_weight == 0.0 {
+            let b = pixel_values.dim(0)?;
+            let image_embeds = self.model.vision_model.forward(pixel_values, true)?;
+            let lm = self.lm_loss(&image_embeds, input_ids, attention_mask, lm)?;
+            let zero = Tensor::zeros((), DType::F32, &self.device)?;
+            return Ok(BlipLosses {
+                total: (&lm * c.lm_weight)?,
+                itc: zero.clone(),
+                itm: zero,
+                lm,
+                sim_i2t: Tensor::zeros((b, 0), DType::F32, &self.device)?,
+                itm_logits: Tensor::zeros((0, 2), DType::F32, &self.device)?,
+                neg_image: Vec::new(),
+                neg_text: Vec::new(),
+            });
+        }
         let b = pixel_values.dim(0)?;
         let q = self.loss_cfg.queue_size;
         if !q.is_multiple_of(b) {
@@ -498,20 +552,12 @@ impl BlipPretrain {
         let labels = Tensor::new(labels.as_slice(), &self.device)?;
         let itm = cross_entropy(&itm_logits, &labels)?;
 
-        // LM: the caption after [DEC], label smoothing.
-        let bos = self.cfg.text_config.bos_token_id;
-        let dec_ids = replace_first_column(input_ids, bos)?;
-        let logits = self
-            .decoder
-            .forward(&dec_ids, Some(attention_mask), Some(encoder), true)?; // [B, T, V]
-        let lm = lm_loss(
-            &logits,
-            &dec_ids,
-            attention_mask,
-            self.loss_cfg.label_smoothing,
-        )?;
+        let lm = if c.lm_weight == 0.0 {
+            Tensor::zeros((), DType::F32, &self.device)?
+        } else {
+            self.lm_loss(&image_embeds, input_ids, attention_mask, lm)?
+        };
 
-        let c = &self.loss_cfg;
         let total = (((&itc * c.itc_weight)? + (&itm * c.itm_weight)?)? + (&lm * c.lm_weight)?)?;
         Ok(BlipLosses {
             total,
@@ -523,6 +569,31 @@ impl BlipPretrain {
             neg_image,
             neg_text,
         })
+    }
+
+    /// LM: the caption after `[DEC]` (after `[DEC]` and the prompt with `lm`), label
+    /// smoothing; the prompt's tokens are not predicted, as in BLIP's fine-tuning.
+    fn lm_loss(
+        &self,
+        image_embeds: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        lm: Option<&LmTexts>,
+    ) -> Result<Tensor> {
+        let (ids, mask, targets) = match lm {
+            Some(t) => (&t.ids, &t.mask, &t.targets),
+            None => (input_ids, attention_mask, attention_mask),
+        };
+        let encoder = EncoderStates {
+            hidden_states: image_embeds,
+            attention_mask: None,
+        };
+        let bos = self.cfg.text_config.bos_token_id;
+        let dec_ids = replace_first_column(ids, bos)?;
+        let logits = self
+            .decoder
+            .forward(&dec_ids, Some(mask), Some(encoder), true)?; // [B, T, V]
+        lm_loss(&logits, &dec_ids, targets, self.loss_cfg.label_smoothing)
     }
 
     /// Validation: normalised-to-be ITC features and the LM loss of a batch, computed
@@ -629,13 +700,14 @@ impl Objective for BlipObjective {
             mask: &n.mask,
             valid: &valid,
         });
-        let l = m.losses_with_captions(
+        let l = m.losses_with_texts(
             &b.pixel_values,
             &b.input_ids,
             &b.attention_mask,
             alpha,
             Negatives::Sample(&mut rng),
             captions,
+            b.lm.as_ref(),
         )?;
         let parts = vec![
             ("itc".to_string(), scalar(&l.itc)?),
@@ -659,17 +731,36 @@ impl Objective for BlipObjective {
         &self.pretrain.vars.map
     }
 
-    /// Every variable, but `temp` when the recipe holds it fixed.
+    /// Every variable, but `temp` when the recipe holds it fixed and those only a loss
+    /// of weight 0 reads: the decoder's own self-attention and head without LM, the
+    /// encoder's own self-attention, the projections, the ITM head and `temp` without
+    /// ITC and ITM.
     fn trainable(&self) -> Vec<(String, Var)> {
-        let frozen_temp = !self.pretrain.loss_cfg.learn_temp;
+        let c = &self.pretrain.loss_cfg;
+        let frozen_temp = !c.learn_temp;
+        let no_lm = c.lm_weight == 0.0;
+        let lm_only = c.itc_weight == 0.0 && c.itm_weight == 0.0;
         sorted_vars(self.vars())
             .into_iter()
             .filter(|(n, _)| !(frozen_temp && n == "temp"))
+            .filter(|(n, _)| !(no_lm && n.starts_with("text_decoder.")))
+            .filter(|(n, _)| !lm_only || read_by_lm(n))
             .collect()
     }
 
     fn vision_tower(&self) -> Option<Tower> {
         Some(Tower::Blip)
+    }
+
+    /// An exported `BlipForImageTextRetrieval` or `BlipForConditionalGeneration`: its
+    /// tensors by their training names (the decoder's shared ones are the encoder's).
+    fn init_from_export(&mut self, weights: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        let renamed: HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(k, v)| (decoder_rename(k), v.clone()))
+            .collect();
+        crate::params::load_some(self.vars(), &renamed, origin)?;
+        Ok(())
     }
 
     /// The momentum encoder starts equal to the starting weights.
@@ -705,6 +796,18 @@ fn text_projection(
     Ok(m.text_proj.forward(&h.narrow(1, 0, 1)?.squeeze(1)?)?)
 }
 
+/// Whether the LM reads variable `name`: the vision tower, the decoder's own
+/// variables and the encoder's that the decoder shares (all but self-attention).
+fn read_by_lm(name: &str) -> bool {
+    if name.starts_with("vision_model.") || name.starts_with("text_decoder.") {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("text_encoder.") else {
+        return false;
+    };
+    decoder_rename(&format!("text_decoder.bert.{rest}")) == name
+}
+
 /// `softmax(sim) + 1e-4` with the diagonal zeroed, row by row (BLIP's weights for
 /// drawing hard negatives).
 fn negative_weights(sim: &Tensor) -> Result<Vec<Vec<f32>>> {
@@ -738,6 +841,29 @@ pub fn replace_first_column(ids: &Tensor, token: u32) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::decoder_rename;
+
+    #[test]
+    fn the_lm_reads_the_tower_the_decoder_and_the_shared_encoder_variables() {
+        use super::read_by_lm;
+        for (name, read) in [
+            ("vision_model.embeddings.patch_embedding.weight", true),
+            ("text_decoder.cls.predictions.bias", true),
+            ("text_encoder.embeddings.word_embeddings.weight", true),
+            (
+                "text_encoder.encoder.layer.1.crossattention.self.query.weight",
+                true,
+            ),
+            (
+                "text_encoder.encoder.layer.0.attention.self.query.weight",
+                false,
+            ),
+            ("vision_proj.weight", false),
+            ("itm_head.weight", false),
+            ("temp", false),
+        ] {
+            assert_eq!(read_by_lm(name), read, "{name}");
+        }
+    }
 
     #[test]
     fn decoder_shares_everything_but_self_attention() {

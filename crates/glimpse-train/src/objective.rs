@@ -88,6 +88,15 @@ pub trait Objective {
         load_into(self.vars(), weights, origin)
     }
 
+    /// Copies in the weights of an exported model directory (`model.init` naming one):
+    /// the model's variables it names, the others left as initialised. Only objectives
+    /// that know an exported layout accept one.
+    fn init_from_export(&mut self, _weights: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        Err(crate::Error::Train(format!(
+            "{origin}: this recipe kind cannot start from an exported model directory; name a training run"
+        )))
+    }
+
     /// The layout of a vision tower `model.init_vision` may copy in, if any.
     fn vision_tower(&self) -> Option<Tower> {
         None

@@ -229,6 +229,32 @@ pub fn load_into(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) 
     Ok(())
 }
 
+/// Sets the variables of `map` that `tensors` names and returns how many; a tensor
+/// the model does not have, or one of the wrong shape, is an error.
+pub fn load_some(map: &VarMap, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<usize> {
+    let vars: HashMap<String, candle_core::Var> = sorted_vars(map).into_iter().collect();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let unknown: Vec<&&String> = names.iter().filter(|n| !vars.contains_key(**n)).collect();
+    if !unknown.is_empty() {
+        return Err(crate::Error::Train(format!(
+            "{origin}: tensors the model does not have: {unknown:?}"
+        )));
+    }
+    for name in &names {
+        let (t, var) = (&tensors[*name], &vars[*name]);
+        if t.shape() != var.shape() {
+            return Err(crate::Error::Train(format!(
+                "{origin}: {name} is {:?}, the model expects {:?}",
+                t.shape(),
+                var.shape()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(names.len())
+}
+
 /// The current values of `map` (detached), by name.
 pub fn snapshot(map: &VarMap) -> HashMap<String, Tensor> {
     sorted_vars(map)

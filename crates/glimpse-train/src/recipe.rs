@@ -37,7 +37,9 @@ pub struct ModelSection {
     pub seed: u64,
     /// Start from this run (directory or checkpoint) instead of random weights:
     /// `blip_vqa` starts from a `blip` pretraining run and uses its tokenizer and
-    /// config.
+    /// config. A `blip` run may also start from an exported model directory
+    /// (`retrieval/` or `caption/`): it takes that model's tokenizer and config and the
+    /// tensors it holds, the others keeping their initial values.
     pub init: Option<PathBuf>,
     /// Start the vision tower (`vision_model.*`) from this `vision_attributes` run
     /// (directory or checkpoint); `clip` and `blip` only.
@@ -88,6 +90,10 @@ pub struct DataSection {
     /// An existing `tokenizer.json`; without it a WordPiece vocabulary of the
     /// synthetic world is built.
     pub tokenizer: Option<PathBuf>,
+    /// `blip` only: the LM reads each training caption after this prompt, whose
+    /// tokens it is not taught to predict, as BLIP fine-tunes its captioner ("a
+    /// picture of "). ITC and ITM read the caption alone.
+    pub caption_prompt: Option<String>,
 }
 
 fn default_text() -> TextChoice {
@@ -334,6 +340,14 @@ impl Recipe {
                     .into(),
             );
         }
+        if let Some(p) = &self.data.caption_prompt {
+            if kind != ModelKind::Blip {
+                return bad("data.caption_prompt applies to blip recipes only".into());
+            }
+            if p.trim().is_empty() {
+                return bad("data.caption_prompt is empty; leave it out for no prompt".into());
+            }
+        }
         let run = &self.run;
         for (key, v) in [
             ("run.checkpoint_every", run.checkpoint_every),
@@ -489,6 +503,39 @@ out = "runs/x"
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(key) && e.contains("r.toml"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn caption_prompt_is_blip_only_and_not_empty() {
+        let r = Recipe::from_toml(
+            &MIN.replace(
+                "train = \"d/train\"",
+                "train = \"d/train\"\ncaption_prompt = \"a picture of \"",
+            ),
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        assert_eq!(r.data.caption_prompt.as_deref(), Some("a picture of "));
+        assert_eq!(
+            Recipe::from_toml(MIN, Path::new("r.toml"))
+                .unwrap()
+                .data
+                .caption_prompt,
+            None
+        );
+        for (kind, prompt) in [("blip", "  "), ("blip_vqa", "a picture of")] {
+            let e = Recipe::from_toml(
+                &MIN.replace("kind = \"blip\"", &format!("kind = \"{kind}\""))
+                    .replace(
+                        "train = \"d/train\"",
+                        &format!("train = \"d/train\"\ncaption_prompt = \"{prompt}\""),
+                    ),
+                Path::new("r.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("data.caption_prompt"), "{kind}: {e}");
         }
     }
 

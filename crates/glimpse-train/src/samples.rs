@@ -8,6 +8,7 @@ use glimpse_data::dataset::Example;
 use glimpse_data::TextTokenizer;
 use serde_json::Value;
 
+use crate::blip::LmTexts;
 use crate::objective::Split;
 use crate::recipe::{Recipe, TextChoice};
 use crate::trainer::RunFiles;
@@ -23,6 +24,8 @@ pub struct Inputs {
     pub seed: u64,
     /// Which caption a training sample reads.
     pub text: TextChoice,
+    /// The LM's prompt (`data.caption_prompt`), training batches only.
+    pub caption_prompt: Option<String>,
 }
 
 impl Inputs {
@@ -33,6 +36,7 @@ impl Inputs {
             max_text_len: recipe.data.max_text_len,
             seed: recipe.model.seed,
             text: recipe.data.text,
+            caption_prompt: recipe.data.caption_prompt.clone(),
         }
     }
 
@@ -122,12 +126,37 @@ impl Inputs {
             }
             _ => None,
         };
+        let lm = match (&self.caption_prompt, split) {
+            (Some(prompt), Split::Train { .. }) => Some(self.prompted(prompt, &texts)?),
+            _ => None,
+        };
         Ok(CaptionBatch {
             pixel_values,
             input_ids,
             attention_mask,
             negatives,
+            lm,
         })
+    }
+
+    /// `texts` after `prompt` for the LM, with the start token and the prompt's tokens
+    /// left out of the targets (BLIP's `decoder_targets[:, :prompt_length] = -100`).
+    fn prompted(&self, prompt: &str, texts: &[String]) -> Result<LmTexts> {
+        let prompt = prompt.trim_end();
+        let (_, p_mask) = self.encode(&[prompt.to_string()])?;
+        // [CLS] and the prompt's words: every token but the closing [SEP].
+        let p_len = p_mask.to_vec2::<u32>()?[0]
+            .iter()
+            .filter(|&&m| m == 1)
+            .count()
+            .saturating_sub(1);
+        let joined: Vec<String> = texts.iter().map(|t| format!("{prompt} {t}")).collect();
+        let (ids, mask) = self.encode(&joined)?;
+        let (b, t) = mask.dims2()?;
+        let keep: Vec<u32> = (0..b * t).map(|i| u32::from(i % t >= p_len)).collect();
+        let keep = Tensor::from_vec(keep, (b, t), &self.device)?;
+        let targets = mask.mul(&keep)?;
+        Ok(LmTexts { ids, mask, targets })
     }
 }
 
@@ -153,6 +182,8 @@ pub struct CaptionBatch {
     /// `[B, T]` u32
     pub attention_mask: Tensor,
     pub negatives: Option<NegativeCaptions>,
+    /// The captions after `data.caption_prompt` for the LM (training batches).
+    pub lm: Option<LmTexts>,
 }
 
 /// Rewritten captions that must not match their image, round-major (row `r B + i`

@@ -1,6 +1,7 @@
 //! One function per subcommand: validate flags, call the pipeline, print.
 
 pub mod bench;
+pub mod capfilt;
 mod caption;
 pub mod chat;
 mod classify;
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Capfilt(args) => capfilt::run(args),
     }
 }
 
@@ -82,6 +84,11 @@ pub enum Bundled {
     Retrieval,
     /// `models/blip-synth/vqa`: ask.
     Vqa,
+    /// `models/capfilt-synth/captioner`: CapFilt's captioner (fine-tuned with the
+    /// prompt "a picture of ").
+    CapfiltCaptioner,
+    /// `models/capfilt-synth/filter`: CapFilt's filter (ITC + ITM fine-tuned).
+    CapfiltFilter,
 }
 
 impl Bundled {
@@ -91,6 +98,8 @@ impl Bundled {
             Bundled::Caption => "models/blip-synth/caption",
             Bundled::Retrieval => "models/blip-synth/retrieval",
             Bundled::Vqa => "models/blip-synth/vqa",
+            Bundled::CapfiltCaptioner => "models/capfilt-synth/captioner",
+            Bundled::CapfiltFilter => "models/capfilt-synth/filter",
         }
     }
 

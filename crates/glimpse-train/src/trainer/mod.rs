@@ -51,7 +51,7 @@ pub use run_dir::{preprocessor_json, RunFiles};
 
 use checkpoint::{init_vision, read_json, save_checkpoint};
 use data::Data;
-use run_dir::{lock_run_dir, prepare_model_dir};
+use run_dir::{is_exported_model, lock_run_dir, prepare_model_dir};
 use skips::Skips;
 
 /// How to run `train`.
@@ -205,6 +205,15 @@ impl Run {
             return Ok(());
         }
         if let Some(init) = &self.recipe.model.init {
+            if is_exported_model(init) {
+                let p = init.join("model.safetensors");
+                objective.init_from_export(&load_tensors(&p, device)?, &p.display().to_string())?;
+                observer.event(&Event::Initialised {
+                    part: InitPart::Model,
+                    from: init,
+                })?;
+                return self.init_vision(objective, device, observer);
+            }
             let (_, ckpt) = resolve_checkpoint(init)?;
             let p = ckpt.join("model.safetensors");
             objective.init_from(&load_tensors(&p, device)?, &p.display().to_string())?;
@@ -213,6 +222,16 @@ impl Run {
                 from: &ckpt,
             })?;
         }
+        self.init_vision(objective, device, observer)
+    }
+
+    /// `model.init_vision`, after `model.init`.
+    fn init_vision<O: Objective>(
+        &self,
+        objective: &mut O,
+        device: &Device,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
         if let Some(init) = &self.recipe.model.init_vision {
             let ckpt = init_vision(objective, init, device)?;
             observer.event(&Event::Initialised {

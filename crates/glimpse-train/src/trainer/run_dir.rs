@@ -77,13 +77,29 @@ pub(super) fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Whether `path` is an exported model directory (`glimpse export`'s output, or any
+/// Hugging Face directory with `config.json` and `model.safetensors`) rather than a
+/// training run or checkpoint.
+pub(crate) fn is_exported_model(path: &Path) -> bool {
+    path.join("config.json").is_file()
+        && path.join("model.safetensors").is_file()
+        && !path.join("trainer.json").is_file()
+        && !path.join("checkpoints").exists()
+}
+
 /// Writes `OUT/model/` for a new run: tokenizer (built or copied), the config with the
-/// tokenizer's vocabulary size and special ids, and the preprocessor config.
+/// tokenizer's vocabulary size and special ids, and the preprocessor config. A run
+/// that starts from another run (`blip_vqa`) or from an exported BLIP model (`blip`)
+/// takes that model's tokenizer, preprocessor and config.
 pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io_ctx(dir, e))?;
-    if let (ModelKind::BlipVqa, Some(init)) = (recipe.model.kind, &recipe.model.init) {
-        let (run, _) = resolve_checkpoint(init)?;
-        let src = run.join("model");
+    let kind = recipe.model.kind;
+    let from = match (kind, &recipe.model.init) {
+        (ModelKind::Blip, Some(init)) if is_exported_model(init) => Some(init.clone()),
+        (ModelKind::BlipVqa, Some(init)) => Some(resolve_checkpoint(init)?.0.join("model")),
+        _ => None,
+    };
+    if let Some(src) = from {
         for f in [
             "tokenizer.json",
             "tokenizer_config.json",
@@ -98,7 +114,24 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
             }
         }
         let mut config: Value = read_json(&dir.join("config.json"))?;
-        config["architectures"] = serde_json::json!(["BlipForQuestionAnswering"]);
+        let arch = if kind == ModelKind::Blip {
+            "BlipForImageTextRetrieval"
+        } else {
+            "BlipForQuestionAnswering"
+        };
+        config["architectures"] = serde_json::json!([arch]);
+        let mpe = config["text_config"]["max_position_embeddings"]
+            .as_u64()
+            .unwrap_or(512) as usize;
+        let max_len = recipe.data.max_text_len;
+        if mpe < max_len {
+            return Err(Error::Recipe {
+                path: src.join("config.json"),
+                message: format!(
+                    "text_config.max_position_embeddings = {mpe} is below data.max_text_len = {max_len}"
+                ),
+            });
+        }
         return write_json(&dir.join("config.json"), &config);
     }
     if recipe.model.kind == ModelKind::Lm {
