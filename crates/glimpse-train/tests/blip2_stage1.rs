@@ -17,7 +17,7 @@ use glimpse_train::blip2::{load_start, stage1, Blip2Stage1, FROZEN_PREFIX};
 use glimpse_train::optim::{AdamW, AdamWConfig};
 use glimpse_train::params::{init_weights, sorted_vars};
 use glimpse_train::trainer::{
-    encode_texts, resolve_checkpoint, train_observed, Event, TrainOptions,
+    encode_texts, resolve_checkpoint, train, train_observed, Event, TrainOptions,
 };
 use glimpse_train::vocab;
 
@@ -223,16 +223,8 @@ fn dataset(root: &Path) -> PathBuf {
     out
 }
 
-#[test]
-fn tiny_run_states_parameters_keeps_the_tower_and_exports_a_retrieval_model() {
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path();
-    let blip = root.join("blip");
-    let v = tiny_blip(&blip);
-    let data = dataset(root);
-    let cfg_path = root.join("stage1.json");
-    std::fs::write(&cfg_path, stage1_config(v)).unwrap();
-    let recipe = root.join("stage1.toml");
+fn stage1_recipe(root: &Path, blip: &Path, data: &Path, cfg_path: &Path, out: &str) -> PathBuf {
+    let recipe = root.join(format!("{out}.toml"));
     std::fs::write(
         &recipe,
         format!(
@@ -251,20 +243,35 @@ workers = 1
 batch_size = 8
 max_steps = 4
 lr = 1e-3
+[loss]
+learn_temp = true
 [run]
 out = "{out}"
 log_every = 1
 val_samples = 8
-checkpoint_every = 4
+checkpoint_every = 2
 "#,
             cfg = cfg_path.display(),
             blip = blip.display(),
             train = data.join("train").display(),
             val = data.join("val").display(),
-            out = root.join("run").display(),
+            out = root.join(out).display(),
         ),
     )
     .unwrap();
+    recipe
+}
+
+#[test]
+fn tiny_run_states_parameters_keeps_the_tower_and_exports_a_retrieval_model() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let blip = root.join("blip");
+    let v = tiny_blip(&blip);
+    let data = dataset(root);
+    let cfg_path = root.join("stage1.json");
+    std::fs::write(&cfg_path, stage1_config(v)).unwrap();
+    let recipe = stage1_recipe(root, &blip, &data, &cfg_path, "run");
     let mut counts = None;
     let mut validation = None;
     let report = train_observed(
@@ -283,6 +290,29 @@ checkpoint_every = 4
     )
     .unwrap();
     assert_eq!(report.steps, 4);
+
+    // Killed after 3 updates (checkpoint at 2) and resumed: the same weights and
+    // optimizer state, bit for bit (the ITM negatives are drawn from the update's seed).
+    let cut = stage1_recipe(root, &blip, &data, &cfg_path, "cut");
+    let stopped = train(&TrainOptions {
+        recipe: Some(cut),
+        stop_after: Some(3),
+        ..TrainOptions::default()
+    })
+    .unwrap();
+    assert_eq!(stopped.steps, 3);
+    let resumed = train(&TrainOptions {
+        resume: Some(root.join("cut")),
+        ..TrainOptions::default()
+    })
+    .unwrap();
+    assert_eq!(resumed.steps, 4);
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let read = |run: &str| {
+            std::fs::read(root.join(run).join("checkpoints/step-00000004").join(f)).unwrap()
+        };
+        assert!(read("run") == read("cut"), "{f} differs after the resume");
+    }
     let (trainable, total) = counts.expect("the run states its parameter counts");
     let blip_tensors =
         candle_core::safetensors::load(blip.join("model.safetensors"), &Device::Cpu).unwrap();
