@@ -212,7 +212,7 @@ impl Objective for Blip2Stage1Objective {
         let frozen_temp = !self.model.loss_cfg.learn_temp;
         sorted_vars(self.vars())
             .into_iter()
-            .filter(|(n, _)| !n.starts_with(FROZEN_PREFIX) && !(frozen_temp && n == "temp"))
+            .filter(|(n, _)| !(n.starts_with(FROZEN_PREFIX) || frozen_temp && n == "temp"))
             .collect()
     }
 }

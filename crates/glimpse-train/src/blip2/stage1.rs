@@ -399,15 +399,16 @@ mod tests {
         let rows = m.squeeze(1).unwrap().to_vec3::<f32>().unwrap();
         let keep = |v: f32| u8::from(v == 0.0);
         // Sample 0: its last text token is padding, hidden as a key from every row.
-        for i in 0..5 {
-            let got: Vec<u8> = rows[0][i].iter().map(|&v| keep(v)).collect();
-            let mut want = itg_pattern(2, 3)[i].clone();
+        let pattern = itg_pattern(2, 3);
+        for (i, (row, want)) in rows[0].iter().zip(&pattern).enumerate() {
+            let got: Vec<u8> = row.iter().map(|&v| keep(v)).collect();
+            let mut want = want.clone();
             want[4] = 0;
             assert_eq!(got, want, "row {i}");
         }
-        for i in 0..5 {
-            let got: Vec<u8> = rows[1][i].iter().map(|&v| keep(v)).collect();
-            assert_eq!(got, itg_pattern(2, 3)[i], "row {i}");
+        for (i, (row, want)) in rows[1].iter().zip(&pattern).enumerate() {
+            let got: Vec<u8> = row.iter().map(|&v| keep(v)).collect();
+            assert_eq!(&got, want, "row {i}");
         }
         assert!(
             rows[0][0][2] <= -1e30,
