@@ -810,7 +810,7 @@ fn read_by_lm(name: &str) -> bool {
 
 /// `softmax(sim) + 1e-4` with the diagonal zeroed, row by row (BLIP's weights for
 /// drawing hard negatives).
-fn negative_weights(sim: &Tensor) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn negative_weights(sim: &Tensor) -> Result<Vec<Vec<f32>>> {
     let w = candle_nn::ops::softmax(&sim.detach(), D::Minus1)?;
     let mut rows = (w + 1e-4)?.to_vec2::<f32>()?;
     for (i, r) in rows.iter_mut().enumerate() {

@@ -299,6 +299,20 @@ fn export_into(run: &Path, out: &Path) -> Result<Vec<Exported>> {
                 &[("generation_config.json", gen)],
             )?])
         }
+        ModelKind::Blip2Stage1 => {
+            let cfg: glimpse_models::blip2::Blip2Config =
+                serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let m = crate::blip2::Blip2Stage1::new(&cfg, recipe.loss, 0, &device)?;
+            load_into(&m.vars.map, &weights, &origin)?;
+            Ok(vec![write_model(
+                out,
+                &model_dir,
+                &config,
+                "Blip2ForImageTextRetrieval",
+                m.retrieval_tensors()?,
+                &[],
+            )?])
+        }
         ModelKind::Blip => {
             let cfg: BlipConfig =
                 serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;

@@ -1,10 +1,11 @@
 //! Training for Glimpse: losses, the AdamW optimizer and its schedule, CLIP and BLIP
-//! pretraining, text-only language models, checkpoints that resume bitwise, export to
+//! pretraining, BLIP-2 stage 1, text-only language models, checkpoints that resume bitwise, export to
 //! Hugging Face directories.
 //! Evaluation lives in `glimpse-eval`, the synthetic world in `glimpse-synth`.
 
 pub mod attributes;
 pub mod blip;
+pub mod blip2;
 pub mod clip;
 pub mod corpus;
 mod error;

@@ -24,6 +24,10 @@ pub enum ModelKind {
     /// A text-only causal language model (OPT or LLaMA layout, from the config's
     /// `model_type`) on a JSONL corpus (see [`crate::lm`], [`crate::corpus`]).
     Lm,
+    /// BLIP-2 stage 1: Q-Former representation learning (ITC + ITM + ITG) from a
+    /// frozen image encoder (see [`crate::blip2`]); exported as
+    /// `Blip2ForImageTextRetrieval`.
+    Blip2Stage1,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +60,13 @@ pub struct ModelSection {
     /// plus content together, learned shapes with 0.25 (see the README).
     #[serde(default = "one_f64")]
     pub position_init_scale: f64,
+    /// `blip2_stage1` only: the frozen image encoder, the `vision_model.*` of this
+    /// BLIP model directory (e.g. `models/blip-synth/retrieval`).
+    pub vision_from: Option<PathBuf>,
+    /// `blip2_stage1` only: start the Q-Former from the BERT-layout text encoder of
+    /// this `BlipForImageTextRetrieval` directory; without it the Q-Former starts
+    /// random.
+    pub qformer_from: Option<PathBuf>,
 }
 
 fn default_init_std() -> f64 {
@@ -348,6 +359,30 @@ impl Recipe {
                 return bad("data.caption_prompt is empty; leave it out for no prompt".into());
             }
         }
+        if kind == ModelKind::Blip2Stage1 {
+            if self.model.vision_from.is_none() {
+                return bad(
+                    "blip2_stage1 needs model.vision_from (a BLIP model directory whose vision tower is frozen)"
+                        .into(),
+                );
+            }
+            if self.model.init.is_some() || self.loss.hard_negative_captions {
+                return bad(
+                    "model.init and loss.hard_negative_captions do not apply to blip2_stage1"
+                        .into(),
+                );
+            }
+            if o.batch_size < 2 {
+                return bad(
+                    "blip2_stage1 needs optim.batch_size of at least 2 (in-batch negatives)".into(),
+                );
+            }
+        } else if self.model.vision_from.is_some() || self.model.qformer_from.is_some() {
+            return bad(
+                "model.vision_from and model.qformer_from apply to blip2_stage1 recipes only"
+                    .into(),
+            );
+        }
         let run = &self.run;
         for (key, v) in [
             ("run.checkpoint_every", run.checkpoint_every),
@@ -537,6 +572,39 @@ out = "runs/x"
             .to_string();
             assert!(e.contains("data.caption_prompt"), "{kind}: {e}");
         }
+    }
+
+    #[test]
+    fn blip2_stage1_needs_a_frozen_tower_and_owns_its_fields() {
+        let stage1 = MIN.replace("kind = \"blip\"", "kind = \"blip2_stage1\"");
+        let e = Recipe::from_toml(&stage1, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.vision_from"), "{e}");
+        let with_tower = stage1.replace(
+            "config = \"c.json\"",
+            "config = \"c.json\"\nvision_from = \"m/blip\"\nqformer_from = \"m/blip\"",
+        );
+        let r = Recipe::from_toml(&with_tower, Path::new("r.toml")).unwrap();
+        assert_eq!(r.model.kind, ModelKind::Blip2Stage1);
+        assert_eq!(r.model.qformer_from, Some(PathBuf::from("m/blip")));
+        let e = Recipe::from_toml(
+            &with_tower.replace("batch_size = 8", "batch_size = 1"),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("optim.batch_size"), "{e}");
+        let e = Recipe::from_toml(
+            &MIN.replace(
+                "config = \"c.json\"",
+                "config = \"c.json\"\nqformer_from = \"m/blip\"",
+            ),
+            Path::new("r.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("qformer_from"), "{e}");
     }
 
     #[test]

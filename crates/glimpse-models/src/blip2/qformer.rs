@@ -193,24 +193,43 @@ impl Blip2QFormerModel {
         train: bool,
     ) -> Result<Tensor> {
         let (b, n, _) = embeds.dims3()?;
+        let mask = match attention_mask {
+            Some(m) => {
+                if m.dims() != [b, n] {
+                    bail!("attention_mask is {:?}, expected [{b}, {n}]", m.dims());
+                }
+                AttnMask::additive(padding_mask(m, self.dtype())?) // [b, 1, 1, n]
+            }
+            None => AttnMask::none(),
+        };
+        self.forward_masked(embeds, query_length, &mask, image, train)
+    }
+
+    /// [`Self::forward`] with any self-attention mask, e.g. stage-1 training's
+    /// multimodal causal mask (queries see queries, text sees the queries and earlier
+    /// text), which a 0/1 padding mask cannot express.
+    ///
+    /// # Shapes
+    /// * `embeds`: `[batch, n, hidden]`; `mask` broadcastable to `[batch, heads, n, n]`
+    /// * returns `[batch, n, hidden]`
+    pub fn forward_masked(
+        &self,
+        embeds: &Tensor,
+        query_length: usize,
+        mask: &AttnMask,
+        image: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let n = embeds.dim(1)?;
         if query_length > n {
             bail!("query_length {query_length} exceeds the sequence length {n}");
         }
         let dtype = self.dtype();
         let xs = self.layernorm.forward(&embeds.to_dtype(dtype)?, train)?; // [b, n, d]
         let mut xs = dropout(&xs, self.dropout, train)?;
-        let mask = match attention_mask {
-            Some(m) => {
-                if m.dims() != [b, n] {
-                    bail!("attention_mask is {:?}, expected [{b}, {n}]", m.dims());
-                }
-                AttnMask::additive(padding_mask(m, dtype)?) // [b, 1, 1, n]
-            }
-            None => AttnMask::none(),
-        };
         let image = image.map(|i| i.to_dtype(dtype)).transpose()?; // [b, m, dv]
         for layer in &self.layer {
-            xs = layer.forward(&xs, &mask, image.as_ref(), query_length, train)?;
+            xs = layer.forward(&xs, mask, image.as_ref(), query_length, train)?;
             // [b, n, d]
         }
         Ok(xs)

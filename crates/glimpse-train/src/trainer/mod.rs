@@ -2,7 +2,8 @@
 //! cosine, clipping and accumulation; periodic validation, checkpoints that hold
 //! weights, optimizer state, the objective's own state and the data position; progress
 //! as [`Event`]s to an [`Observer`]; and `--resume`, which continues a killed run to
-//! the same weights, bit for bit on CPU.
+//! the same weights, bit for bit on CPU. Each run states its trainable and total
+//! parameter counts ([`Event::Parameters`]).
 //!
 //! Why the resume is exact: every random draw (initial weights, caption choice, ITM
 //! negatives) is a pure function of (seed, step or epoch, sample key); the data order
@@ -29,6 +30,7 @@ use serde_json::Value;
 
 use crate::attributes::AttributesObjective;
 use crate::blip::BlipObjective;
+use crate::blip2::Blip2Stage1Objective;
 use crate::clip::ClipObjective;
 use crate::lm::LmObjective;
 use crate::objective::{scalar, Objective, Split, Step};
@@ -121,6 +123,10 @@ pub fn train_observed(opts: &TrainOptions, observer: &mut dyn Observer) -> Resul
         }
         ModelKind::Lm => {
             let o = LmObjective::new(r, inputs)?;
+            run.train(o, opts, observer)
+        }
+        ModelKind::Blip2Stage1 => {
+            let o = Blip2Stage1Objective::new(r, inputs)?;
             run.train(o, opts, observer)
         }
     }
@@ -320,6 +326,11 @@ impl Run {
             state = read_json(&ckpt.join("trainer.json"))?;
             state.total_steps = total_steps;
         }
+        let count = |v: &[(String, candle_core::Var)]| v.iter().map(|(_, v)| v.elem_count()).sum();
+        observer.event(&Event::Parameters {
+            trainable: count(&objective.trainable()),
+            total: count(&crate::params::sorted_vars(objective.vars())),
+        })?;
         observer.event(&Event::Started {
             out: &self.out,
             recipe,

@@ -23,6 +23,9 @@ use crate::{Error, Result};
 pub enum Event<'a> {
     /// Weights were copied in from another run before the first update.
     Initialised { part: InitPart, from: &'a Path },
+    /// The parameters AdamW updates and all the model holds (frozen ones included),
+    /// sent once per process before `Started`.
+    Parameters { trainable: usize, total: usize },
     /// The loop is about to run its first update in this process.
     Started {
         out: &'a Path,
@@ -125,6 +128,10 @@ impl Observer for RunLog {
                     eprintln!("vision tower initialised from {}", from.display())
                 }
             },
+            Event::Parameters { trainable, total } => eprintln!(
+                "parameters: {trainable} trainable of {total} ({:.1}%)",
+                100.0 * *trainable as f64 / (*total).max(1) as f64
+            ),
             Event::Started {
                 out,
                 recipe,

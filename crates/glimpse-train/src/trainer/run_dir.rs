@@ -137,6 +137,9 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     if recipe.model.kind == ModelKind::Lm {
         return prepare_lm_dir(recipe, dir);
     }
+    if recipe.model.kind == ModelKind::Blip2Stage1 {
+        return prepare_blip2_dir(recipe, dir);
+    }
     let max_len = recipe.data.max_text_len;
     let vocab_size = match &recipe.data.tokenizer {
         Some(path) => {
@@ -195,6 +198,7 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         // CLIP run with `model.init_vision`, not exported on its own.
         ModelKind::VisionAttributes => "GlimpseVisionAttributes",
         ModelKind::Lm => unreachable!("prepare_lm_dir"),
+        ModelKind::Blip2Stage1 => unreachable!("prepare_blip2_dir"),
     };
     let mpe = text
         .get("max_position_embeddings")
@@ -274,6 +278,50 @@ fn prepare_lm_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     write_json(&dir.join("config.json"), &config)
 }
 
+/// `OUT/model/` of a BLIP-2 stage-1 run: the tokenizer of `data.tokenizer`, else of
+/// `model.qformer_from` or `model.vision_from` (the Q-Former's word embeddings come
+/// from there), the recipe's `Blip2Config` with the tokenizer's vocabulary size and
+/// pad id, and the BLIP image processor.
+fn prepare_blip2_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
+    let m = &recipe.model;
+    let src = match (&recipe.data.tokenizer, &m.qformer_from, &m.vision_from) {
+        (Some(t), _, _) => t.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        (None, Some(q), _) => q.clone(),
+        (None, None, Some(v)) => v.clone(),
+        (None, None, None) => unreachable!("validated: vision_from is required"),
+    };
+    copy_tokenizer(&src, dir)?;
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let cfg_path = &recipe.model.config;
+    let mut config: Value = read_json(cfg_path)?;
+    let q = config
+        .get_mut("qformer_config")
+        .and_then(|t| t.as_object_mut())
+        .ok_or_else(|| Error::io_ctx(cfg_path, "no qformer_config object"))?;
+    q.insert("vocab_size".into(), tok.vocab_size().into());
+    q.insert("pad_token_id".into(), tok.pad_id().into());
+    let mpe = q
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(512) as usize;
+    if mpe < recipe.data.max_text_len {
+        return Err(Error::Recipe {
+            path: cfg_path.clone(),
+            message: format!(
+                "qformer_config.max_position_embeddings = {mpe} is below data.max_text_len = {}",
+                recipe.data.max_text_len
+            ),
+        });
+    }
+    config["architectures"] = serde_json::json!(["Blip2ForImageTextRetrieval"]);
+    write_json(&dir.join("config.json"), &config)?;
+    let size = image_size_of(recipe.model.kind, &config)?;
+    write_json(
+        &dir.join("preprocessor_config.json"),
+        &preprocessor_json(ModelKind::Blip2Stage1, size),
+    )
+}
+
 /// Copies the tokenizer files of `src_dir` into `dir`.
 fn copy_tokenizer(src_dir: &Path, dir: &Path) -> Result<()> {
     for f in [
@@ -303,7 +351,11 @@ pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
             "do_normalize": true, "image_mean": mean, "image_std": std,
             "do_convert_rgb": true,
         }),
-        ModelKind::Blip | ModelKind::BlipVqa | ModelKind::VisionAttributes | ModelKind::Lm => {
+        ModelKind::Blip
+        | ModelKind::BlipVqa
+        | ModelKind::VisionAttributes
+        | ModelKind::Lm
+        | ModelKind::Blip2Stage1 => {
             serde_json::json!({
                 "image_processor_type": "BlipImageProcessor",
                 "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
