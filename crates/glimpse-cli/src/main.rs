@@ -53,13 +53,18 @@ fn main() -> ExitCode {
     // Before any thread starts: keep tensor buffers on the heap (see the module).
     glimpse_models::allocator::tune_for_tensors();
     fix_thread_count();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GLIMPSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `GLIMPSE_LOG` filters (e.g. `info` for a line per server request);
+    // `GLIMPSE_LOG_FORMAT=json` writes one JSON object per line for log collectors.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLIMPSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("GLIMPSE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     output::exit_on_print_panics();
     let cli = cli::Cli::parse();
     match on_pool(move || commands::run(cli)).and_then(|()| output::flush()) {
