@@ -209,6 +209,16 @@ pub trait Conversation {
 
     /// Number of positions held in the cache.
     fn cached_len(&self) -> usize;
+
+    /// Adds an earlier exchange without generating: `user` and the reply `assistant`
+    /// gave then (a client that replays its conversation). The next turn sees them as
+    /// context. The default refuses: a family says so when it cannot.
+    fn push_turn(&mut self, _user: &str, _assistant: &str) -> Result<()> {
+        Err(crate::Error::Model {
+            model: "chat".into(),
+            msg: "this model cannot take earlier turns".into(),
+        })
+    }
 }
 
 /// Quantising a language model's weights for decoding.

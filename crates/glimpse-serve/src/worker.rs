@@ -44,6 +44,8 @@ pub enum Task {
     Chat {
         image: RgbImage,
         system: Option<String>,
+        /// Earlier (user, assistant) exchanges, replayed as context.
+        history: Vec<(String, String)>,
         user: String,
         gen: GenerationConfig,
     },
@@ -502,11 +504,15 @@ fn run_single(pipeline: &Pipeline, job: &Job) -> glimpse_models::Result<Output> 
         Task::Chat {
             image,
             system,
+            history,
             user,
             gen,
         } => {
             let pixels = pipeline.pixel_values(std::slice::from_ref(image))?;
             let mut chat = pipeline.start_chat(&pixels, system.as_deref())?;
+            for (u, a) in history {
+                chat.push_turn(u, a)?;
+            }
             let mut on_token = |t: u32| match &stream {
                 Some(s) => s.send(t).is_ok(),
                 None => true,

@@ -449,3 +449,56 @@ async fn a_stop_string_across_streamed_pieces_cuts_the_stream_where_it_cuts_the_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llava_replays_earlier_turns_as_its_own_conversation_would_hold_them() {
+    let state = state_with(|c| {
+        c.models = vec![glimpse_serve::ModelSpec {
+            source: repo("tools/fixtures/llava"),
+            id: Some("llava-tiny".into()),
+        }];
+    });
+    let path = repo("examples/images/cat.png");
+    let image = glimpse_data::load_image(std::path::Path::new(&path)).unwrap();
+    let llava = Pipeline::load(&repo("tools/fixtures/llava"), &candle_core::Device::Cpu).unwrap();
+    let g = llava.generation_config(glimpse_generate::GenerationConfig {
+        max_new_tokens: 8,
+        top_k: 0,
+        ..Default::default()
+    });
+    let pixels = llava.pixel_values(std::slice::from_ref(&image)).unwrap();
+    let mut chat = llava.start_chat(&pixels, Some("Be brief.")).unwrap();
+    let first = chat.send("What is in the picture?", &g).unwrap();
+    let second = chat.send("What colour is it?", &g).unwrap();
+    assert!(!second.token_ids.is_empty(), "{second:?}");
+
+    use base64::Engine;
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&path).unwrap())
+    );
+    let body = json!({
+        "model": "llava-tiny",
+        "max_tokens": 8,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is in the picture?"}]},
+            {"role": "assistant", "content": first.answer},
+            {"role": "user", "content": "What colour is it?"}
+        ]
+    });
+    let r = post(&state, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        second.answer.as_str()
+    );
+    assert_eq!(r.json()["usage"]["prompt_tokens"], second.input_ids.len());
+
+    // Turns that do not alternate are refused, naming the message.
+    let mut bad = body;
+    bad["messages"][2] = json!({"role": "user", "content": "again?"});
+    let r = post(&state, "/v1/chat/completions", bad).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.message().contains("messages[1]"), "{}", r.message());
+}

@@ -159,6 +159,21 @@ impl<'m> ChatSession<'m> {
         })
     }
 
+    /// Adds an exchange that happened elsewhere (a replayed conversation): no
+    /// generation; the next turn renders it and runs its ids as part of the prompt.
+    pub fn push_turn(&mut self, user: &str, assistant: &str) -> Result<()> {
+        if user.trim().is_empty() {
+            return Err(Error::Model {
+                model: "llava chat".into(),
+                msg: "empty message in an earlier turn".into(),
+            });
+        }
+        let first = !self.messages.iter().any(|m| m.role == Role::User);
+        self.messages.push(ChatMessage::user(user, first));
+        self.messages.push(ChatMessage::assistant(assistant));
+        Ok(())
+    }
+
     /// An empty cache that will splice the image into the next step's image tokens.
     fn reset(&mut self) {
         self.cache = self.model.new_cache(Some(&self.image_features));
@@ -182,5 +197,9 @@ impl Conversation for ChatSession<'_> {
 
     fn cached_len(&self) -> usize {
         ChatSession::cached_len(self)
+    }
+
+    fn push_turn(&mut self, user: &str, assistant: &str) -> Result<()> {
+        ChatSession::push_turn(self, user, assistant)
     }
 }

@@ -2,13 +2,13 @@
 //! `/v1/embeddings` (texts, and images as `data:` URLs), `/v1/models`.
 //!
 //! Field names are the official API's. What a family does with a chat:
-//! - LLaVA (chat): the system message and the last user turn, one image.
+//! - LLaVA (chat): the system message, the earlier exchanges and the last user turn
+//!   about one image.
 //! - BLIP VQA, BLIP-2 (answer): the last user text is the question about the image.
 //! - BLIP captioning (caption): the last user text, if any, starts the caption.
 //!
-//! Earlier turns are context these models cannot use: they are ignored for BLIP and
-//! BLIP-2 (which have no memory), and refused for LLaVA (replaying assistant turns is
-//! not built), rather than silently dropped.
+//! Earlier turns are replayed into LLaVA's conversation as context (no generation);
+//! BLIP and BLIP-2 have no memory, so they answer the last user turn alone.
 
 use std::convert::Infallible;
 
@@ -201,14 +201,27 @@ fn prepare_chat(state: &SharedState, req: ChatRequest) -> ApiResult<ChatWork> {
     }
     let mut system = Vec::new();
     let mut images = Vec::new();
-    let mut last_user = None;
-    let mut assistant_turns = 0;
+    let mut last_user: Option<(usize, String)> = None;
+    // Earlier exchanges (a user turn and the assistant's reply), in order; a user turn
+    // that no reply follows is an error only for models that take history.
+    let mut history = Vec::new();
+    let mut unanswered = None;
     for (i, m) in req.messages.iter().enumerate() {
         let text = text_of(&m.content, i, &mut images);
         match m.role.as_str() {
             "system" | "developer" => system.push(text),
-            "user" => last_user = Some((i, text)),
-            "assistant" => assistant_turns += 1,
+            "user" => {
+                if let Some((j, _)) = &last_user {
+                    unanswered.get_or_insert(*j);
+                }
+                last_user = Some((i, text));
+            }
+            "assistant" => match last_user.take() {
+                Some((_, u)) => history.push((u, text)),
+                None => {
+                    unanswered.get_or_insert(i);
+                }
+            },
             other => {
                 return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
@@ -273,11 +286,10 @@ fn prepare_chat(state: &SharedState, req: ChatRequest) -> ApiResult<ChatWork> {
     let system = (!system.is_empty()).then(|| system.join("\n"));
     let mut prefix = Vec::new();
     let task = if model.can(Capability::Chat) {
-        if assistant_turns > 0 {
+        if let Some(i) = unanswered {
             return Err(ApiError::invalid(
-                "messages",
-                "earlier assistant turns cannot be replayed into this model yet; send the \
-                 system message and one user turn",
+                &format!("messages[{i}]"),
+                "earlier turns must alternate: each user message answered by one assistant message",
             ));
         }
         if user_text.trim().is_empty() {
@@ -289,6 +301,7 @@ fn prepare_chat(state: &SharedState, req: ChatRequest) -> ApiResult<ChatWork> {
         Task::Chat {
             image,
             system,
+            history,
             user: user_text,
             gen: gen.clone(),
         }
