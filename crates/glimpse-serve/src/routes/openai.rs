@@ -538,6 +538,11 @@ fn stream_chat(work: ChatWork, id: String, include_usage: bool) -> ApiResult<Res
                             ))
                             .await;
                         }
+                    } else {
+                        tracing::warn!(
+                            model = %model.id,
+                            "the streamed text {emitted:?} is not a prefix of the answer {full:?}"
+                        );
                     }
                 }
                 let finish = finish_reason(&out.token_ids, &gen, stopped);
