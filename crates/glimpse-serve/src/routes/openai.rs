@@ -206,17 +206,20 @@ fn prepare_chat(state: &SharedState, req: ChatRequest) -> ApiResult<ChatWork> {
     // that no reply follows is an error only for models that take history.
     let mut history = Vec::new();
     let mut unanswered = None;
+    // The user message waiting for its reply.
+    let mut open: Option<(usize, String)> = None;
     for (i, m) in req.messages.iter().enumerate() {
         let text = text_of(&m.content, i, &mut images);
         match m.role.as_str() {
             "system" | "developer" => system.push(text),
             "user" => {
-                if let Some((j, _)) = &last_user {
+                if let Some((j, _)) = &open {
                     unanswered.get_or_insert(*j);
                 }
+                open = Some((i, text.clone()));
                 last_user = Some((i, text));
             }
-            "assistant" => match last_user.take() {
+            "assistant" => match open.take() {
                 Some((_, u)) => history.push((u, text)),
                 None => {
                     unanswered.get_or_insert(i);
