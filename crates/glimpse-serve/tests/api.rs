@@ -502,3 +502,49 @@ async fn llava_replays_earlier_turns_as_its_own_conversation_would_hold_them() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.message().contains("messages[1]"), "{}", r.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blip2_answers_stream_token_by_token_and_equal_the_whole_answer() {
+    let state = state_with(|c| {
+        c.models = vec![glimpse_serve::ModelSpec {
+            source: repo("tools/fixtures/blip2_opt"),
+            id: Some("blip2-tiny".into()),
+        }];
+    });
+    let blip2 = pipeline("tools/fixtures/blip2_opt");
+    let image = glimpse_data::load_image(std::path::Path::new(&image_path("blue-circle"))).unwrap();
+    let g = blip2.generation_config(glimpse_generate::GenerationConfig {
+        max_new_tokens: 12,
+        top_k: 0,
+        ..Default::default()
+    });
+    let expected = blip2.ask(&image, "what is it?", &g).unwrap();
+    let mut body = chat_body("blip2-tiny", "what is it?", &data_url("blue-circle"));
+    body["max_tokens"] = json!(12);
+    let whole = post(&state, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert_eq!(
+        whole.json()["choices"][0]["message"]["content"],
+        expected.text.as_str()
+    );
+    body["stream"] = json!(true);
+    let r = post(&state, "/v1/chat/completions", body).await;
+    let pieces: Vec<String> = sse_data(&r.text())
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    assert_eq!(pieces.concat(), expected.text);
+    assert!(
+        expected.token_ids.len() > 3 && pieces.len() > 1,
+        "{} tokens in {} pieces: {pieces:?}",
+        expected.token_ids.len(),
+        pieces.len()
+    );
+}

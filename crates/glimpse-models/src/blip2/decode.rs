@@ -147,6 +147,17 @@ impl Blip2ForConditionalGeneration {
         prompt_ids: Option<&[u32]>,
         gen: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>> {
+        self.generate_with(pixel_values, prompt_ids, gen, None)
+    }
+
+    /// [`Self::generate`], streaming each step to `on_step` when given.
+    pub fn generate_with(
+        &self,
+        pixel_values: &Tensor,
+        prompt_ids: Option<&[u32]>,
+        gen: &GenerationConfig,
+        on_step: Option<crate::capability::OnStep<'_>>,
+    ) -> Result<Vec<Vec<u32>>> {
         let ids = match prompt_ids {
             Some(p) => self.processor_ids(p),
             None => self.start_ids()?,
@@ -159,7 +170,7 @@ impl Blip2ForConditionalGeneration {
             .repeat((b, 1))?; // [b, t]
         let mut cache = self.new_cache(pixel_values, &ids, None)?;
         let prompt = self.decoder_prompt(&ids)?;
-        super::run_generate(self, &mut cache, &prompt, gen)
+        super::run_generate(self, &mut cache, &prompt, gen, on_step)
     }
 }
 

@@ -45,14 +45,20 @@ use crate::capability::{
 use crate::registry::{Architecture, Registration};
 use crate::Result;
 
-/// Runs the shared decoding loop; its errors become model errors.
+/// Runs the shared decoding loop (streaming when `on_step` is given); its errors
+/// become model errors.
 fn run_generate<M: glimpse_generate::Decoder>(
     model: &M,
     cache: &mut M::Cache,
     prompt: &candle_core::Tensor,
     gen: &glimpse_generate::GenerationConfig,
+    on_step: Option<crate::capability::OnStep<'_>>,
 ) -> crate::Result<Vec<Vec<u32>>> {
-    glimpse_generate::generate(model, cache, prompt, gen).map_err(|e| match e {
+    let out = match on_step {
+        Some(f) => glimpse_generate::generate_stream(model, cache, prompt, gen, f),
+        None => glimpse_generate::generate(model, cache, prompt, gen),
+    };
+    out.map_err(|e| match e {
         glimpse_generate::GenerateError::Candle(e) => crate::Error::Candle(e),
         other => crate::Error::Model {
             model: "blip-2 generate".into(),
@@ -131,6 +137,23 @@ impl Caption for Blip2ForConditionalGeneration {
     }
 }
 
+impl Blip2ForConditionalGeneration {
+    fn answer_with(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        question: &str,
+        gen: &GenerationConfig,
+        on_step: Option<crate::capability::OnStep<'_>>,
+    ) -> Result<Generated> {
+        let prompt = tokenizer.encode(&vqa_prompt(question.trim()), true)?;
+        let ids = self.generate_with(pixel_values, Some(&prompt), gen, on_step)?;
+        let mut answer = decode_all(tokenizer, ids)?.remove(0);
+        answer.text = answer.text.trim().to_string();
+        Ok(answer)
+    }
+}
+
 impl Answer for Blip2ForConditionalGeneration {
     /// The zero-shot VQA prompt "Question: {} Answer:".
     fn answer(
@@ -140,11 +163,18 @@ impl Answer for Blip2ForConditionalGeneration {
         question: &str,
         gen: &GenerationConfig,
     ) -> Result<Generated> {
-        let prompt = tokenizer.encode(&vqa_prompt(question.trim()), true)?;
-        let ids = self.generate(pixel_values, Some(&prompt), gen)?;
-        let mut answer = decode_all(tokenizer, ids)?.remove(0);
-        answer.text = answer.text.trim().to_string();
-        Ok(answer)
+        self.answer_with(tokenizer, pixel_values, question, gen, None)
+    }
+
+    fn answer_stream(
+        &self,
+        tokenizer: &TextTokenizer,
+        pixel_values: &Tensor,
+        question: &str,
+        gen: &GenerationConfig,
+        on_step: crate::capability::OnStep<'_>,
+    ) -> Option<Result<Generated>> {
+        Some(self.answer_with(tokenizer, pixel_values, question, gen, Some(on_step)))
     }
 }
 
