@@ -418,10 +418,7 @@ fn caption_batch(model: &str, pipeline: &Pipeline, mut jobs: Vec<Job>) {
         .collect();
     let streams: Vec<Option<mpsc::UnboundedSender<u32>>> =
         jobs.iter().map(|j| j.tokens.clone()).collect();
-    let prompt_tokens = prompt
-        .as_deref()
-        .and_then(|p| pipeline.tokenizer().encode(p, true).ok())
-        .map_or(1, |ids| ids.len());
+    let prompt_tokens = caption_prompt_tokens(pipeline, prompt.as_deref());
     let mut on_step = |step: &[Option<u32>]| {
         let mut listening = false;
         for (token, stream) in step.iter().zip(&streams) {
@@ -458,6 +455,13 @@ fn caption_batch(model: &str, pipeline: &Pipeline, mut jobs: Vec<Job>) {
     }
 }
 
+/// A caption's input ids for usage counts: its prompt's, or the start token alone.
+fn caption_prompt_tokens(pipeline: &Pipeline, prompt: Option<&str>) -> usize {
+    prompt
+        .and_then(|p| pipeline.tokenizer().encode(p, true).ok())
+        .map_or(1, |ids| ids.len())
+}
+
 fn run_single(pipeline: &Pipeline, job: &Job) -> glimpse_models::Result<Output> {
     let stream = job.tokens.clone();
     let mut on_step = |step: &[Option<u32>]| match (&stream, step.first()) {
@@ -477,10 +481,7 @@ fn run_single(pipeline: &Pipeline, job: &Job) -> glimpse_models::Result<Output> 
                 }
                 None => pipeline.caption(images, prompt.as_deref(), gen)?,
             };
-            let prompt_tokens = prompt
-                .as_deref()
-                .and_then(|p| pipeline.tokenizer().encode(p, true).ok())
-                .map_or(1, |ids| ids.len());
+            let prompt_tokens = caption_prompt_tokens(pipeline, prompt.as_deref());
             Output::Generated {
                 out: outs.remove(0),
                 prompt_tokens,

@@ -102,11 +102,13 @@ pub async fn caption(
     let image = image_for(&state, Some(&model), req.image, "image").await?;
     let gen = model.pipeline.generation_config(gen);
     let prompt = req.prompt.filter(|p| !p.trim().is_empty());
-    match model
-        .worker
-        .run(Task::Caption { image, prompt, gen })
-        .await?
-    {
+    generated(&model, Task::Caption { image, prompt, gen }).await
+}
+
+/// Runs a generating task on `model` and shapes its text as the caption and ask routes
+/// answer.
+async fn generated(model: &LoadedModel, task: Task) -> ApiResult<Json<GeneratedResponse>> {
+    match model.worker.run(task).await? {
         Output::Generated { out, .. } => Ok(Json(GeneratedResponse {
             model: model.id.clone(),
             text: out.text,
@@ -153,14 +155,7 @@ pub async fn ask(
         question: req.question,
         gen,
     };
-    match model.worker.run(task).await? {
-        Output::Generated { out, .. } => Ok(Json(GeneratedResponse {
-            model: model.id.clone(),
-            text: out.text,
-            token_ids: out.token_ids,
-        })),
-        _ => Err(model.worker.lost()),
-    }
+    generated(&model, task).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
