@@ -11,6 +11,7 @@
 //!   reproducible shuffle; [`tar`]: the shard reader and writer.
 //! - [`rng`]: SplitMix64, the one seeded generator of the workspace.
 
+pub mod atomic;
 pub mod dataset;
 mod error;
 mod image_io;

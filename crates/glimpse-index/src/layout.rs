@@ -70,11 +70,9 @@ pub struct IndexDir {
     pub manifest: Manifest,
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let tmp = tmp_name(path);
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("plain structs serialise");
-    fs::write(&tmp, text + "\n").map_err(Error::io(&tmp))?;
-    fs::rename(&tmp, path).map_err(Error::io(path))
+    glimpse_data::atomic::write(path, (text + "\n").as_bytes()).map_err(|(p, e)| Error::io(p)(e))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -82,14 +80,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
 }
 
-/// A sibling name unique to this process, for write-then-rename.
-pub(crate) fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
-}
+pub(crate) use glimpse_data::atomic::tmp_name;
 
 impl IndexDir {
     /// Opens `root`, or creates it for `manifest`; an existing index made with another

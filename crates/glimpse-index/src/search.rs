@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout::{tmp_name, IndexDir};
+use crate::layout::{write_json, IndexDir};
 use crate::meta::Record;
 use crate::npy::{read_npy, Matrix};
 
@@ -325,11 +325,7 @@ pub fn build_search(
             dump_graph(gt, &g, "text")?;
         }
     }
-    let p = state_path(dir);
-    let tmp = tmp_name(&p);
-    let text = serde_json::to_string_pretty(&state).expect("plain struct");
-    fs::write(&tmp, text).map_err(Error::io(&tmp))?;
-    fs::rename(&tmp, &p).map_err(Error::io(&p))?;
+    write_json(&state_path(dir), &state)?;
     if old_generation != state.generation {
         let stale = generation_dir(dir, old_generation);
         if stale.exists() {

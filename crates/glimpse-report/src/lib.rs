@@ -71,12 +71,13 @@ fn write_atomic(path: &Path, html: &str) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, html).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    if path.file_name().is_none() {
+        return Err(Error::Invalid(format!(
+            "{}: not a file path",
+            path.display()
+        )));
+    }
+    glimpse_data::atomic::write(path, html.as_bytes()).map_err(|(p, e)| Error::io(&p, e))
 }
 
 /// Writes the page of the runs in `dirs` to `out`, or to `RUN/report.html` when

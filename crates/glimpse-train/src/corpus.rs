@@ -13,7 +13,7 @@
 //! model reads but is not scored on (for prompt → completion data such as a planner's
 //! request → plan).
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use glimpse_data::dataset::{Example, LoaderStats};
@@ -177,12 +177,7 @@ pub fn write_world_corpus(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io_ctx(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io_ctx(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io_ctx(path, e))
+    glimpse_data::atomic::write(path, bytes).map_err(|(p, e)| Error::io_ctx(&p, e))
 }
 
 /// A JSONL corpus in memory: one object per line with a non-empty `text` string (and
