@@ -23,6 +23,7 @@
 mod beam;
 mod config;
 mod error;
+mod join;
 pub mod processors;
 mod search;
 mod step;
@@ -31,6 +32,7 @@ use candle_core::Tensor;
 
 pub use config::{EarlyStopping, GenerationConfig};
 pub use error::{GenerateError, Result};
+pub use join::{generate_joining, Joining, Rows};
 
 /// A language model that can be driven one step at a time.
 pub trait Decoder {
@@ -45,6 +47,14 @@ pub trait Decoder {
     /// Keeps cache rows `rows` (u32 indices into the batch, repeats allowed) in that
     /// order. Beam search uses it to expand a batch into beams and to follow beams.
     fn select_rows(&self, cache: &mut Self::Cache, rows: &Tensor) -> candle_core::Result<()>;
+
+    /// Puts `other`'s rows after `cache`'s rows: sequences prefilled on their own that
+    /// join a running batch ([`generate_joining`]). Each row must keep the logits it has
+    /// alone. Models that cannot say so.
+    fn join(&self, cache: &mut Self::Cache, other: Self::Cache) -> candle_core::Result<()> {
+        let _ = (cache, other);
+        candle_core::bail!("this model cannot add rows to a running batch")
+    }
 }
 
 /// Generates continuations of `prompt_ids` (`[batch, len]` u32, every row the same

@@ -270,6 +270,47 @@ impl KvCache {
         self.k = None;
         self.v = None;
     }
+
+    /// Drops the first `n` cached positions of every row (positions that every row
+    /// masks out, left behind by rows that left the batch).
+    pub fn drop_front(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            let len = k.dim(2)?;
+            self.k = Some(k.narrow(2, n, len - n)?.contiguous()?);
+            self.v = Some(v.narrow(2, n, len - n)?.contiguous()?);
+        }
+        Ok(())
+    }
+
+    /// Puts `other`'s rows after this cache's rows, first left-padding the shorter of
+    /// the two with zeros so that both hold `max(len)` positions (the caller masks the
+    /// padding out). Rows joining a running batch arrive this way.
+    pub fn stack(&mut self, other: &KvCache) -> Result<()> {
+        let (Some((ok, ov)), Some((k, v))) =
+            (other.get(), self.get().map(|(k, v)| (k.clone(), v.clone())))
+        else {
+            if self.is_empty() {
+                self.k = other.k.clone();
+                self.v = other.v.clone();
+            }
+            return Ok(());
+        };
+        let len = k.dim(2)?.max(ok.dim(2)?);
+        let pad = |t: &Tensor| -> Result<Tensor> {
+            let (b, h, n, d) = t.dims4()?;
+            if n == len {
+                return Ok(t.clone());
+            }
+            let zeros = Tensor::zeros((b, h, len - n, d), t.dtype(), t.device())?;
+            Tensor::cat(&[&zeros, t], 2)
+        };
+        self.k = Some(Tensor::cat(&[&pad(&k)?, &pad(ok)?], 0)?);
+        self.v = Some(Tensor::cat(&[&pad(&v)?, &pad(ov)?], 0)?);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

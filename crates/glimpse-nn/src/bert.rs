@@ -101,6 +101,34 @@ impl BertEmbeddings {
         let xs = self.layer_norm.forward(&xs, train)?; // [b, t, d]
         dropout(&xs, self.dropout, train)
     }
+
+    /// [`Self::forward`] with each row at its own positions (rows of a batch that
+    /// joined at different steps); inference only.
+    ///
+    /// # Shapes
+    /// * `input_ids`, `positions`: `[batch, t]` u32; `max_position`: the largest position
+    /// * returns `[batch, t, hidden]`
+    pub fn forward_at(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        max_position: u32,
+    ) -> Result<Tensor> {
+        if max_position as usize >= self.max_positions {
+            candle_core::bail!(
+                "text of {} tokens exceeds max_position_embeddings = {}",
+                max_position + 1,
+                self.max_positions
+            );
+        }
+        let (b, t) = positions.dims2()?;
+        let words = self.word_embeddings.forward(input_ids)?; // [b, t, d]
+        let pos = self
+            .position_embeddings
+            .forward(&positions.flatten_all()?)? // [b * t, d]
+            .reshape((b, t, ()))?; // [b, t, d]
+        self.layer_norm.forward(&(words + pos)?, false)
+    }
 }
 
 /// Query/key/value projections of one attention block (`attention.self` or
@@ -322,6 +350,10 @@ pub struct BertCache {
     cross_mask_src: Option<Tensor>,
     /// For each current row, the image it reads.
     row_image: Vec<u32>,
+    /// `[batch, len]` f32 0/1 mask of the self-attention keys when rows of different
+    /// lengths share the batch (rows that joined later are left-padded); `None` when
+    /// every cached position is attended.
+    pad: Option<Tensor>,
 }
 
 impl BertCache {
@@ -342,6 +374,16 @@ impl BertCache {
     /// Keeps batch rows `rows` (u32 or i64, repeats allowed) in that order, in every cache
     /// and in the cross-attention mask; beam search expands and follows beams with it.
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        if let Some(pad) = &self.pad {
+            let pad = pad.index_select(rows, 0)?;
+            // Rows that left may leave positions nobody attends to any more.
+            let drop = crate::decoder::rows::leading_padding(&pad)?;
+            for c in self.self_attn.iter_mut() {
+                c.drop_front(drop)?;
+            }
+            let pad = pad.narrow(1, drop, pad.dim(1)? - drop)?.contiguous()?;
+            self.pad = (!crate::decoder::rows::all_attended(&pad)?).then_some(pad);
+        }
         if self.cross_src.iter().all(Option::is_none) && self.cross_mask_src.is_none() {
             // No image: only the text caches follow the rows.
             for c in self.self_attn.iter_mut() {
@@ -366,6 +408,122 @@ impl BertCache {
         if map != self.row_image {
             self.row_image = map;
             self.rebuild_cross()?;
+        }
+        Ok(())
+    }
+
+    /// Rows in the batch.
+    fn rows(&self) -> Result<usize> {
+        match self.self_attn.first().and_then(KvCache::get) {
+            Some((k, _)) => k.dim(0),
+            None => Ok(self.row_image.len()),
+        }
+    }
+
+    /// Puts `other`'s rows (with their images) after this cache's rows: sequences that
+    /// join a running batch. The shorter side's self-attention keys are left-padded and
+    /// masked, so every row keeps the positions and logits it has alone. Images that no
+    /// row reads any more are dropped here.
+    pub fn join(&mut self, other: BertCache) -> Result<()> {
+        if self.self_attn.len() != other.self_attn.len() {
+            candle_core::bail!(
+                "cannot join a cache of {} layers to one of {}",
+                other.self_attn.len(),
+                self.self_attn.len()
+            );
+        }
+        let (ra, rb) = (self.rows()?, other.rows()?);
+        if rb == 0 {
+            return Ok(());
+        }
+        if ra == 0 {
+            *self = other;
+            return Ok(());
+        }
+        let with_images = |c: &BertCache| c.cross_src.iter().any(Option::is_some);
+        if with_images(self) != with_images(&other) {
+            candle_core::bail!("cannot join rows with images to rows without");
+        }
+        let (la, lb) = (self.len(), other.len());
+        let device = match self.self_attn.first().and_then(KvCache::get) {
+            Some((k, _)) => k.device().clone(),
+            None => candle_core::Device::Cpu,
+        };
+        self.pad = crate::decoder::rows::stack_masks(
+            self.pad.as_ref(),
+            (ra, la),
+            other.pad.as_ref(),
+            (rb, lb),
+            &device,
+        )?;
+        for (mine, theirs) in self.self_attn.iter_mut().zip(&other.self_attn) {
+            mine.stack(theirs)?;
+        }
+        if !with_images(self) {
+            return Ok(());
+        }
+        self.prune_images()?;
+        let offset = match self.cross_src.iter().flatten().next() {
+            Some((k, _)) => k.dim(0)? as u32,
+            None => 0,
+        };
+        for (mine, theirs) in self.cross_src.iter_mut().zip(&other.cross_src) {
+            if let (Some((k, v)), Some((ok, ov))) = (mine.as_ref(), theirs) {
+                *mine = Some((Tensor::cat(&[k, ok], 0)?, Tensor::cat(&[v, ov], 0)?));
+            }
+        }
+        self.cross_mask_src = match (&self.cross_mask_src, &other.cross_mask_src) {
+            (None, None) => None,
+            (a, b) => {
+                let like = a.as_ref().or(b.as_ref()).expect("one side has a mask");
+                let fill = |m: &Option<Tensor>, images: usize| -> Result<Tensor> {
+                    match m {
+                        Some(m) => Ok(m.clone()),
+                        None => {
+                            let mut shape = like.dims().to_vec();
+                            shape[0] = images;
+                            Tensor::zeros(shape, like.dtype(), like.device())
+                        }
+                    }
+                };
+                let other_images = other.cross_src.iter().flatten().next();
+                let other_images = match other_images {
+                    Some((k, _)) => k.dim(0)?,
+                    None => 0,
+                };
+                Some(Tensor::cat(
+                    &[&fill(a, offset as usize)?, &fill(b, other_images)?],
+                    0,
+                )?)
+            }
+        };
+        self.row_image
+            .extend(other.row_image.iter().map(|&i| i + offset));
+        self.rebuild_cross()
+    }
+
+    /// Keeps only the images some row reads, renumbering `row_image`.
+    fn prune_images(&mut self) -> Result<()> {
+        let mut used: Vec<u32> = self.row_image.clone();
+        used.sort_unstable();
+        used.dedup();
+        let images = match self.cross_src.iter().flatten().next() {
+            Some((k, _)) => k.dim(0)?,
+            None => return Ok(()),
+        };
+        if used.len() == images {
+            return Ok(());
+        }
+        let index = Tensor::new(used.as_slice(), &candle_core::Device::Cpu)?;
+        for src in self.cross_src.iter_mut().flatten() {
+            let idx = index.to_device(src.0.device())?;
+            *src = (src.0.index_select(&idx, 0)?, src.1.index_select(&idx, 0)?);
+        }
+        if let Some(m) = &self.cross_mask_src {
+            self.cross_mask_src = Some(m.index_select(&index.to_device(m.device())?, 0)?);
+        }
+        for r in self.row_image.iter_mut() {
+            *r = used.binary_search(r).expect("a used image") as u32;
         }
         Ok(())
     }
@@ -523,6 +681,7 @@ impl BertModel {
             cross_mask,
             cross_src,
             row_image,
+            pad: None,
         })
     }
 
@@ -531,8 +690,23 @@ impl BertModel {
     /// # Shapes
     /// * `input_ids`: `[batch, t]` u32 -> `[batch, t, hidden]`
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut BertCache) -> Result<Tensor> {
-        let mut xs = self.embeddings.forward(input_ids, cache.len(), false)?; // [b, t, d]
-        let self_mask = AttnMask::causal();
+        let (mut xs, self_mask) = match &cache.pad {
+            None => (
+                self.embeddings.forward(input_ids, cache.len(), false)?, // [b, t, d]
+                AttnMask::causal(),
+            ),
+            Some(pad) => {
+                // Rows of different lengths: per-row positions, padding masked.
+                let (b, t) = input_ids.dims2()?;
+                let ones = Tensor::ones((b, t), DType::F32, pad.device())?;
+                let mask = Tensor::cat(&[pad, &ones], 1)?; // [b, past + t]
+                let (positions, max) = crate::decoder::rows::positions(&mask, t)?;
+                let xs = self.embeddings.forward_at(input_ids, &positions, max)?;
+                let additive = crate::decoder::cache::causal_padding_mask(&mask, t, xs.dtype())?;
+                cache.pad = Some(mask);
+                (xs, AttnMask::additive(additive))
+            }
+        };
         let BertCache {
             self_attn,
             cross,

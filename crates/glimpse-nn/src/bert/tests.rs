@@ -274,3 +274,83 @@ fn rows_of_two_images_gather_once_and_check_the_row_index() {
         .unwrap_err();
     assert!(err.to_string().contains("row 4"), "{err}");
 }
+
+/// Rows that join a running batch (left-padded, masked, at their own positions) and
+/// rows that leave it give every row the logits it has when decoded alone.
+#[test]
+fn rows_joining_and_leaving_a_running_batch_keep_their_logits() {
+    let (_vm, model) = tiny_decoder();
+    let images = rand(&[3, 4, 12], 5);
+    let image = |i: usize| images.narrow(0, i, 1).unwrap();
+    let seqs: [&[u32]; 3] = [&[3, 7, 9, 11, 2, 40, 8], &[5, 1, 8, 30, 31], &[6, 6, 2, 4]];
+    // Each row alone: logits after every prefix.
+    let alone = |i: usize| -> Vec<Tensor> {
+        let img = image(i);
+        let enc = EncoderStates {
+            hidden_states: &img,
+            attention_mask: None,
+        };
+        let mut cache = model.new_cache(Some(enc)).unwrap();
+        let s = seqs[i];
+        let mut out = vec![model.step(&ids(&[&s[..2]]), &mut cache).unwrap()];
+        for t in 2..s.len() {
+            out.push(model.step(&ids(&[&s[t..t + 1]]), &mut cache).unwrap());
+        }
+        out
+    };
+    let want: Vec<Vec<Tensor>> = (0..3).map(alone).collect();
+
+    // Row 0 starts; after two of its steps rows 1 and 2 join (prefilled on their own);
+    // row 0 then leaves, and rows 1 and 2 go on.
+    let new = |rows: &[usize]| {
+        let img = Tensor::cat(&rows.iter().map(|&i| image(i)).collect::<Vec<_>>(), 0).unwrap();
+        let enc = EncoderStates {
+            hidden_states: &img,
+            attention_mask: None,
+        };
+        model.new_cache(Some(enc)).unwrap()
+    };
+    let mut cache = new(&[0]);
+    model.step(&ids(&[&seqs[0][..2]]), &mut cache).unwrap();
+    model.step(&ids(&[&seqs[0][2..3]]), &mut cache).unwrap();
+    let got0 = model.step(&ids(&[&seqs[0][3..4]]), &mut cache).unwrap();
+    assert!(rel_diff(&got0, &want[0][2]) < 1e-5);
+    let mut joining = new(&[1, 2]);
+    let first = model
+        .step(&ids(&[&seqs[1][..2], &seqs[2][..2]]), &mut joining)
+        .unwrap();
+    assert!(rel_diff(&first.narrow(0, 0, 1).unwrap(), &want[1][0]) < 1e-5);
+    cache.join(joining).unwrap();
+    assert_eq!(cache.len(), 4);
+    let step = model
+        .step(
+            &ids(&[&seqs[0][4..5], &seqs[1][2..3], &seqs[2][2..3]]),
+            &mut cache,
+        )
+        .unwrap();
+    for (row, (seq, at)) in [(0, 3), (1, 1), (2, 1)].into_iter().enumerate() {
+        let d = rel_diff(&step.narrow(0, row, 1).unwrap(), &want[seq][at]);
+        assert!(d < 1e-5, "row {row}: relative diff {d}");
+    }
+    // Row 0 leaves: the padding columns nobody attends to go with it.
+    cache
+        .select_rows(&Tensor::new(&[1u32, 2], &Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(cache.len(), 3);
+    assert_eq!(cache.row_images(), &[1, 2]);
+    let step = model
+        .step(&ids(&[&seqs[1][3..4], &seqs[2][3..4]]), &mut cache)
+        .unwrap();
+    for (row, seq) in [1, 2].into_iter().enumerate() {
+        let d = rel_diff(&step.narrow(0, row, 1).unwrap(), &want[seq][2]);
+        assert!(d < 1e-5, "row {row}: relative diff {d}");
+    }
+    // A row joins a batch that still holds images no row reads: they are dropped.
+    cache
+        .select_rows(&Tensor::new(&[1u32], &Device::Cpu).unwrap())
+        .unwrap();
+    let mut again = new(&[0]);
+    model.step(&ids(&[&seqs[0][..2]]), &mut again).unwrap();
+    cache.join(again).unwrap();
+    assert_eq!(cache.row_images(), &[0, 1]);
+}

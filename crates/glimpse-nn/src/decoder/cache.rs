@@ -80,8 +80,56 @@ impl DecoderCache {
             layer.select_rows(rows)?;
         }
         if let Some(mask) = &self.mask {
-            self.mask = Some(mask.index_select(rows, 0)?);
+            let mask = mask.index_select(rows, 0)?;
+            // Rows that left may leave positions nobody attends to any more.
+            let drop = super::rows::leading_padding(&mask)?;
+            for layer in self.layers.iter_mut() {
+                layer.drop_front(drop)?;
+            }
+            self.seen -= drop;
+            let mask = mask.narrow(1, drop, mask.dim(1)? - drop)?.contiguous()?;
+            self.mask = (!super::rows::all_attended(&mask)?).then_some(mask);
         }
+        Ok(())
+    }
+
+    /// Puts `other`'s rows after this cache's rows: rows that joined a running batch.
+    /// The shorter side is left-padded and its padding masked, so every row keeps the
+    /// positions and logits it has alone.
+    pub fn join(&mut self, other: DecoderCache) -> Result<()> {
+        if self.layers.len() != other.layers.len() {
+            bail!(
+                "cannot join a cache of {} layers to one of {}",
+                other.layers.len(),
+                self.layers.len()
+            );
+        }
+        let rows = |c: &DecoderCache| -> Result<usize> {
+            match c.layers.first().and_then(KvCache::get) {
+                Some((k, _)) => k.dim(0),
+                None => Ok(0),
+            }
+        };
+        let (ra, rb) = (rows(self)?, rows(&other)?);
+        if rb == 0 {
+            return Ok(());
+        }
+        if ra == 0 {
+            *self = other;
+            return Ok(());
+        }
+        let device = self.layers[0].get().expect("rows exist").0.device().clone();
+        self.mask = super::rows::stack_masks(
+            self.mask.as_ref(),
+            (ra, self.seen),
+            other.mask.as_ref(),
+            (rb, other.seen),
+            &device,
+        )?;
+        for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
+            mine.stack(theirs)?;
+        }
+        self.seen = self.seen.max(other.seen);
         Ok(())
     }
 
@@ -171,7 +219,7 @@ impl DecoderCache {
 /// Built in one piece rather than as causal plus padding so that a query with nothing to
 /// look at (a padded position at the start of a left-padded row) sees the same uniform
 /// softmax as in the reference, and its logits agree too.
-fn causal_padding_mask(m: &Tensor, len: usize, dtype: DType) -> Result<Tensor> {
+pub(crate) fn causal_padding_mask(m: &Tensor, len: usize, dtype: DType) -> Result<Tensor> {
     let (b, total) = m.dims2()?;
     let past = total - len;
     let tri: Vec<f32> = (0..len)
@@ -225,5 +273,39 @@ mod tests {
             Positions::Range { start: 0, len: 4 }
         ));
         assert!(cache.begin_step(Some(&m), 2, 3, DType::F32, &dev).is_err());
+    }
+
+    #[test]
+    fn joined_rows_keep_their_positions_and_leaving_rows_take_their_padding() {
+        let dev = Device::Cpu;
+        let kv = |rows: usize, len: usize| {
+            let mut c = DecoderCache::new(1);
+            let t = Tensor::ones((rows, 2, len, 4), DType::F32, &dev).unwrap();
+            c.layers[0].append(&t, &t).unwrap();
+            c.advance(len);
+            c
+        };
+        let mut running = kv(1, 5);
+        running.join(kv(2, 2)).unwrap();
+        assert_eq!(running.len(), 5);
+        assert_eq!(running.layers[0].get().unwrap().0.dims(), &[3, 2, 5, 4]);
+        let step = running.begin_step(None, 3, 1, DType::F32, &dev).unwrap();
+        let new = Tensor::ones((3, 2, 1, 4), DType::F32, &dev).unwrap();
+        running.layers[0].append(&new, &new).unwrap();
+        running.advance(1);
+        match step.positions {
+            Positions::PerRow { ids, .. } => assert_eq!(
+                ids.to_vec2::<f32>().unwrap(),
+                vec![vec![5.], vec![2.], vec![2.]]
+            ),
+            _ => panic!("joined rows need per-row positions"),
+        }
+        // The long row leaves: the three columns only it attended go too.
+        running
+            .select_rows(&Tensor::new(&[1u32, 2], &dev).unwrap())
+            .unwrap();
+        assert_eq!(running.len(), 3);
+        assert!(running.attention_mask().is_none());
+        assert_eq!(running.layers[0].get().unwrap().0.dims(), &[2, 2, 3, 4]);
     }
 }

@@ -4,6 +4,7 @@
 //! head and quantise them for decoding.
 
 pub mod cache;
+pub mod rows;
 
 pub use cache::{DecoderCache, Positions, StepInputs};
 
