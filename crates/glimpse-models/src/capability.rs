@@ -29,7 +29,7 @@ pub struct MatchScores {
 }
 
 /// Generated text and the ids it was decoded from (no prompt, no start token).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
     pub text: String,
     pub token_ids: Vec<u32>,
@@ -155,6 +155,32 @@ pub trait Caption {
     ) -> Option<Result<Vec<Generated>>> {
         None
     }
+
+    /// Greedy or sampled captions of a batch that images join while it decodes:
+    /// `rows.admit` is asked for the first images and then between steps. `None` when
+    /// this family cannot add rows to a running batch (then `rows` is never called).
+    fn caption_joining(
+        &self,
+        _tokenizer: &TextTokenizer,
+        _prompt: Option<&str>,
+        _gen: &GenerationConfig,
+        _rows: &mut dyn CaptionRows,
+    ) -> Option<Result<()>> {
+        None
+    }
+}
+
+/// Images that join a running caption batch, and where their captions go.
+pub trait CaptionRows {
+    /// With the number of rows decoding now: pixel values `[n, 3, H, W]` of images that
+    /// join, one tag each; `None` when none.
+    fn admit(&mut self, running: usize) -> Option<(Tensor, Vec<u64>)>;
+
+    /// Image `tag`'s caption chose `token`; `false` ends that caption now.
+    fn token(&mut self, tag: u64, token: u32) -> bool;
+
+    /// Image `tag`'s caption is done (or could not be made).
+    fn finished(&mut self, tag: u64, caption: Result<Generated>);
 }
 
 /// Visual question answering.

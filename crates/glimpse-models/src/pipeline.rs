@@ -258,6 +258,30 @@ impl Pipeline {
         m.caption(&self.tokenizer, &pixels, prompt, gen)
     }
 
+    /// Captions of a batch that images join while it decodes (continuous batching):
+    /// `rows.admit` gives the first images and, between steps, those that arrived
+    /// since; each caption goes to `rows.finished` as soon as it ends and equals the
+    /// image's caption alone. `Ok(false)` when the model's family cannot add rows to a
+    /// running batch (then `rows` is never called). An error ends the batch: captions
+    /// not yet finished are the caller's to answer.
+    pub fn caption_joining(
+        &self,
+        prompt: Option<&str>,
+        gen: &GenerationConfig,
+        rows: &mut dyn ImageRows,
+    ) -> Result<bool> {
+        let prompt = prompt.filter(|p| !p.trim().is_empty());
+        let m = self.need(self.as_caption(), "caption", Capability::Caption)?;
+        let mut adapter = Preprocess {
+            pipeline: self,
+            rows,
+        };
+        match m.caption_joining(&self.tokenizer, prompt, gen, &mut adapter) {
+            None => Ok(false),
+            Some(result) => result.map(|()| true),
+        }
+    }
+
     /// [`Self::caption`] calling `on_step` after every decoding step; `Ok(None)` when
     /// the model's family does not stream (the caller captions without it).
     pub fn caption_stream(
@@ -328,5 +352,55 @@ impl Pipeline {
     /// Generation defaults of this model (end, pad ids) on top of `gen`.
     pub fn generation_config(&self, gen: GenerationConfig) -> GenerationConfig {
         self.model.generation_config(gen)
+    }
+}
+
+/// Images that join a running caption batch ([`Pipeline::caption_joining`]), and where
+/// their captions go.
+pub trait ImageRows {
+    /// With the number of captions decoding now: images that join, one tag each.
+    fn admit(&mut self, running: usize) -> Option<Vec<(u64, RgbImage)>>;
+
+    /// Image `tag`'s caption chose `token`; `false` ends that caption now.
+    fn token(&mut self, tag: u64, token: u32) -> bool;
+
+    /// Image `tag`'s caption is done (or could not be made).
+    fn finished(&mut self, tag: u64, caption: Result<Generated>);
+}
+
+/// Turns joining images into pixel values for the model.
+struct Preprocess<'a> {
+    pipeline: &'a Pipeline,
+    rows: &'a mut dyn ImageRows,
+}
+
+impl crate::capability::CaptionRows for Preprocess<'_> {
+    fn admit(&mut self, running: usize) -> Option<(Tensor, Vec<u64>)> {
+        let group = self.rows.admit(running)?;
+        let (tags, images): (Vec<u64>, Vec<RgbImage>) = group.into_iter().unzip();
+        match self.pipeline.pixel_values(&images) {
+            Ok(pixels) => Some((pixels, tags)),
+            Err(e) => {
+                let msg = e.to_string();
+                for tag in tags {
+                    self.rows.finished(
+                        tag,
+                        Err(Error::Model {
+                            model: self.pipeline.name.clone(),
+                            msg: msg.clone(),
+                        }),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn token(&mut self, tag: u64, token: u32) -> bool {
+        self.rows.token(tag, token)
+    }
+
+    fn finished(&mut self, tag: u64, caption: Result<Generated>) {
+        self.rows.finished(tag, caption)
     }
 }

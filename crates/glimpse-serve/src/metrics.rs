@@ -101,6 +101,12 @@ pub fn tokens(model: &str, n: usize) {
         .increment(n as u64);
 }
 
+/// Requests that joined a generation batch while it was decoding.
+pub fn joined(model: &str, n: usize) {
+    metrics::counter!("glimpse_batch_joined_total", "model" => model.to_string())
+        .increment(n as u64);
+}
+
 pub fn rejected(model: &str) {
     metrics::counter!("glimpse_rejected_total", "model" => model.to_string()).increment(1);
 }

@@ -211,7 +211,17 @@ impl Worker {
 }
 
 fn run(model: &str, pipeline: &Pipeline, mut rx: mpsc::Receiver<Job>, policy: BatchPolicy) {
-    while let Some(first) = rx.blocking_recv() {
+    // A job taken from the queue while a caption batch was admitting, that could not
+    // join it: it goes first in the next round.
+    let mut carry: Vec<Job> = Vec::new();
+    loop {
+        let first = match carry.pop() {
+            Some(job) => job,
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let mut jobs = vec![first];
         let deadline = Instant::now() + policy.window;
         while jobs.len() < policy.max_batch {
@@ -226,12 +236,28 @@ fn run(model: &str, pipeline: &Pipeline, mut rx: mpsc::Receiver<Job>, policy: Ba
         metrics::queue_depth(model, rx.len());
         // A client that went away while waiting costs nothing more.
         jobs.retain(|j| !j.reply.is_closed());
-        process(model, pipeline, jobs, policy.max_batch);
+        let mut queue = Queue {
+            rx: &mut rx,
+            carry: &mut carry,
+        };
+        process(model, pipeline, jobs, policy.max_batch, &mut queue);
     }
 }
 
+/// The model's queue while a batch runs: captions that arrive may join it.
+struct Queue<'a> {
+    rx: &'a mut mpsc::Receiver<Job>,
+    carry: &'a mut Vec<Job>,
+}
+
 /// Groups `jobs` into batches and runs them.
-fn process(model: &str, pipeline: &Pipeline, jobs: Vec<Job>, max_batch: usize) {
+fn process(
+    model: &str,
+    pipeline: &Pipeline,
+    jobs: Vec<Job>,
+    max_batch: usize,
+    queue: &mut Queue<'_>,
+) {
     let mut texts = Vec::new();
     let mut images = Vec::new();
     let mut captions: Vec<(String, Vec<Job>)> = Vec::new();
@@ -240,8 +266,8 @@ fn process(model: &str, pipeline: &Pipeline, jobs: Vec<Job>, max_batch: usize) {
         match &job.task {
             Task::EmbedTexts(_) => texts.push(job),
             Task::EmbedImages(_) => images.push(job),
-            Task::Caption { prompt, gen, .. } if !gen.do_sample && gen.num_beams == 1 => {
-                let key = format!("{prompt:?} {gen:?}");
+            Task::Caption { .. } if caption_key(&job.task).is_some() => {
+                let key = caption_key(&job.task).expect("checked");
                 match captions.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, group)) => group.push(job),
                     None => captions.push((key, vec![job])),
@@ -260,7 +286,18 @@ fn process(model: &str, pipeline: &Pipeline, jobs: Vec<Job>, max_batch: usize) {
             embed_images(pipeline, jobs)
         });
     }
-    for (_, group) in captions {
+    let last = captions.len().saturating_sub(1);
+    for (i, (key, group)) in captions.into_iter().enumerate() {
+        // The last caption group runs while the queue is watched: captions with the
+        // same settings that arrive join it as it decodes (when the family can).
+        let group = if i == last && single.is_empty() && carry_free(queue) {
+            match caption_joining(model, pipeline, &key, group, max_batch, queue) {
+                Some(rest) => rest,
+                None => continue,
+            }
+        } else {
+            group
+        };
         for group in chunks(group, max_batch) {
             guarded(model, "caption", group, |jobs| {
                 caption_batch(model, pipeline, jobs)
@@ -276,6 +313,163 @@ fn process(model: &str, pipeline: &Pipeline, jobs: Vec<Job>, max_batch: usize) {
                 .reply
                 .send(result.map_err(|e| ApiError::from_model(model, &e)));
         });
+    }
+}
+
+/// Greedy captions with the same prompt and settings share a batch.
+fn caption_key(task: &Task) -> Option<String> {
+    match task {
+        Task::Caption { prompt, gen, .. } if !gen.do_sample && gen.num_beams == 1 => {
+            Some(format!("{prompt:?} {gen:?}"))
+        }
+        _ => None,
+    }
+}
+
+fn carry_free(queue: &Queue<'_>) -> bool {
+    queue.carry.is_empty()
+}
+
+/// Runs `group` as a caption batch that later captions with the same `key` join while
+/// it decodes. `None` when done; `Some(group)` back, untouched, when the model's
+/// family cannot join rows (the caller batches it the usual way).
+fn caption_joining(
+    model: &str,
+    pipeline: &Pipeline,
+    key: &str,
+    group: Vec<Job>,
+    max_batch: usize,
+    queue: &mut Queue<'_>,
+) -> Option<Vec<Job>> {
+    let (prompt, gen) = match &group[0].task {
+        Task::Caption { prompt, gen, .. } => (prompt.clone(), gen.clone()),
+        _ => unreachable!("grouped as captions"),
+    };
+    metrics::batch(model, "caption", group.len());
+    let started = Instant::now();
+    let mut live = Live {
+        model,
+        key,
+        max_batch,
+        prompt_tokens: caption_prompt_tokens(pipeline, prompt.as_deref()),
+        waiting: group,
+        admitted: std::collections::BTreeMap::new(),
+        next_tag: 0,
+        queue,
+        open: true,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        pipeline.caption_joining(prompt.as_deref(), &gen, &mut live)
+    }));
+    metrics::batch_seconds(model, "caption", started.elapsed());
+    let failure = match outcome {
+        Ok(Ok(true)) => None,
+        Ok(Ok(false)) => return Some(std::mem::take(&mut live.waiting)),
+        Ok(Err(e)) => Some(ApiError::from_model(model, &e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            tracing::error!(model, kind = "caption", "a model call panicked: {what}");
+            Some(ApiError::internal(format!(
+                "model `{model}` failed on this request ({what}); the server goes on"
+            )))
+        }
+    };
+    // Whatever did not finish gets the error; a batch that ended normally has none left.
+    let left: Vec<Job> = std::mem::take(&mut live.admitted)
+        .into_values()
+        .chain(std::mem::take(&mut live.waiting))
+        .collect();
+    for job in left {
+        let err = failure.clone().unwrap_or_else(|| {
+            ApiError::internal(format!("model `{model}` gave no result for this request"))
+        });
+        let _ = job.reply.send(Err(err));
+    }
+    None
+}
+
+/// The requests of a caption batch that others join while it decodes.
+struct Live<'a, 'q> {
+    model: &'a str,
+    key: &'a str,
+    max_batch: usize,
+    prompt_tokens: usize,
+    /// The batch's first requests, not yet handed to the model.
+    waiting: Vec<Job>,
+    /// Requests decoding now, by tag.
+    admitted: std::collections::BTreeMap<u64, Job>,
+    next_tag: u64,
+    queue: &'a mut Queue<'q>,
+    /// Still taking requests from the queue: a request of another kind stops it, so
+    /// that request waits only until the running batch ends.
+    open: bool,
+}
+
+impl glimpse_models::pipeline::ImageRows for Live<'_, '_> {
+    fn admit(&mut self, running: usize) -> Option<Vec<(u64, RgbImage)>> {
+        let mut jobs = std::mem::take(&mut self.waiting);
+        let first = running == 0 && self.admitted.is_empty();
+        while self.open && running + jobs.len() < self.max_batch {
+            match self.queue.rx.try_recv() {
+                Ok(job) if job.reply.is_closed() => {}
+                Ok(job) if caption_key(&job.task).as_deref() == Some(self.key) => jobs.push(job),
+                Ok(job) => {
+                    self.queue.carry.push(job);
+                    self.open = false;
+                }
+                Err(_) => break,
+            }
+        }
+        if jobs.is_empty() {
+            return None;
+        }
+        if !first {
+            metrics::joined(self.model, jobs.len());
+            metrics::queue_depth(self.model, self.queue.rx.len());
+        }
+        let mut group = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            let image = match &mut job.task {
+                Task::Caption { image, .. } => std::mem::take(image),
+                _ => unreachable!("only captions join"),
+            };
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            self.admitted.insert(tag, job);
+            group.push((tag, image));
+        }
+        Some(group)
+    }
+
+    fn token(&mut self, tag: u64, token: u32) -> bool {
+        let Some(job) = self.admitted.get(&tag) else {
+            return false;
+        };
+        match &job.tokens {
+            Some(stream) => stream.send(token).is_ok(),
+            // A client that went away stops costing anything.
+            None => !job.reply.is_closed(),
+        }
+    }
+
+    fn finished(&mut self, tag: u64, caption: glimpse_models::Result<Generated>) {
+        let Some(job) = self.admitted.remove(&tag) else {
+            return;
+        };
+        let result = caption
+            .map(|out| {
+                metrics::tokens(self.model, out.token_ids.len());
+                Output::Generated {
+                    out,
+                    prompt_tokens: self.prompt_tokens,
+                }
+            })
+            .map_err(|e| ApiError::from_model(self.model, &e));
+        let _ = job.reply.send(result);
     }
 }
 

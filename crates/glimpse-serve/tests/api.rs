@@ -298,6 +298,60 @@ async fn concurrent_captions_share_batches_and_keep_their_own_answers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captions_arriving_while_a_batch_decodes_join_it_and_keep_their_own_answers() {
+    // No collection window: the first request starts decoding at once, and the
+    // requests behind it can only share its batch by joining it.
+    let state = state_with(|c| c.batch_window = std::time::Duration::ZERO);
+    let names = [
+        "blue-circle",
+        "pink-diamond-and-cyan-star",
+        "cyan-heart",
+        "pink-triangle",
+        "purple-diamond",
+    ];
+    let cap = pipeline("models/blip-synth/caption");
+    let expected: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let image = glimpse_data::load_image(std::path::Path::new(&image_path(n))).unwrap();
+            cap.caption(&[image], None, &gen(&cap))
+                .unwrap()
+                .remove(0)
+                .text
+        })
+        .collect();
+    let joined_name = "glimpse_batch_joined_total{model=\"blip-synth-caption\"}";
+    // Arrivals are timed by the machine's load, so a burst may happen to miss every
+    // running batch; a few bursts make a join all but certain, and every answer is
+    // checked in every burst.
+    for burst in 0..6 {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let state = state.clone();
+            let name = names[i % names.len()];
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_micros(700 * i as u64)).await;
+                post(&state, "/v1/caption", json!({"image": data_url(name)})).await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(
+                r.json()["text"],
+                expected[i % names.len()].as_str(),
+                "burst {burst}, request {i}"
+            );
+        }
+        let metrics = get(&state, "/metrics").await.text();
+        if metric(&metrics, joined_name) > 0.0 {
+            return;
+        }
+    }
+    panic!("no caption joined a running batch in six bursts of 20");
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))

@@ -6,8 +6,10 @@ use glimpse_generate::{Decoder, GenerationConfig};
 use glimpse_nn::bert::{BertCache, BertLMHeadModel, EncoderStates};
 
 use super::{config::BlipConfig, vision::BlipVisionModel};
+use crate::capability::{CaptionRows, Generated};
 use crate::checkpoint::ModelFiles;
 use crate::Result;
+use glimpse_data::TextTokenizer;
 
 /// The vision tower (`vision_model`) and the text decoder (`text_decoder`) whose
 /// cross-attention reads every image token.
@@ -188,5 +190,98 @@ impl Decoder for BlipForConditionalGeneration {
 
     fn select_rows(&self, cache: &mut BertCache, rows: &Tensor) -> candle_core::Result<()> {
         cache.select_rows(rows)
+    }
+
+    fn join(&self, cache: &mut BertCache, other: BertCache) -> candle_core::Result<()> {
+        cache.join(other)
+    }
+}
+
+/// Captions of images that join a running batch (see
+/// [`crate::capability::Caption::caption_joining`]); each caption equals the one the
+/// image gets alone.
+pub(super) fn caption_joining(
+    model: &BlipForConditionalGeneration,
+    tokenizer: &TextTokenizer,
+    prompt: Option<&str>,
+    gen: &GenerationConfig,
+    rows: &mut dyn CaptionRows,
+) -> Result<()> {
+    let prompt_ids = prompt.map(|p| tokenizer.encode(p, true)).transpose()?;
+    let start = model.caption_prompt(prompt_ids.as_deref());
+    let max = model.config.text_config.max_position_embeddings;
+    let gen = crate::positions::fit_positions("blip", gen, start.len(), max)?;
+    let mut joining = Joiner {
+        model,
+        tokenizer,
+        start: &start,
+        rows,
+    };
+    let Some(first) = glimpse_generate::Rows::admit(&mut joining, 0) else {
+        return Ok(());
+    };
+    glimpse_generate::generate_joining(model, first, &gen, &mut joining)?;
+    Ok(())
+}
+
+/// Adapts the caller's rows to `glimpse_generate`'s: images become caches, ids become
+/// captions.
+struct Joiner<'a> {
+    model: &'a BlipForConditionalGeneration,
+    tokenizer: &'a TextTokenizer,
+    start: &'a [u32],
+    rows: &'a mut dyn CaptionRows,
+}
+
+impl Joiner<'_> {
+    fn prepare(&self, pixels: &Tensor) -> Result<(BertCache, Tensor)> {
+        let image = self.model.vision(pixels)?; // [n, patches, dv]
+        let n = image.dim(0)?;
+        let cache = self.model.new_cache(&image)?;
+        let prompt = Tensor::new(self.start, image.device())?
+            .unsqueeze(0)?
+            .repeat((n, 1))?; // [n, t]
+        Ok((cache, prompt))
+    }
+}
+
+impl glimpse_generate::Rows<BertCache> for Joiner<'_> {
+    fn admit(&mut self, running: usize) -> Option<glimpse_generate::Joining<BertCache>> {
+        let (pixels, tags) = self.rows.admit(running)?;
+        match self.prepare(&pixels) {
+            Ok((cache, prompt_ids)) => Some(glimpse_generate::Joining {
+                cache,
+                prompt_ids,
+                tags,
+            }),
+            Err(e) => {
+                // These images fail alone; the running rows go on.
+                let msg = e.to_string();
+                for tag in tags {
+                    self.rows.finished(
+                        tag,
+                        Err(crate::Error::Model {
+                            model: "blip caption".into(),
+                            msg: msg.clone(),
+                        }),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn token(&mut self, tag: u64, token: u32) -> bool {
+        self.rows.token(tag, token)
+    }
+
+    fn finished(&mut self, tag: u64, token_ids: Vec<u32>) {
+        let full: Vec<u32> = self.start.iter().chain(&token_ids).copied().collect();
+        let caption = self
+            .tokenizer
+            .decode(&full, true)
+            .map(|text| Generated { text, token_ids })
+            .map_err(Into::into);
+        self.rows.finished(tag, caption);
     }
 }

@@ -168,6 +168,16 @@ impl Caption for BlipForConditionalGeneration {
     ) -> Option<Result<Vec<Generated>>> {
         Some(self.caption_with(tokenizer, pixel_values, prompt, gen, Some(on_step)))
     }
+
+    fn caption_joining(
+        &self,
+        tokenizer: &TextTokenizer,
+        prompt: Option<&str>,
+        gen: &GenerationConfig,
+        rows: &mut dyn crate::capability::CaptionRows,
+    ) -> Option<Result<()>> {
+        Some(caption::caption_joining(self, tokenizer, prompt, gen, rows))
+    }
 }
 
 impl Model for BlipForImageTextRetrieval {
