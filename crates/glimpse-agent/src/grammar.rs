@@ -185,13 +185,19 @@ impl Parser<'_, '_> {
         let spec = specs[self.choice(&names, "task name")?];
         self.lit(",\"dep\":[")?;
         let mut deps: Vec<usize> = Vec::new();
+        // With no request image, a task that needs one must depend on a task whose
+        // result is an image; keep that reachable.
+        let needs = spec.required.contains(&ArgName::Image) && self.g.images == 0;
         if self.peek()? == b'-' {
+            if needs {
+                return bad(format!(
+                    "`{}` needs an image, and none is at hand",
+                    spec.name
+                ));
+            }
             self.lit("-1]")?;
         } else {
             let gives_image = |d: usize| ArgName::Image.accepts(done[d].output);
-            // With no request image, a task that needs one must depend on a task whose
-            // result is an image; keep that reachable.
-            let needs = spec.required.contains(&ArgName::Image) && self.g.images == 0;
             loop {
                 let from = deps.last().map_or(0, |d| d + 1);
                 let have = deps.iter().any(|&d| gives_image(d));

@@ -93,9 +93,9 @@ fn find<'a>(all: &'a [Intent], name: &str) -> &'a Intent {
     all.iter().find(|i| i.name == name).expect("a known intent")
 }
 
-/// A held-out template of `it` (any, for a held-out intent or image count).
-fn held_template(it: &Intent, n: usize, rng: &mut Rng) -> usize {
-    if it.held_out || it.held_out_n == Some(n) {
+/// A held-out template of `it`: any of a held-out intent's, else the last.
+fn held_template(it: &Intent, rng: &mut Rng) -> usize {
+    if it.held_out {
         rng.below_from_high_bits(it.templates.len())
     } else {
         it.templates.len() - 1
@@ -213,7 +213,7 @@ fn case(
         }
     }
     slots.images = images.len();
-    let t = held_template(it, slots.images, &mut rng);
+    let t = held_template(it, &mut rng);
     let request = it.render(t, &slots);
     let plan = (it.build)(&slots);
     (request, images, plan, expect)

@@ -6,7 +6,8 @@
 //!
 //! Held out for the test split: the last template of every intent, every intent marked
 //! `held_out` (plan shapes composed of parts training has, never seen whole), and for
-//! fan-outs the image count `held_out_n`.
+//! fan-outs the image count `held_out_n` (training never sees it; the test split asks
+//! for it in held-out phrasings only).
 
 use std::collections::BTreeMap;
 

@@ -5,10 +5,11 @@
 //! about several images). Deterministic from a seed.
 //!
 //! Splits: `train` and `val` draw only phrasings and plan shapes that training may see;
-//! `test` draws only held-out ones — the last template of every intent, whole intents
-//! whose plan shape training never sees (compositions of trained parts), and a
-//! fan-out's held-out image count — so the test split measures generalisation to new
-//! phrasings and new shapes ([`Item::shape`] names a shape; the tests check that no
+//! `test` draws only held-out phrasings — the last template of every intent and every
+//! template of the intents whose plan shape training never sees (compositions of
+//! trained parts) — and holds the shapes training never sees: those intents and the
+//! fan-outs over a held-out image count. So the test split measures generalisation to
+//! new phrasings and new shapes ([`Item::shape`] names a shape; the tests check that no
 //! test template or shape occurs in training).
 //!
 //! Written by `glimpse data plans` as `{train,val,test}.jsonl` documents
@@ -216,8 +217,11 @@ pub fn item(seed: u64, split: PlanSplit, index: u64) -> Item {
         let (lo, hi) = it.images;
         let n = lo + rng.below_from_high_bits(hi - lo + 1);
         let t = rng.below_from_high_bits(it.templates.len());
-        let held_out = it.held_out || it.template_held_out(t) || it.held_out_n == Some(n);
-        if held_out == held {
+        // Test: held-out phrasings (of any shape, held-out image counts included);
+        // train: neither a held-out phrasing nor a held-out shape.
+        let test = it.held_out || it.template_held_out(t);
+        let train = !test && it.held_out_n != Some(n);
+        if (held && test) || (!held && train) {
             break (ii, t, n);
         }
     };

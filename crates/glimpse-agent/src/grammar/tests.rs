@@ -81,7 +81,7 @@ fn rejects_invalid_continuations() {
     // Empty text, text after the plan.
     invalid(
         &g,
-        r#"{"tasks":[{"id":0,"task":"text-generation","dep":[-1],"args":{"text":""#,
+        r#"{"tasks":[{"id":0,"task":"text-generation","dep":[-1],"args":{"text":"""#,
     );
     invalid(&g, &format!("{t0}]}} "));
     // With no image, nothing may take one.
