@@ -22,7 +22,7 @@ use crate::plan::Plan;
 use crate::planner::{PlanRequest, Planned, Planner};
 use crate::{Error, Result};
 
-/// Most plan tokens the planner writes.
+/// Most plan tokens the planner writes (fewer where the model's `max_length` ends first).
 pub const MAX_PLAN_TOKENS: usize = 320;
 
 /// A planner language model on the CPU.
@@ -74,10 +74,16 @@ impl LocalPlanner {
             .lm
             .encode_prompt(&prompt)
             .map_err(|e| fail(e.to_string()))?;
+        // Positions past the model's length have no trained position.
+        let budget = self
+            .lm
+            .max_length
+            .map_or(MAX_PLAN_TOKENS, |m| m.saturating_sub(ids.len()))
+            .min(MAX_PLAN_TOKENS);
         let mut cache = self.lm.new_cache();
         let mut feed = ids;
         let mut text = String::new();
-        for _ in 0..MAX_PLAN_TOKENS {
+        for _ in 0..budget {
             let logits: Vec<f32> = self
                 .lm
                 .step(&feed, &mut cache)
@@ -113,7 +119,7 @@ impl LocalPlanner {
             feed = vec![id];
         }
         Err(fail(format!(
-            "the plan did not finish within {MAX_PLAN_TOKENS} tokens: {text:?}"
+            "the plan did not finish within {budget} tokens: {text:?}"
         )))
     }
 }
