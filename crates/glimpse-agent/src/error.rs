@@ -13,6 +13,12 @@ pub enum Error {
     /// A planner that failed: an endpoint down or timing out, garbage in its reply.
     #[error("planner {planner}: {msg}")]
     Planner { planner: String, msg: String },
+    /// A corpus, tokenizer or data file that cannot be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// A planner model that fails to load or run.
+    #[error("planner model {model}: {msg}")]
+    Model { model: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -7,9 +7,15 @@
 //! types with their arguments, outputs and descriptions (`tasks`), and
 //! the planner interface (`planner`).
 
+pub mod corpus;
 pub mod error;
+pub mod grammar;
+pub mod local;
 pub mod plan;
+pub mod plan_eval;
+pub mod plan_tokenizer;
 pub mod planner;
+pub mod taskbench;
 pub mod tasks;
 
 pub use error::{Error, Result};

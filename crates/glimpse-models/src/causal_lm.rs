@@ -175,6 +175,28 @@ impl CausalLm {
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
+    /// A fresh key/value cache for [`CausalLm::step`].
+    pub fn new_cache(&self) -> DecoderCache {
+        self.decoder.new_cache()
+    }
+
+    /// Feeds `ids` after what `cache` holds; the logits of the last position. For
+    /// decoders that choose each token themselves (under a grammar, say).
+    ///
+    /// # Shapes
+    /// * returns `[vocab]` f32
+    pub fn step(&self, ids: &[u32], cache: &mut DecoderCache) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::Model {
+                model: self.class.into(),
+                msg: "no token to feed".into(),
+            });
+        }
+        let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // [1, t]
+        let logits = Decoder::step(&self.decoder, &t, cache)?; // [1, vocab]
+        Ok(logits.squeeze(0)?)
+    }
+
     /// The continuation of `ids` (without the prompt, ending with eos when produced).
     /// `cfg`'s `eos_token_ids` and `pad_token_id` are the model's where left empty.
     pub fn generate(&self, ids: &[u32], cfg: &GenerationConfig) -> Result<Vec<u32>> {

@@ -26,6 +26,11 @@ pub enum DataCommand {
     /// dialogue) as JSONL documents for language-model training, split by scene as
     /// `data synth` splits its images. Deterministic from the seed.
     Corpus(CorpusArgs),
+    /// Write the planner's corpus: requests over the synthetic world with their plans
+    /// (train/val/test JSONL for the `lm` recipe, the test split held out by phrasing
+    /// and plan shape), the planner tokenizer, and the end-to-end set
+    /// `agent-test.jsonl` with its rendered images. Deterministic from the seed.
+    Plans(super::data_plans::PlansArgs),
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +97,7 @@ pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
         DataCommand::Synth(a) => run_synth(a),
         DataCommand::Corpus(a) => run_corpus(a),
+        DataCommand::Plans(a) => super::data_plans::run(a),
     }
 }
 

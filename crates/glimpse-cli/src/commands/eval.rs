@@ -23,8 +23,13 @@ pub struct EvalArgs {
     pub data: String,
     /// What to measure: image-text retrieval recall, zero-shot accuracy, caption
     /// BLEU-4/CIDEr-D (and attribute accuracy on synthetic data), or VQA accuracy.
-    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa"])]
+    /// `plan`: a planner's plans against gold plans (TaskBench's node, edge and
+    /// argument F1, edit distance, parse and validate rates).
+    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa", "plan"])]
     pub task: String,
+    /// plan: the planner, a directory (default: the bundled models/planner-synth).
+    #[arg(long, value_name = "DIR|URL")]
+    pub planner: Option<String>,
     /// Evaluate at most N usable images (in file order).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -59,6 +64,15 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.task == "plan" {
+        super::eval_plan::check_data(&args.data)?;
+        return super::eval_plan::run(
+            &args.data,
+            args.planner.as_deref(),
+            args.limit,
+            args.common.json,
+        );
+    }
     let task: Task = args.task.parse()?;
     let opts = EvalOptions {
         limit: args.limit,
