@@ -34,3 +34,16 @@ pub trait Planner: Send + Sync {
     /// checked by the caller, which reports a plan that cannot run.
     fn plan(&self, request: &PlanRequest<'_>) -> Result<Planned>;
 }
+
+/// The offline planner: the planner language model in `dir` (such as the bundled
+/// `models/planner-synth`) decoding plans under the plan grammar. The trained model
+/// and its grammar-constrained decoder are built separately and plug in here; until
+/// then this says so.
+pub fn local_planner(dir: &std::path::Path) -> Result<Box<dyn Planner>> {
+    Err(crate::Error::Planner {
+        planner: dir.display().to_string(),
+        msg: "the offline grammar-constrained planner is not part of this build yet; \
+              give --planner http://HOST:PORT/v1 (an OpenAI-compatible endpoint) instead"
+            .into(),
+    })
+}
