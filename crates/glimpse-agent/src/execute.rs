@@ -270,7 +270,7 @@ fn run_task(
             let output = backend
                 .run(&t.task, &input)
                 .map_err(|e| match &input.image {
-                    Some(img) if matches!(e, Error::Image { .. }) => e,
+                    Some(_) if matches!(e, Error::Image { .. }) => e,
                     Some(img) => Error::Model {
                         model: model.to_string(),
                         msg: format!("on {} ({}): {e}", img.label, img.path),

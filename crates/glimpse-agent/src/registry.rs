@@ -224,18 +224,14 @@ impl Registry {
             });
         }
         // The same model given twice (--model and bundled) is offered once.
-        if let Some(same) = self
-            .entries
-            .iter()
-            .find(|e| e.origin != Origin::Tool && same_path(&e.source, &entry.source))
-        {
-            let _ = same;
-            let i = self
+        if entry.origin != Origin::Tool {
+            if let Some(i) = self
                 .entries
                 .iter()
-                .position(|e| same_path(&e.source, &entry.source))
-                .expect("found above");
-            return Ok(&self.entries[i]);
+                .position(|e| e.origin != Origin::Tool && same_path(&e.source, &entry.source))
+            {
+                return Ok(&self.entries[i]);
+            }
         }
         let base = entry.id.clone();
         let mut n = 2;

@@ -23,7 +23,9 @@ pub struct EvalArgs {
     pub data: String,
     /// What to measure: image-text retrieval recall, zero-shot accuracy, caption
     /// BLEU-4/CIDEr-D (and attribute accuracy on synthetic data), or VQA accuracy.
-    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa"])]
+    /// `agent`: the planning agent end to end on a JSONL set of requests with
+    /// expectations (`glimpse data plans`), scored as the share of right answers.
+    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa", "agent"])]
     pub task: String,
     /// Evaluate at most N usable images (in file order).
     #[arg(long)]
@@ -56,9 +58,27 @@ pub struct EvalArgs {
     /// 8-bit encoders), to measure what the rounding costs.
     #[arg(long, value_name = "q8|q4")]
     pub quantize: Option<glimpse_nn::quant::Quant>,
+    /// agent: `gold` runs each record's gold plan, skipping the planner.
+    #[arg(long, value_parser = ["gold"])]
+    pub plans: Option<String>,
+    /// agent: the planner, an OpenAI-compatible URL or a planner model directory.
+    #[arg(long)]
+    pub planner: Option<String>,
+    /// agent: the model id to ask at a `--planner` URL.
+    #[arg(long)]
+    pub planner_model: Option<String>,
+    /// agent: a registry file of external tools.
+    #[arg(long)]
+    pub registry: Option<std::path::PathBuf>,
+    /// agent: an embedding index for the retrieval tasks.
+    #[arg(long)]
+    pub index: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.task == "agent" {
+        return run_agent(&args);
+    }
     let task: Task = args.task.parse()?;
     let opts = EvalOptions {
         limit: args.limit,
@@ -235,4 +255,28 @@ fn print_report(r: &EvalReport) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--task agent`: the flags the agent takes, then the agent's evaluation.
+fn run_agent(args: &EvalArgs) -> Result<()> {
+    let data = std::path::Path::new(&args.data);
+    if !data.is_file() {
+        anyhow::bail!(
+            "--data {}: no such file (a JSONL set from `glimpse data plans`)",
+            data.display()
+        );
+    }
+    let flags = super::agent::AgentFlags {
+        images: Vec::new(),
+        planner: args.planner.clone(),
+        planner_model: args.planner_model.clone(),
+        planner_timeout: 120.0,
+        registry: args.registry.clone(),
+        index: args.index.clone(),
+        models: args.common.model.iter().cloned().collect(),
+        no_bundled: false,
+        device: args.common.device.clone(),
+        json: args.common.json,
+    };
+    super::agent::run_eval(data, args.plans.is_some(), &flags, args.limit)
 }
