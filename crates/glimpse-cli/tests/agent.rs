@@ -205,3 +205,75 @@ fn bad_agent_input_is_refused_with_a_clear_error() {
     ]);
     assert!(err.contains("no/such.jsonl"), "{err}");
 }
+
+#[test]
+fn retrieval_over_an_index_fans_captioning_out_over_the_found_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = glimpse_synth::SynthConfig {
+        seed: 5,
+        count: 24,
+        shard_size: 12,
+        val_fraction: 0.0,
+        test_fraction: 0.0,
+        ..glimpse_synth::SynthConfig::default()
+    };
+    glimpse_synth::generate(&cfg, &data, |_, _| {}).unwrap();
+    let idx = tmp.path().join("idx");
+    json(&[
+        "index",
+        "build",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        idx.to_str().unwrap(),
+        "--json",
+    ]);
+    let query = glimpse_synth::sample(&cfg, 3);
+    query.image.save(tmp.path().join("query.png")).unwrap();
+    let record = serde_json::json!({
+        "key": "like-this",
+        "request": "find images like this one and say what they share",
+        "images": ["query.png"],
+        "plan": {"tasks": [
+            {"id": 0, "task": "image-to-image-retrieval", "dep": [-1], "args": {"image": "<image>-1"}},
+            {"id": 1, "task": "image-to-text", "dep": [0], "args": {"image": "<resource>-0"}}]},
+        "expect": {"all": ["found 4 image(s)", "share"], "none": ["image 000003 ("]},
+    });
+    let set = tmp.path().join("set.jsonl");
+    std::fs::write(&set, format!("{record}\n")).unwrap();
+    let v = json(&[
+        "eval",
+        "--task",
+        "agent",
+        "--data",
+        set.to_str().unwrap(),
+        "--plans",
+        "gold",
+        "--index",
+        idx.to_str().unwrap(),
+        "--json",
+    ]);
+    let r = &v["records"][0];
+    assert!(r["error"].is_null(), "{v}");
+    let answer = r["answer"].as_str().unwrap();
+    // Four retrieved images (the query itself left out), each captioned.
+    assert_eq!(answer.matches("(image-to-text,").count(), 4, "{answer}");
+    assert_eq!(v["right"], 1, "{answer}");
+    // Without an index the retrieval has no candidate, and the error says what to add.
+    let v = json(&[
+        "eval",
+        "--task",
+        "agent",
+        "--data",
+        set.to_str().unwrap(),
+        "--plans",
+        "gold",
+        "--json",
+    ]);
+    let e = v["records"][0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("no available model for `image-to-image-retrieval`") && e.contains("--index"),
+        "{e}"
+    );
+}
