@@ -133,8 +133,14 @@ impl Planner for RemotePlanner {
         messages
             .push(json!({"role": "user", "content": user_message(request.text, request.images)}));
         let raw = self.complete(messages)?;
-        let plan = Plan::parse(&raw)
-            .map_err(|e| self.fail(format!("the reply holds no plan ({e}): {}", clip(&raw))))?;
+        let plan = Plan::parse(&raw).map_err(|e| {
+            self.fail(match e {
+                Error::PlanSyntax(m) if m.starts_with("no JSON plan") => {
+                    format!("the reply holds no plan: {:?}", clip(&raw))
+                }
+                other => format!("the reply holds no plan ({other}): {:?}", clip(&raw)),
+            })
+        })?;
         Ok(Planned { plan, raw })
     }
 }
