@@ -213,3 +213,50 @@ fn gold_plans_of_the_fixture_run_and_are_scored() {
         report.failures().collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn an_http_tool_is_posted_the_arguments_and_its_failures_are_named() {
+    let ep = serve(vec![
+        Reply::Raw(
+            200,
+            "{\"labels\": [{\"label\": \"cat\", \"score\": 0.75}]}".into(),
+        ),
+        Reply::Raw(503, "busy".into()),
+        Reply::Hang,
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tools.json");
+    let tool = serde_json::json!({"tool": [{
+        "id": "remote-detector", "task": "object-detection", "description": "finds objects",
+        "inputs": ["image"], "optional": ["labels"], "output": "labels",
+        "url": format!("{}/detect", ep.url), "timeout_s": 1.0
+    }]});
+    std::fs::write(&file, tool.to_string()).unwrap();
+    let tools = glimpse_agent::tools::read_registry(&file).unwrap();
+    let args = std::collections::BTreeMap::from([
+        (
+            glimpse_agent::ArgName::Image,
+            serde_json::json!("/x/cat.png"),
+        ),
+        (
+            glimpse_agent::ArgName::Labels,
+            serde_json::json!(["cat", "dog"]),
+        ),
+    ]);
+    let out = tools[0].call(&args).unwrap();
+    assert_eq!(
+        serde_json::to_value(&out).unwrap(),
+        serde_json::json!({"kind": "labels", "labels": [{"label": "cat", "score": 0.75}]})
+    );
+    let sent = ep.requests.lock().unwrap()[0].clone();
+    assert_eq!(
+        sent,
+        serde_json::json!({"task": "object-detection", "args": {"image": "/x/cat.png", "labels": ["cat", "dog"]}})
+    );
+    let e = tools[0].call(&args).unwrap_err().to_string();
+    assert!(e.contains("remote-detector") && e.contains("503"), "{e}");
+    let started = Instant::now();
+    let e = tools[0].call(&args).unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(e.contains("remote-detector"), "{e}");
+}
