@@ -1,4 +1,4 @@
-/// Errors of the agent; each names the task, argument or reference at fault.
+/// Errors of the agent; each names the task, argument, file, model or endpoint at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Text that is not a plan in HuggingGPT's format.
@@ -16,9 +16,35 @@ pub enum Error {
     /// A corpus, tokenizer or data file that cannot be read or written.
     #[error("{0}")]
     Io(String),
-    /// A planner model that fails to load or run.
-    #[error("planner model {model}: {msg}")]
+    /// A plan from a planner that parses but cannot run, kept with the planner's text.
+    #[error("the plan from {planner} cannot run: {source}\nthe planner wrote: {raw}")]
+    Unrunnable {
+        planner: String,
+        raw: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// No model, index or tool can do a task type.
+    #[error("no available model for `{task}`: {hint}")]
+    NoModel { task: String, hint: String },
+    /// A registry file that cannot be read or declares something wrong.
+    #[error("registry {path}: {msg}")]
+    Registry { path: String, msg: String },
+    /// A model directory or index that cannot be described or loaded.
+    #[error("model {model}: {msg}")]
     Model { model: String, msg: String },
+    /// An external tool that failed, timed out or answered garbage.
+    #[error("tool `{tool}`: {msg}")]
+    Tool { tool: String, msg: String },
+    /// An image of the request (or a retrieved one) that cannot be read.
+    #[error("image {path}: {msg}")]
+    Image { path: String, msg: String },
+    /// A request that cannot be planned (empty text).
+    #[error("request: {0}")]
+    Request(String),
+    /// An evaluation set that cannot be read.
+    #[error("evaluation data {path}: {msg}")]
+    Data { path: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

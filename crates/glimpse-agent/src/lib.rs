@@ -3,22 +3,40 @@
 //! with results flowing through references, and the answer is written from the
 //! results.
 //!
-//! This crate holds the plan and its validation (`plan`) and the catalog of task
-//! types with their arguments, outputs and descriptions (`tasks`), and
-//! the planner interface (`planner`).
+//! - `plan`, `tasks`: plans in HuggingGPT's format and their validation against a
+//!   catalog of task types.
+//! - `planner` (the interface), `remote` (any OpenAI-compatible chat endpoint).
+//! - `registry`: the loaded and bundled models, an index and external tools
+//!   (`tools`), with descriptions and capability tags.
+//! - `select`: a model per task (only candidate, a [`Chooser`], or a clear error).
+//! - `execute`, `backends`: the graph run concurrently over Glimpse's models, the
+//!   index and tools.
+//! - `answer`: the response written from the results, placeholders never left in.
+//! - `agent`: the four stages with their report; `eval`: the end-to-end evaluation.
 
+pub mod agent;
+pub mod answer;
+pub mod backends;
 pub mod corpus;
 pub mod error;
+pub mod eval;
+pub mod execute;
 pub mod grammar;
 pub mod local;
 pub mod plan;
 pub mod plan_eval;
 pub mod plan_tokenizer;
 pub mod planner;
+pub mod registry;
+pub mod remote;
+pub mod select;
 pub mod taskbench;
 pub mod tasks;
+pub mod tools;
 
+pub use agent::{Agent, AgentConfig, Report};
 pub use error::{Error, Result};
 pub use plan::{ArgValue, Plan, PlanTask, Reference};
 pub use planner::{PlanRequest, Planned, Planner};
+pub use select::{Choice, Chooser, RuleChooser};
 pub use tasks::{ArgName, Catalog, OutputKind, TaskSpec};

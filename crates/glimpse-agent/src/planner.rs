@@ -34,3 +34,9 @@ pub trait Planner: Send + Sync {
     /// checked by the caller, which reports a plan that cannot run.
     fn plan(&self, request: &PlanRequest<'_>) -> Result<Planned>;
 }
+
+/// The offline planner: the planner language model in `dir` (such as the bundled
+/// `models/planner-synth`) decoding plans under the plan grammar (`local`, `grammar`).
+pub fn local_planner(dir: &std::path::Path) -> Result<Box<dyn Planner>> {
+    Ok(Box::new(crate::local::LocalPlanner::load(dir)?))
+}

@@ -63,6 +63,9 @@ pub enum Command {
     /// Bootstrap a dataset (BLIP's CapFilt): synthetic captions by nucleus sampling,
     /// web and synthetic texts filtered by ITM; per shard, resumable, `--shard I`.
     Capfilt(crate::commands::capfilt::CapfiltArgs),
+    /// Answer a request by planning it into tasks over Glimpse's models and tools
+    /// (HuggingGPT's plan, select, execute, answer); `agent plan` stops after the plan.
+    Agent(crate::commands::agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod registry;
 pub mod routes;
 pub mod search;
+pub mod text_lm;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +104,12 @@ impl AppState {
         };
         let mut models = Models::default();
         for spec in &cfg.models {
+            if text_lm::is_text_lm(&spec.source) {
+                let m = text_lm::load(spec, cfg, &models)?;
+                tracing::info!(id = %m.id, class = m.class, source = %m.source, "model loaded");
+                models.text.push(Arc::new(m));
+                continue;
+            }
             let m = load_model(spec, cfg, policy, &models)?;
             tracing::info!(id = %m.id, class = m.class_name(), source = %m.source, "model loaded");
             models.list.push(Arc::new(m));
@@ -114,7 +121,7 @@ impl AppState {
             }
             None => None,
         };
-        metrics::models_loaded(models.list.len());
+        metrics::models_loaded(models.list.len() + models.text.len());
         let _ = self.index.set(index);
         let _ = self.models.set(Arc::new(models));
         Ok(())

@@ -92,11 +92,17 @@ pub fn capability_words(cap: Capability) -> &'static str {
 #[derive(Default)]
 pub struct Models {
     pub list: Vec<Arc<LoadedModel>>,
+    /// Text-only language models (chat completions only).
+    pub text: Vec<Arc<crate::text_lm::TextModel>>,
 }
 
 impl Models {
     pub fn ids(&self) -> Vec<String> {
-        self.list.iter().map(|m| m.id.clone()).collect()
+        self.list
+            .iter()
+            .map(|m| m.id.clone())
+            .chain(self.text.iter().map(|m| m.id.clone()))
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<LoadedModel>> {

@@ -5,9 +5,10 @@
 //! `{"key", "request", "images": [paths relative to the file's directory], "plan":
 //! <gold plan>, "expect": {"all": [...], "none": [...]}}`. An answer is right when it
 //! contains every `all` string and no `none` string, case-insensitively. Expectations
-//! come from the scene records and are facts an answer writer states from the tasks'
-//! results: image numbers as "image K", colour and shape words, yes/no, counts as
-//! digits. Requests use only held-out phrasings or plan shapes; scenes come from the
+//! come from the scene records, written as the answer writer (`crate::answer`) states
+//! them so that a number or a word elsewhere in an answer cannot meet them: `image K
+//! matches "a red circle" best`, `match "a red circle"? yes`, a question's answer right
+//! after its quoted question (`" 2 (visual-question-answering`), caption words. Requests use only held-out phrasings or plan shapes; scenes come from the
 //! world's test split (seed, index), which no bundled model trained on.
 
 use std::path::Path;
@@ -84,6 +85,13 @@ fn has(r: &SampleJson, color: &str, shape: &str) -> bool {
 
 /// A question of the scene's own QA pairs whose answer is a colour, shape, digit or
 /// yes/no.
+/// How the answer writer states a visual question's answer `a`: after the quoted
+/// question, before the task and model (`"q" a (visual-question-answering, model)`), so
+/// the expectation cannot be met by a score or an image number elsewhere in the answer.
+fn vqa_answer(a: &str) -> String {
+    format!("\" {a} (visual-question-answering")
+}
+
 fn pick_qa(r: &SampleJson, rng: &mut Rng) -> (String, String) {
     let qa = &r.qa[rng.below_from_high_bits(r.qa.len())];
     (qa.question.clone(), qa.answer.clone())
@@ -136,7 +144,7 @@ fn case(
             let s = scenes.draw(|_| true);
             let (q, a) = pick_qa(&s.record, &mut rng);
             slots.q = q;
-            expect.all = vec![a];
+            expect.all = vec![vqa_answer(&a)];
             if kind == "caption-and-ask" {
                 expect.all.push(s.record.objects[0].shape.clone());
             }
@@ -148,7 +156,7 @@ fn case(
             slots.k = 1 + rng.below_from_high_bits(n);
             let (q, a) = pick_qa(&images[slots.k - 1].record, &mut rng);
             slots.q = q;
-            expect.all = vec![a];
+            expect.all = vec![format!("image {}: \"", slots.k), vqa_answer(&a)];
         }
         "match" => {
             let s = scenes.draw(|_| true);
@@ -166,7 +174,8 @@ fn case(
                 }
             };
             slots.obj = with_article(&format!("{color} {shape}"));
-            expect.all = vec![if present { "yes" } else { "no" }.into()];
+            let verdict = if present { "yes" } else { "no" };
+            expect.all = vec![format!("match \"{}\"? {verdict}", slots.obj)];
             images = vec![s];
         }
         "match-each" | "which-has-what-else" => {
@@ -189,7 +198,11 @@ fn case(
                 }
             }
             slots.obj = with_article(&format!("{} {}", o.color, o.shape));
-            expect.all = vec![format!("image {}", target + 1)];
+            expect.all = vec![format!(
+                "image {} matches \"{}\" best",
+                target + 1,
+                slots.obj
+            )];
             if needs_two {
                 let other = t
                     .record
@@ -206,8 +219,11 @@ fn case(
             let n = 2 + rng.below_from_high_bits(3);
             images = (0..n).map(|_| scenes.draw(|_| true)).collect();
             slots.q = "how many objects are there?".into();
-            let mut counts: Vec<String> =
-                images.iter().map(|s| s.record.count.to_string()).collect();
+            let mut counts: Vec<String> = images
+                .iter()
+                .map(|s| vqa_answer(&s.record.count.to_string()))
+                .collect();
+            counts.sort();
             counts.dedup();
             expect.all = counts;
         }

@@ -25,11 +25,10 @@ pub struct EvalArgs {
     /// BLEU-4/CIDEr-D (and attribute accuracy on synthetic data), or VQA accuracy.
     /// `plan`: a planner's plans against gold plans (TaskBench's node, edge and
     /// argument F1, edit distance, parse and validate rates).
-    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa", "plan"])]
+    /// `agent`: the planning agent end to end on a JSONL set of requests with
+    /// expectations (`glimpse data plans`), scored as the share of right answers.
+    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa", "plan", "agent"])]
     pub task: String,
-    /// plan: the planner, a directory (default: the bundled models/planner-synth).
-    #[arg(long, value_name = "DIR|URL")]
-    pub planner: Option<String>,
     /// Evaluate at most N usable images (in file order).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -61,6 +60,22 @@ pub struct EvalArgs {
     /// 8-bit encoders), to measure what the rounding costs.
     #[arg(long, value_name = "q8|q4")]
     pub quantize: Option<glimpse_nn::quant::Quant>,
+    /// agent: `gold` runs each record's gold plan, skipping the planner.
+    #[arg(long, value_parser = ["gold"])]
+    pub plans: Option<String>,
+    /// plan, agent: the planner, a planner model directory (default: the bundled
+    /// models/planner-synth) or an OpenAI-compatible URL.
+    #[arg(long, value_name = "DIR|URL")]
+    pub planner: Option<String>,
+    /// agent: the model id to ask at a `--planner` URL.
+    #[arg(long)]
+    pub planner_model: Option<String>,
+    /// agent: a registry file of external tools.
+    #[arg(long)]
+    pub registry: Option<std::path::PathBuf>,
+    /// agent: an embedding index for the retrieval tasks.
+    #[arg(long)]
+    pub index: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -69,9 +84,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return super::eval_plan::run(
             &args.data,
             args.planner.as_deref(),
+            args.planner_model.as_deref(),
             args.limit,
             args.common.json,
         );
+    }
+    if args.task == "agent" {
+        return run_agent(&args);
     }
     let task: Task = args.task.parse()?;
     let opts = EvalOptions {
@@ -249,4 +268,28 @@ fn print_report(r: &EvalReport) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--task agent`: the flags the agent takes, then the agent's evaluation.
+fn run_agent(args: &EvalArgs) -> Result<()> {
+    let data = std::path::Path::new(&args.data);
+    if !data.is_file() {
+        anyhow::bail!(
+            "--data {}: no such file (a JSONL set from `glimpse data plans`)",
+            data.display()
+        );
+    }
+    let flags = super::agent::AgentFlags {
+        images: Vec::new(),
+        planner: args.planner.clone(),
+        planner_model: args.planner_model.clone(),
+        planner_timeout: 120.0,
+        registry: args.registry.clone(),
+        index: args.index.clone(),
+        models: args.common.model.iter().cloned().collect(),
+        no_bundled: false,
+        device: args.common.device.clone(),
+        json: args.common.json,
+    };
+    super::agent::run_eval(data, args.plans.is_some(), &flags, args.limit)
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use glimpse_agent::local::LocalPlanner;
 use glimpse_agent::plan_eval::{evaluate, read_cases};
-use glimpse_agent::Catalog;
+use glimpse_agent::remote::RemotePlanner;
+use glimpse_agent::{Catalog, Planner};
 
 use crate::output::{self, outln, print_json};
 
@@ -16,12 +17,6 @@ const BUNDLED: &str = "models/planner-synth";
 
 fn planner_dir(arg: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = arg {
-        if p.starts_with("http://") || p.starts_with("https://") {
-            bail!(
-                "--planner {p}: evaluating a remote (OpenAI-compatible) planner comes with \
-                 `glimpse agent`'s remote planner; give a planner directory"
-            );
-        }
         let dir = PathBuf::from(p);
         if !dir.join("config.json").is_file() {
             bail!("--planner {p}: no planner model there (no config.json)");
@@ -41,17 +36,38 @@ fn planner_dir(arg: Option<&str>) -> Result<PathBuf> {
     bail!("no --planner given, and the bundled planner {BUNDLED} is not there; pass --planner DIR")
 }
 
-pub fn run(data: &str, planner: Option<&str>, limit: Option<usize>, json: bool) -> Result<()> {
+/// The planner to evaluate: an OpenAI-compatible endpoint (with its model id) or a
+/// planner model directory (by default the bundled one).
+fn planner_of(arg: Option<&str>, model: Option<&str>) -> Result<Box<dyn Planner>> {
+    if let Some(url) = arg.filter(|p| p.starts_with("http://") || p.starts_with("https://")) {
+        let Some(model) = model else {
+            bail!(
+                "--planner {url}: give --planner-model ID (the endpoint's GET /models lists them)"
+            );
+        };
+        let remote = RemotePlanner::new(url, model, std::time::Duration::from_secs(120))?;
+        return Ok(Box::new(remote));
+    }
+    Ok(Box::new(LocalPlanner::load(&planner_dir(arg)?)?))
+}
+
+pub fn run(
+    data: &str,
+    planner: Option<&str>,
+    planner_model: Option<&str>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<()> {
     let mut cases = read_cases(Path::new(data))?;
     if let Some(n) = limit {
         cases.truncate(n);
     }
-    let dir = planner_dir(planner)?;
-    let planner = LocalPlanner::load(&dir)?;
+    let planner = planner_of(planner, planner_model)?;
+    let planner = planner.as_ref();
     let catalog = Catalog::builtin();
     let bar = (!json && std::io::stderr().is_terminal())
         .then(|| output::progress(cases.len(), 1, "plans"));
-    let report = evaluate(&planner, &catalog, &cases, data, |done| {
+    let report = evaluate(planner, &catalog, &cases, data, |done| {
         if let Some(b) = &bar {
             b.set_position(done as u64);
         }

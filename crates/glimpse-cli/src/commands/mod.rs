@@ -1,5 +1,6 @@
 //! One function per subcommand: validate flags, call the pipeline, print.
 
+pub mod agent;
 pub mod bench;
 pub mod capfilt;
 mod caption;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Loadtest(args) => loadtest::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Capfilt(args) => capfilt::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }
 

@@ -27,6 +27,7 @@ use utoipa::ToSchema;
 use super::{body, Sampling};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::LoadedModel;
+use crate::text_lm::TextModel;
 use crate::worker::{Output, Task};
 use crate::{unix_now, SharedState};
 
@@ -382,6 +383,9 @@ pub async fn chat_completions(
     payload: Result<Json<ChatRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let req = body(payload)?;
+    if let Some(model) = text_model_for(&state, &req)? {
+        return text_chat(&state, model, req).await;
+    }
     let stream = req.stream;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let work = {
@@ -815,12 +819,29 @@ fn card(m: &LoadedModel) -> ModelCard {
     }
 }
 
+fn text_card(m: &TextModel) -> ModelCard {
+    ModelCard {
+        id: m.id.clone(),
+        object: "model",
+        created: m.created,
+        owned_by: "glimpse",
+        class: m.class,
+        family: m.family,
+        capabilities: vec!["generate"],
+    }
+}
+
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub async fn list_models(State(state): State<SharedState>) -> ApiResult<Json<ModelList>> {
     let models = state.models()?;
     Ok(Json(ModelList {
         object: "list",
-        data: models.list.iter().map(|m| card(m)).collect(),
+        data: models
+            .list
+            .iter()
+            .map(|m| card(m))
+            .chain(models.text.iter().map(|m| text_card(m)))
+            .collect(),
     }))
 }
 
@@ -831,8 +852,137 @@ pub async fn get_model(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult<Json<ModelCard>> {
     let models = state.models()?;
+    if let Some(t) = models.text.iter().find(|m| m.id == id) {
+        return Ok(Json(text_card(t)));
+    }
     let m = models
         .get(&id)
         .ok_or_else(|| ApiError::unknown_model(&id, &models.ids()))?;
     Ok(Json(card(m)))
+}
+
+// ---------------------------------------------------------------- text-only models
+
+/// The text-only model a chat request is for: the one it names, or, when it names
+/// none and carries no image, the first loaded one.
+fn text_model_for(
+    state: &SharedState,
+    req: &ChatRequest,
+) -> ApiResult<Option<std::sync::Arc<TextModel>>> {
+    let models = state.models()?;
+    if models.text.is_empty() {
+        return Ok(None);
+    }
+    Ok(match &req.model {
+        Some(id) => match models.text.iter().find(|m| &m.id == id) {
+            Some(m) => Some(m.clone()),
+            None if models.get(id).is_none() => {
+                return Err(ApiError::unknown_model(id, &models.ids()))
+            }
+            None => None,
+        },
+        None => {
+            let has_image = req.messages.iter().any(|m| {
+                matches!(&m.content, Some(Content::Parts(p)) if p.iter().any(|p| matches!(p, Part::ImageUrl { .. })))
+            });
+            (!has_image || models.list.is_empty()).then(|| models.text[0].clone())
+        }
+    })
+}
+
+/// A chat completion by a text-only model (no streaming, no images).
+async fn text_chat(
+    state: &SharedState,
+    model: std::sync::Arc<TextModel>,
+    req: ChatRequest,
+) -> ApiResult<Response> {
+    if req.stream {
+        return Err(ApiError::invalid(
+            "stream",
+            format!(
+                "`{}` is a text-only model, which answers without streaming",
+                model.id
+            ),
+        ));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "at least one message is needed",
+        ));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(
+            "n",
+            "only one choice per request (n = 1)",
+        ));
+    }
+    let mut turns = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let mut images = Vec::new();
+        let text = text_of(&m.content, i, &mut images);
+        if let Some((param, _)) = images.first() {
+            return Err(ApiError::invalid(
+                param,
+                format!("`{}` is a text-only model and takes no image", model.id),
+            ));
+        }
+        if !matches!(
+            m.role.as_str(),
+            "system" | "developer" | "user" | "assistant"
+        ) {
+            return Err(ApiError::invalid(
+                &format!("messages[{i}].role"),
+                format!(
+                    "{:?}: expected system, developer, user or assistant",
+                    m.role
+                ),
+            ));
+        }
+        turns.push((m.role.clone(), text));
+    }
+    let sampling = Sampling {
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
+    };
+    let gen = sampling.config(state.config.max_tokens_limit)?;
+    let stops = match req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stops.len() > 4 || stops.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "up to 4 non-empty strings"));
+    }
+    let max_new = gen.max_new_tokens;
+    let done = model
+        .complete(crate::text_lm::transcript(&turns), gen)
+        .await?;
+    let (content, stopped) = apply_stops(&done.text, &stops);
+    let ended = done.token_ids.len() < max_new;
+    let mut resp = Json(ChatResponse {
+        id: state.next_id("chatcmpl"),
+        object: "chat.completion",
+        created: unix_now(),
+        model: model.id.clone(),
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content,
+            },
+            finish_reason: if stopped || ended { "stop" } else { "length" },
+        }],
+        usage: Usage::new(done.prompt_tokens, done.token_ids.len()),
+    })
+    .into_response();
+    if done.truncated > 0 {
+        resp.headers_mut().insert(
+            "x-glimpse-prompt-truncated",
+            axum::http::HeaderValue::from(done.truncated),
+        );
+    }
+    Ok(resp)
 }
