@@ -94,7 +94,18 @@ pub fn prepare_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
                 }
                 std::fs::copy(&p, dir.join(f)).map_err(|e| Error::io_ctx(&p, e))?;
             }
-            check_config_text_len(recipe, &read_json_file(&dir.join("config.json"))?, &src)
+            // RoPE positions hold no weights: longer conversations than stage 1's
+            // captions only need the config to say so.
+            let path = dir.join("config.json");
+            let mut config: Value = read_json_file(&path)?;
+            let image = config["image_seq_length"].as_u64().unwrap_or(0) as usize;
+            let need = (image + recipe.data.max_text_len).next_power_of_two();
+            let text = &mut config["text_config"];
+            if text["max_position_embeddings"].as_u64().unwrap_or(0) < need as u64 {
+                text["max_position_embeddings"] = need.into();
+                write_json_file(&path, &config)?;
+            }
+            check_config_text_len(recipe, &config, &src)
         }
     }
 }
