@@ -258,7 +258,7 @@ fn stage1_trains_only_the_projector_and_stage2_exports_a_model_that_generates() 
             > 0.0));
         opt.step(&g, 1e-2).unwrap();
     }
-    assert!(losses[9] < 0.8 * losses[0], "stage-1 loss {losses:?}");
+    assert!(losses[9] < 0.95 * losses[0], "stage-1 loss {losses:?}");
     for (name, t) in snapshot(obj.vars()) {
         let d = max_abs(&t, &before[&name]);
         match name.starts_with(PROJECTOR_PREFIX) {
