@@ -234,7 +234,11 @@ fn stage1_trains_only_the_projector_and_stage2_exports_a_model_that_generates() 
         .map(|e| obj.sample(e, Split::Train { epoch: 0 }).unwrap())
         .collect();
     let batch = obj.batch(&samples, Split::Train { epoch: 0 }).unwrap();
-    let before = snapshot(obj.vars());
+    // Copies: a snapshot shares storage with the variables, which AdamW updates in place.
+    let before: std::collections::HashMap<String, Tensor> = snapshot(obj.vars())
+        .into_iter()
+        .map(|(n, t)| (n, t.copy().unwrap()))
+        .collect();
     let mut opt = AdamW::new(
         obj.trainable(),
         AdamWConfig {
