@@ -27,12 +27,15 @@ use crate::trainer::resolve_checkpoint;
 use crate::vqa::BlipVqaTrain;
 use crate::{Error, Result};
 
-const SIDE_FILES: [&str; 5] = [
+const SIDE_FILES: [&str; 7] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
     "preprocessor_config.json",
+    // LLaVA's processor and chat template.
+    "processor_config.json",
+    "chat_template.jinja",
 ];
 
 /// What was written.
@@ -49,7 +52,7 @@ const EXPORT_FILES: [&str; 3] = ["model.safetensors", "config.json", "generation
 /// The model directories inside a BLIP export.
 const EXPORT_DIRS: [&str; 2] = ["caption", "retrieval"];
 
-fn write_model(
+pub(crate) fn write_model(
     out: &Path,
     model_dir: &Path,
     config: &Value,
@@ -312,6 +315,9 @@ fn export_into(run: &Path, out: &Path) -> Result<Vec<Exported>> {
                 m.retrieval_tensors()?,
                 &[],
             )?])
+        }
+        ModelKind::LlavaStage1 | ModelKind::LlavaStage2 => {
+            Ok(vec![crate::llava::export_run(&recipe, &model_dir, &config, &weights, &origin, out)?])
         }
         ModelKind::Blip => {
             let cfg: BlipConfig =

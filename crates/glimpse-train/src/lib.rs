@@ -10,6 +10,7 @@ pub mod clip;
 pub mod corpus;
 mod error;
 pub mod export;
+pub mod llava;
 pub mod lm;
 pub mod losses;
 pub mod negatives;

@@ -28,6 +28,26 @@ pub enum ModelKind {
     /// frozen image encoder (see [`crate::blip2`]); exported as
     /// `Blip2ForImageTextRetrieval`.
     Blip2Stage1,
+    /// LLaVA stage 1, feature alignment: only the projector trains, between a frozen
+    /// CLIP-layout tower (`model.vision_from`) and a frozen LLaMA (`model.lm_from`), on
+    /// captions with the "plain" template (see [`crate::llava`]).
+    LlavaStage1,
+    /// LLaVA stage 2, visual instruction tuning from a stage-1 run or export
+    /// (`model.init`): projector and language model train on conversations, the loss
+    /// on the assistant's tokens only; exported as `LlavaForConditionalGeneration`.
+    LlavaStage2,
+}
+
+/// LLaVA's projector from vision features to the language model's width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Projector {
+    /// LLaVA-1.5: `linear_2(gelu(linear_1(x)))`; the only one
+    /// `LlavaForConditionalGeneration` holds, so the only one that exports.
+    #[default]
+    Mlp2xGelu,
+    /// LLaVA-1: one linear layer (trains and validates; not exportable).
+    Linear,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +87,11 @@ pub struct ModelSection {
     /// this `BlipForImageTextRetrieval` directory; without it the Q-Former starts
     /// random.
     pub qformer_from: Option<PathBuf>,
+    /// `llava_stage1` only: the frozen language model, a `LlamaForCausalLM` directory
+    /// (e.g. `models/llama-lm-synth`).
+    pub lm_from: Option<PathBuf>,
+    /// `llava_stage1` and `llava_stage2`: the projector (`mlp2x_gelu` by default).
+    pub projector: Option<Projector>,
 }
 
 fn default_init_std() -> f64 {
@@ -377,12 +402,16 @@ impl Recipe {
                     "blip2_stage1 needs optim.batch_size of at least 2 (in-batch negatives)".into(),
                 );
             }
-        } else if self.model.vision_from.is_some() || self.model.qformer_from.is_some() {
+        } else if self.model.qformer_from.is_some()
+            || (self.model.vision_from.is_some() && kind != ModelKind::LlavaStage1)
+        {
             return bad(
-                "model.vision_from and model.qformer_from apply to blip2_stage1 recipes only"
+                "model.vision_from applies to blip2_stage1 and llava_stage1 recipes, \
+                 model.qformer_from to blip2_stage1 only"
                     .into(),
             );
         }
+        crate::llava::validate_recipe(self).or_else(bad)?;
         let run = &self.run;
         for (key, v) in [
             ("run.checkpoint_every", run.checkpoint_every),

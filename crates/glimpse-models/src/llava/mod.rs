@@ -26,7 +26,9 @@ pub use crate::capability::ChatTurn;
 pub use chat::ChatSession;
 pub use config::{FeatureSelect, LlavaConfig, VisionFeatureLayer};
 pub use layout::{read_config, LlavaLayout};
-pub use model::{LlavaCache, LlavaForConditionalGeneration, LlavaMultiModalProjector};
+pub use model::{
+    embed_with_images, LlavaCache, LlavaForConditionalGeneration, LlavaMultiModalProjector,
+};
 pub use processor::LlavaProcessor;
 pub use template::{ChatMessage, ChatTemplate, Content, Role};
 

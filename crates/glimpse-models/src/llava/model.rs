@@ -189,54 +189,12 @@ impl LlavaForConditionalGeneration {
     /// * `input_ids`: `[b, t]` u32; `image_features`: `[k, n, text_hidden]`
     /// * returns `[b, t, text_hidden]`
     pub fn embed(&self, input_ids: &Tensor, image_features: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let rows = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let image_id = self.config.image_token_index;
-        let n_image = rows.iter().flatten().filter(|&&i| i == image_id).count();
-        let n_features = match image_features {
-            Some(f) => f.dims3()?.0 * f.dims3()?.1,
-            None => 0,
-        };
-        if n_image != n_features {
-            return Err(Error::Model {
-                model: "llava".into(),
-                msg: format!(
-                    "the input ids hold {n_image} image token(s) (id {image_id}) but \
-                     {n_features} image feature row(s) are given"
-                ),
-            });
-        }
-        // The placeholder id may lie outside the vocabulary; its row is overwritten anyway.
-        let safe: Vec<u32> = rows
-            .iter()
-            .flatten()
-            .map(|&i| if i == image_id { 0 } else { i })
-            .collect();
-        let safe = Tensor::from_vec(safe, (b, t), input_ids.device())?;
-        let embeds = self.language_model.embed_tokens(&safe)?; // [b, t, d]
-        let Some(features) = image_features.filter(|_| n_image > 0) else {
-            return Ok(embeds);
-        };
-        let d = embeds.dim(2)?;
-        let flat_text = embeds.reshape((b * t, d))?; // [b*t, d]
-        let flat_img = features.to_dtype(embeds.dtype())?.reshape((n_image, d))?; // [k*n, d]
-        let mut next_image = 0u32;
-        let index: Vec<u32> = rows
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(pos, &id)| {
-                if id == image_id {
-                    next_image += 1;
-                    (b * t) as u32 + next_image - 1
-                } else {
-                    pos as u32
-                }
-            })
-            .collect();
-        let index = Tensor::from_vec(index, b * t, input_ids.device())?;
-        let both = Tensor::cat(&[&flat_text, &flat_img], 0)?; // [b*t + k*n, d]
-        Ok(both.index_select(&index, 0)?.reshape((b, t, d))?) // [b, t, d]
+        embed_with_images(
+            &self.language_model,
+            self.config.image_token_index,
+            input_ids,
+            image_features,
+        )
     }
 
     /// The reference's `forward(...).logits` (no cache).
@@ -304,6 +262,68 @@ impl LlavaForConditionalGeneration {
         let mut cache = self.new_cache(Some(&features));
         run_generate(self, &mut cache, input_ids, gen, None)
     }
+}
+
+/// Token embeddings of `language_model` with the `image_id` positions replaced by
+/// `image_features`, in reading order over the batch (the reference's `masked_scatter`);
+/// [`LlavaForConditionalGeneration::embed`], and the training recipes' projectors.
+///
+/// # Shapes
+/// * `input_ids`: `[b, t]` u32; `image_features`: `[k, n, text_hidden]`
+/// * returns `[b, t, text_hidden]`
+pub fn embed_with_images(
+    language_model: &LlamaForCausalLM,
+    image_id: u32,
+    input_ids: &Tensor,
+    image_features: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t) = input_ids.dims2()?;
+    let rows = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let n_image = rows.iter().flatten().filter(|&&i| i == image_id).count();
+    let n_features = match image_features {
+        Some(f) => f.dims3()?.0 * f.dims3()?.1,
+        None => 0,
+    };
+    if n_image != n_features {
+        return Err(Error::Model {
+            model: "llava".into(),
+            msg: format!(
+                "the input ids hold {n_image} image token(s) (id {image_id}) but \
+                 {n_features} image feature row(s) are given"
+            ),
+        });
+    }
+    // The placeholder id may lie outside the vocabulary; its row is overwritten anyway.
+    let safe: Vec<u32> = rows
+        .iter()
+        .flatten()
+        .map(|&i| if i == image_id { 0 } else { i })
+        .collect();
+    let safe = Tensor::from_vec(safe, (b, t), input_ids.device())?;
+    let embeds = language_model.embed_tokens(&safe)?; // [b, t, d]
+    let Some(features) = image_features.filter(|_| n_image > 0) else {
+        return Ok(embeds);
+    };
+    let d = embeds.dim(2)?;
+    let flat_text = embeds.reshape((b * t, d))?; // [b*t, d]
+    let flat_img = features.to_dtype(embeds.dtype())?.reshape((n_image, d))?; // [k*n, d]
+    let mut next_image = 0u32;
+    let index: Vec<u32> = rows
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(pos, &id)| {
+            if id == image_id {
+                next_image += 1;
+                (b * t) as u32 + next_image - 1
+            } else {
+                pos as u32
+            }
+        })
+        .collect();
+    let index = Tensor::from_vec(index, b * t, input_ids.device())?;
+    let both = Tensor::cat(&[&flat_text, &flat_img], 0)?; // [b*t + k*n, d]
+    Ok(both.index_select(&index, 0)?.reshape((b, t, d))?) // [b, t, d]
 }
 
 /// A streaming callback: sees each step's new tokens, returns whether to go on.

@@ -52,8 +52,10 @@ pub use progress::{Event, InitPart, Observer, RunLog, StepEvent};
 pub use run_dir::{preprocessor_json, RunFiles};
 
 use checkpoint::{init_vision, read_json, save_checkpoint};
+pub(crate) use checkpoint::{read_json as read_json_file, write_json as write_json_file};
 use data::Data;
-use run_dir::{is_exported_model, lock_run_dir, prepare_model_dir};
+pub(crate) use run_dir::is_exported_model;
+use run_dir::{lock_run_dir, prepare_model_dir};
 use skips::Skips;
 
 /// How to run `train`.
@@ -127,6 +129,10 @@ pub fn train_observed(opts: &TrainOptions, observer: &mut dyn Observer) -> Resul
         }
         ModelKind::Blip2Stage1 => {
             let o = Blip2Stage1Objective::new(r, inputs)?;
+            run.train(o, opts, observer)
+        }
+        ModelKind::LlavaStage1 | ModelKind::LlavaStage2 => {
+            let o = crate::llava::LlavaObjective::new(r, inputs)?;
             run.train(o, opts, observer)
         }
     }
