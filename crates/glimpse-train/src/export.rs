@@ -2,7 +2,8 @@
 //! that Glimpse and `transformers` load: a CLIP run → one `CLIPModel` directory; a
 //! BLIP pretraining run → `caption/` (`BlipForConditionalGeneration`) and
 //! `retrieval/` (`BlipForImageTextRetrieval`); a language-model run → one
-//! `OPTForCausalLM` or `LlamaForCausalLM` directory. Each holds `model.safetensors`,
+//! `OPTForCausalLM` or `LlamaForCausalLM` directory; a BLIP-2 stage-1 run → one
+//! `Blip2ForImageTextRetrieval`, a stage-2 run → one `Blip2ForConditionalGeneration`. Each holds `model.safetensors`,
 //! `config.json`, the tokenizer files and `preprocessor_config.json`.
 //!
 //! The export is written into a temporary sibling of the output directory and renamed
@@ -27,12 +28,13 @@ use crate::trainer::resolve_checkpoint;
 use crate::vqa::BlipVqaTrain;
 use crate::{Error, Result};
 
-const SIDE_FILES: [&str; 5] = [
+const SIDE_FILES: [&str; 6] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
     "preprocessor_config.json",
+    "processor_config.json",
 ];
 
 /// What was written.
@@ -311,6 +313,28 @@ fn export_into(run: &Path, out: &Path) -> Result<Vec<Exported>> {
                 "Blip2ForImageTextRetrieval",
                 m.retrieval_tensors()?,
                 &[],
+            )?])
+        }
+        ModelKind::Blip2Stage2 => {
+            let cfg: glimpse_models::blip2::Blip2Config =
+                serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let m = crate::blip2::Blip2Stage2::new(&cfg, &device)?;
+            load_into(&m.vars.map, &weights, &origin)?;
+            let t = &config["text_config"];
+            let gen = serde_json::json!({
+                "bos_token_id": t["bos_token_id"],
+                "eos_token_id": t["eos_token_id"],
+                "pad_token_id": t["pad_token_id"],
+                // After the queries and bos, as many tokens as training saw.
+                "max_new_tokens": recipe.data.max_text_len - 1,
+            });
+            Ok(vec![write_model(
+                out,
+                &model_dir,
+                &config,
+                "Blip2ForConditionalGeneration",
+                m.export_tensors()?,
+                &[("generation_config.json", gen)],
             )?])
         }
         ModelKind::Blip => {

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::attributes::AttributesObjective;
 use crate::blip::BlipObjective;
-use crate::blip2::Blip2Stage1Objective;
+use crate::blip2::{Blip2Stage1Objective, Blip2Stage2Objective};
 use crate::clip::ClipObjective;
 use crate::lm::LmObjective;
 use crate::objective::{scalar, Objective, Split, Step};
@@ -53,7 +53,8 @@ pub use run_dir::{preprocessor_json, RunFiles};
 
 use checkpoint::{init_vision, read_json, save_checkpoint};
 use data::Data;
-use run_dir::{is_exported_model, lock_run_dir, prepare_model_dir};
+pub(crate) use run_dir::is_exported_model;
+use run_dir::{lock_run_dir, prepare_model_dir};
 use skips::Skips;
 
 /// How to run `train`.
@@ -127,6 +128,10 @@ pub fn train_observed(opts: &TrainOptions, observer: &mut dyn Observer) -> Resul
         }
         ModelKind::Blip2Stage1 => {
             let o = Blip2Stage1Objective::new(r, inputs)?;
+            run.train(o, opts, observer)
+        }
+        ModelKind::Blip2Stage2 => {
+            let o = Blip2Stage2Objective::new(r, inputs)?;
             run.train(o, opts, observer)
         }
     }

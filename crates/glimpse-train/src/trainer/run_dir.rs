@@ -140,6 +140,9 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     if recipe.model.kind == ModelKind::Blip2Stage1 {
         return prepare_blip2_dir(recipe, dir);
     }
+    if recipe.model.kind == ModelKind::Blip2Stage2 {
+        return crate::blip2::stage2_setup::prepare_stage2_dir(recipe, dir);
+    }
     let max_len = recipe.data.max_text_len;
     let vocab_size = match &recipe.data.tokenizer {
         Some(path) => {
@@ -199,6 +202,7 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         ModelKind::VisionAttributes => "GlimpseVisionAttributes",
         ModelKind::Lm => unreachable!("prepare_lm_dir"),
         ModelKind::Blip2Stage1 => unreachable!("prepare_blip2_dir"),
+        ModelKind::Blip2Stage2 => unreachable!("prepare_stage2_dir"),
     };
     let mpe = text
         .get("max_position_embeddings")
@@ -355,7 +359,8 @@ pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
         | ModelKind::BlipVqa
         | ModelKind::VisionAttributes
         | ModelKind::Lm
-        | ModelKind::Blip2Stage1 => {
+        | ModelKind::Blip2Stage1
+        | ModelKind::Blip2Stage2 => {
             serde_json::json!({
                 "image_processor_type": "BlipImageProcessor",
                 "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
