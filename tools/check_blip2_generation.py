@@ -1,11 +1,11 @@
 """Prove that a BLIP-2 stage-2 export (`glimpse export` of a `blip2_stage2` run, a
-`Blip2ForConditionalGeneration` directory such as models/blip2-synth) loads in the reference
+`Blip2ForConditionalGeneration` directory such as runs/export/blip2-stage2) loads in the reference
 (transformers on PyTorch) and generates what `glimpse caption` and `glimpse ask` generate.
 
 Usage:
     tools/.venv/bin/python tools/check_blip2_generation.py --glimpse target/debug/glimpse \
-        --model models/blip2-synth [--synth-data data/synth] [--images a.png ...] \
-        [--out docs/checks/blip2-synth.txt]
+        --model runs/export/blip2-stage2 [--synth-data data/synth] [--images a.png ...] \
+        [--out docs/checks/blip2-stage2-generation.txt]
 
 Checks, reusing tools/check_export.py's report and helpers:
 - loading: `Blip2ForConditionalGeneration.from_pretrained(..., output_loading_info=True)`
