@@ -2,7 +2,8 @@
 //! that Glimpse and `transformers` load: a CLIP run → one `CLIPModel` directory; a
 //! BLIP pretraining run → `caption/` (`BlipForConditionalGeneration`) and
 //! `retrieval/` (`BlipForImageTextRetrieval`); a language-model run → one
-//! `OPTForCausalLM` or `LlamaForCausalLM` directory. Each holds `model.safetensors`,
+//! `OPTForCausalLM` or `LlamaForCausalLM` directory; a BLIP-2 stage-1 run → one
+//! `Blip2ForImageTextRetrieval`, a stage-2 run → one `Blip2ForConditionalGeneration`. Each holds `model.safetensors`,
 //! `config.json`, the tokenizer files and `preprocessor_config.json`.
 //!
 //! The export is written into a temporary sibling of the output directory and renamed
@@ -318,6 +319,28 @@ fn export_into(run: &Path, out: &Path) -> Result<Vec<Exported>> {
         }
         ModelKind::LlavaStage1 | ModelKind::LlavaStage2 => {
             Ok(vec![crate::llava::export_run(&recipe, &model_dir, &config, &weights, &origin, out)?])
+        }
+        ModelKind::Blip2Stage2 => {
+            let cfg: glimpse_models::blip2::Blip2Config =
+                serde_json::from_value(config.clone()).map_err(|e| Error::io_ctx(&cfg_path, e))?;
+            let m = crate::blip2::Blip2Stage2::new(&cfg, &device)?;
+            load_into(&m.vars.map, &weights, &origin)?;
+            let t = &config["text_config"];
+            let gen = serde_json::json!({
+                "bos_token_id": t["bos_token_id"],
+                "eos_token_id": t["eos_token_id"],
+                "pad_token_id": t["pad_token_id"],
+                // After the queries and bos, as many tokens as training saw.
+                "max_new_tokens": recipe.data.max_text_len - 1,
+            });
+            Ok(vec![write_model(
+                out,
+                &model_dir,
+                &config,
+                "Blip2ForConditionalGeneration",
+                m.export_tensors()?,
+                &[("generation_config.json", gen)],
+            )?])
         }
         ModelKind::Blip => {
             let cfg: BlipConfig =

@@ -28,6 +28,10 @@ pub enum ModelKind {
     /// frozen image encoder (see [`crate::blip2`]); exported as
     /// `Blip2ForImageTextRetrieval`.
     Blip2Stage1,
+    /// BLIP-2 stage 2: generative learning; the stage-1 Q-Former's queries, projected,
+    /// are a soft prompt for a frozen OPT (see [`crate::blip2::stage2`]); exported as
+    /// `Blip2ForConditionalGeneration`.
+    Blip2Stage2,
     /// LLaVA stage 1, feature alignment: only the projector trains, between a frozen
     /// CLIP-layout tower (`model.vision_from`) and a frozen LLaMA (`model.lm_from`), on
     /// captions with the "plain" template (see [`crate::llava`]).
@@ -80,15 +84,18 @@ pub struct ModelSection {
     /// plus content together, learned shapes with 0.25 (see the README).
     #[serde(default = "one_f64")]
     pub position_init_scale: f64,
-    /// `blip2_stage1` only: the frozen image encoder, the `vision_model.*` of this
-    /// BLIP model directory (e.g. `models/blip-synth/retrieval`).
+    /// `blip2_stage1`: the frozen image encoder, the `vision_model.*` of this BLIP
+    /// model directory (e.g. `models/blip-synth/retrieval`). `blip2_stage2`: optional,
+    /// the tower otherwise comes with the Q-Former.
     pub vision_from: Option<PathBuf>,
-    /// `blip2_stage1` only: start the Q-Former from the BERT-layout text encoder of
-    /// this `BlipForImageTextRetrieval` directory; without it the Q-Former starts
-    /// random.
+    /// `blip2_stage1`: start the Q-Former from the BERT-layout text encoder of this
+    /// `BlipForImageTextRetrieval` directory; without it the Q-Former starts random.
+    /// `blip2_stage2` (required): the stage-1 run, checkpoint or export whose queries,
+    /// Q-Former and frozen tower it starts from.
     pub qformer_from: Option<PathBuf>,
-    /// `llava_stage1` only: the frozen language model, a `LlamaForCausalLM` directory
-    /// (e.g. `models/llama-lm-synth`).
+    /// `llava_stage1` (a `LlamaForCausalLM` directory, e.g. `models/llama-lm-synth`) and
+    /// `blip2_stage2` (required; an `OPTForCausalLM` directory, e.g.
+    /// `models/opt-lm-synth`): the frozen language model.
     pub lm_from: Option<PathBuf>,
     /// `llava_stage1` and `llava_stage2`: the projector (`mlp2x_gelu` by default).
     pub projector: Option<Projector>,
@@ -130,6 +137,11 @@ pub struct DataSection {
     /// tokens it is not taught to predict, as BLIP fine-tunes its captioner ("a
     /// picture of "). ITC and ITM read the caption alone.
     pub caption_prompt: Option<String>,
+    /// `blip2_stage2` only: the share of training samples that read one of their
+    /// question/answer pairs in BLIP-2's VQA prompt ("Question: {q} Answer:", not
+    /// scored) instead of a caption.
+    #[serde(default)]
+    pub qa_share: f64,
 }
 
 fn default_text() -> TextChoice {
@@ -377,8 +389,10 @@ impl Recipe {
             );
         }
         if let Some(p) = &self.data.caption_prompt {
-            if kind != ModelKind::Blip {
-                return bad("data.caption_prompt applies to blip recipes only".into());
+            if !matches!(kind, ModelKind::Blip | ModelKind::Blip2Stage2) {
+                return bad(
+                    "data.caption_prompt applies to blip and blip2_stage2 recipes only".into(),
+                );
             }
             if p.trim().is_empty() {
                 return bad("data.caption_prompt is empty; leave it out for no prompt".into());
@@ -402,16 +416,50 @@ impl Recipe {
                     "blip2_stage1 needs optim.batch_size of at least 2 (in-batch negatives)".into(),
                 );
             }
+        } else if kind == ModelKind::Blip2Stage2 {
+            if self.model.qformer_from.is_none() {
+                return bad(
+                    "blip2_stage2 needs model.qformer_from (the blip2_stage1 run or export whose Q-Former it trains on)"
+                        .into(),
+                );
+            }
+            if self.model.lm_from.is_none() {
+                return bad(
+                    "blip2_stage2 needs model.lm_from (the frozen language model, an OPTForCausalLM directory such as models/opt-lm-synth)"
+                        .into(),
+                );
+            }
+            if self.model.init.is_some() || self.loss.hard_negative_captions {
+                return bad(
+                    "model.init and loss.hard_negative_captions do not apply to blip2_stage2"
+                        .into(),
+                );
+            }
         } else if self.model.qformer_from.is_some()
             || (self.model.vision_from.is_some() && kind != ModelKind::LlavaStage1)
         {
             return bad(
                 "model.vision_from applies to blip2_stage1 and llava_stage1 recipes, \
-                 model.qformer_from to blip2_stage1 only"
+                 model.qformer_from to blip2_stage1 and blip2_stage2"
                     .into(),
             );
         }
-        crate::llava::validate_recipe(self).or_else(bad)?;
+        if kind != ModelKind::Blip2Stage2 {
+            crate::llava::validate_recipe(self).or_else(bad)?;
+        } else if self.model.projector.is_some() {
+            return bad(
+                "model.projector applies to llava_stage1 and llava_stage2; blip2_stage2's \
+                 projection is the fully connected language_projection"
+                    .into(),
+            );
+        }
+        let qa = self.data.qa_share;
+        if !(0.0..=1.0).contains(&qa) {
+            return bad(format!("data.qa_share = {qa} is outside [0, 1]"));
+        }
+        if qa > 0.0 && kind != ModelKind::Blip2Stage2 {
+            return bad("data.qa_share applies to blip2_stage2 recipes only".into());
+        }
         let run = &self.run;
         for (key, v) in [
             ("run.checkpoint_every", run.checkpoint_every),
@@ -634,6 +682,44 @@ out = "runs/x"
         .unwrap_err()
         .to_string();
         assert!(e.contains("qformer_from"), "{e}");
+    }
+
+    #[test]
+    fn blip2_stage2_needs_its_sources_and_owns_its_fields() {
+        let stage2 = MIN.replace("kind = \"blip\"", "kind = \"blip2_stage2\"");
+        let with = |model: &str, data: &str| {
+            stage2
+                .replace(
+                    "config = \"c.json\"",
+                    &format!("config = \"c.json\"\n{model}"),
+                )
+                .replace(
+                    "train = \"d/train\"",
+                    &format!("train = \"d/train\"\n{data}"),
+                )
+        };
+        let err = |text: String| {
+            Recipe::from_toml(&text, Path::new("r.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let both = "qformer_from = \"runs/s1\"\nlm_from = \"models/opt\"";
+        let r = Recipe::from_toml(&with(both, "qa_share = 0.5"), Path::new("r.toml")).unwrap();
+        assert_eq!(r.model.kind, ModelKind::Blip2Stage2);
+        assert_eq!(r.data.qa_share, 0.5);
+        let e = err(with("qformer_from = \"runs/s1\"", ""));
+        assert!(e.contains("model.lm_from"), "{e}");
+        let e = err(with("lm_from = \"models/opt\"", ""));
+        assert!(e.contains("model.qformer_from"), "{e}");
+        let e = err(with(both, "qa_share = 1.5"));
+        assert!(e.contains("data.qa_share"), "{e}");
+        let e = err(MIN.replace(
+            "config = \"c.json\"",
+            "config = \"c.json\"\nlm_from = \"m\"",
+        ));
+        assert!(e.contains("model.lm_from"), "{e}");
+        let e = err(MIN.replace("train = \"d/train\"", "train = \"d/train\"\nqa_share = 0.5"));
+        assert!(e.contains("data.qa_share"), "{e}");
     }
 
     #[test]

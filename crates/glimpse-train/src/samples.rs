@@ -220,7 +220,7 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
 /// FNV-1a style hash of a sample key from `basis`: with the seed and the epoch it
 /// picks a sample's random draws (caption, question, negatives) independently of the
 /// order samples arrive in. Each purpose keeps its own basis, so draws stay fixed.
-fn key_hash(key: &str, basis: u64) -> u64 {
+pub(crate) fn key_hash(key: &str, basis: u64) -> u64 {
     key.bytes()
         .fold(basis, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }

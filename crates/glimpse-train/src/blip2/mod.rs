@@ -1,11 +1,17 @@
-//! BLIP-2 stage 1 (`kind = "blip2_stage1"`): Q-Former representation learning from a
-//! frozen image encoder, exported as `Blip2ForImageTextRetrieval`.
+//! BLIP-2 training. Stage 1 (`kind = "blip2_stage1"`): Q-Former representation
+//! learning from a frozen image encoder, exported as `Blip2ForImageTextRetrieval`.
+//! Stage 2 (`kind = "blip2_stage2"`): generative learning, the stage-1 Q-Former's
+//! queries projected into a frozen OPT as a soft prompt, exported as
+//! `Blip2ForConditionalGeneration`.
 //!
 //! * [`stage1`]: the model on trainable variables, the ITC / ITM / ITG losses and the
 //!   multimodal causal mask.
 //! * [`Blip2Stage1Objective`]: the [`Objective`] the loop drives; it takes the frozen
 //!   tower (`model.vision_from`) and, when given, the Q-Former's start
 //!   (`model.qformer_from`) from a `BlipForImageTextRetrieval` directory.
+//! * [`stage2`]: the stage-2 model and its loss; [`stage2_setup`]: its config,
+//!   tokenizer (with the processor's `<image>` placeholder) and starting weights;
+//!   [`Blip2Stage2Objective`]: the [`Objective`] over them.
 //!
 //! The paper starts the Q-Former from BERT-base, whose self-attention and feed-forward
 //! it copies into both the query and the text paths (cross-attention is new). The
@@ -14,6 +20,9 @@
 //! same BLIP tower, so [`qformer_source_name`] copies it (and `text_proj`, `itm_head`).
 
 pub mod stage1;
+pub mod stage2;
+mod stage2_objective;
+pub mod stage2_setup;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +42,8 @@ use crate::trainer::load_tensors;
 use crate::{Error, Result};
 use glimpse_data::rng::SplitMix64 as Rng;
 pub use stage1::{itg_mask, itg_pattern, Blip2Stage1, Stage1Losses, FROZEN_PREFIX};
+pub use stage2::{Blip2Stage2, Stage2Batch};
+pub use stage2_objective::{Blip2Stage2Objective, Stage2Sample};
 
 /// The name in a `BlipForImageTextRetrieval` checkpoint that starts the stage-1
 /// variable `name`, or `None` for a variable that starts random (queries, vision

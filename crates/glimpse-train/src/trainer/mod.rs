@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::attributes::AttributesObjective;
 use crate::blip::BlipObjective;
-use crate::blip2::Blip2Stage1Objective;
+use crate::blip2::{Blip2Stage1Objective, Blip2Stage2Objective};
 use crate::clip::ClipObjective;
 use crate::lm::LmObjective;
 use crate::objective::{scalar, Objective, Split, Step};
@@ -133,6 +133,10 @@ pub fn train_observed(opts: &TrainOptions, observer: &mut dyn Observer) -> Resul
         }
         ModelKind::LlavaStage1 | ModelKind::LlavaStage2 => {
             let o = crate::llava::LlavaObjective::new(r, inputs)?;
+            run.train(o, opts, observer)
+        }
+        ModelKind::Blip2Stage2 => {
+            let o = Blip2Stage2Objective::new(r, inputs)?;
             run.train(o, opts, observer)
         }
     }

@@ -143,6 +143,9 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     if matches!(kind, ModelKind::LlavaStage1 | ModelKind::LlavaStage2) {
         return crate::llava::files::prepare_dir(recipe, dir);
     }
+    if recipe.model.kind == ModelKind::Blip2Stage2 {
+        return crate::blip2::stage2_setup::prepare_stage2_dir(recipe, dir);
+    }
     let max_len = recipe.data.max_text_len;
     let vocab_size = match &recipe.data.tokenizer {
         Some(path) => {
@@ -203,6 +206,7 @@ pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
         ModelKind::Lm => unreachable!("prepare_lm_dir"),
         ModelKind::Blip2Stage1 => unreachable!("prepare_blip2_dir"),
         ModelKind::LlavaStage1 | ModelKind::LlavaStage2 => unreachable!("llava::files"),
+        ModelKind::Blip2Stage2 => unreachable!("prepare_stage2_dir"),
     };
     let mpe = text
         .get("max_position_embeddings")
@@ -361,7 +365,8 @@ pub fn preprocessor_json(kind: ModelKind, size: usize) -> Value {
         | ModelKind::Lm
         | ModelKind::Blip2Stage1
         | ModelKind::LlavaStage1
-        | ModelKind::LlavaStage2 => {
+        | ModelKind::LlavaStage2
+        | ModelKind::Blip2Stage2 => {
             serde_json::json!({
                 "image_processor_type": "BlipImageProcessor",
                 "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
