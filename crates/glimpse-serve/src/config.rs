@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// How long a worker waits for more requests before running a batch that is not full.
     pub batch_window: Duration,
+    /// Whether captions that arrive while a caption batch decodes join it.
+    pub join_batches: bool,
     /// Time to receive a whole request body (408 above): a slow client cannot hold a
     /// connection and its memory forever.
     pub body_timeout: Duration,
@@ -82,6 +84,7 @@ impl ServeConfig {
             queue_capacity: 128,
             max_batch: 32,
             batch_window: Duration::from_millis(2),
+            join_batches: true,
             body_timeout: Duration::from_secs(30),
             max_messages: 256,
             max_tokens_limit: 512,

@@ -101,6 +101,7 @@ impl AppState {
             queue_capacity: cfg.queue_capacity,
             max_batch: cfg.max_batch,
             window: cfg.batch_window,
+            join: cfg.join_batches,
         };
         let mut models = Models::default();
         for spec in &cfg.models {

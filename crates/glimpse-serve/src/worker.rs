@@ -123,6 +123,8 @@ pub struct BatchPolicy {
     pub queue_capacity: usize,
     pub max_batch: usize,
     pub window: Duration,
+    /// Captions that arrive while a caption batch decodes join it.
+    pub join: bool,
 }
 
 /// The sending side of a model's queue.
@@ -239,6 +241,7 @@ fn run(model: &str, pipeline: &Pipeline, mut rx: mpsc::Receiver<Job>, policy: Ba
         let mut queue = Queue {
             rx: &mut rx,
             carry: &mut carry,
+            join: policy.join,
         };
         process(model, pipeline, jobs, policy.max_batch, &mut queue);
     }
@@ -248,6 +251,8 @@ fn run(model: &str, pipeline: &Pipeline, mut rx: mpsc::Receiver<Job>, policy: Ba
 struct Queue<'a> {
     rx: &'a mut mpsc::Receiver<Job>,
     carry: &'a mut Vec<Job>,
+    /// Whether captions may join a running caption batch.
+    join: bool,
 }
 
 /// Groups `jobs` into batches and runs them.
@@ -290,7 +295,7 @@ fn process(
     for (i, (key, group)) in captions.into_iter().enumerate() {
         // The last caption group runs while the queue is watched: captions with the
         // same settings that arrive join it as it decodes (when the family can).
-        let group = if i == last && single.is_empty() && carry_free(queue) {
+        let group = if queue.join && i == last && single.is_empty() && carry_free(queue) {
             match caption_joining(model, pipeline, &key, group, max_batch, queue) {
                 Some(rest) => rest,
                 None => continue,

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// not full.
     #[arg(long, default_value_t = 2)]
     pub batch_window_ms: u64,
+    /// Captions that arrive while a caption batch decodes wait for the next batch
+    /// instead of joining it (more throughput, longer waits for late arrivals; see
+    /// docs/serving.md).
+    #[arg(long)]
+    pub no_join: bool,
     /// Seconds a client has to send its whole request body (408 after).
     #[arg(long, default_value_t = 30)]
     pub body_timeout_s: u64,
@@ -170,6 +175,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     cfg.queue_capacity = args.queue;
     cfg.max_batch = args.max_batch;
     cfg.batch_window = Duration::from_millis(args.batch_window_ms);
+    cfg.join_batches = !args.no_join;
     cfg.body_timeout = Duration::from_secs(args.body_timeout_s.max(1));
     cfg.max_tokens_limit = args.max_tokens;
     cfg.max_messages = args.max_messages;
