@@ -5,7 +5,11 @@
 //!
 //! - `plan`, `tasks`: plans in HuggingGPT's format and their validation against a
 //!   catalog of task types.
-//! - `planner` (the interface), `remote` (any OpenAI-compatible chat endpoint).
+//! - `planner` (the interface), `local` (the trained planner decoding under the plan
+//!   `grammar`, over the lossless `plan_tokenizer`), `remote` (any OpenAI-compatible
+//!   chat endpoint).
+//! - `corpus`: the planner's requests and plans and the end-to-end set; `taskbench`,
+//!   `plan_eval`: TaskBench's metrics and the planner's evaluation.
 //! - `registry`: the loaded and bundled models, an index and external tools
 //!   (`tools`), with descriptions and capability tags.
 //! - `select`: a model per task (only candidate, a [`Chooser`], or a clear error).
