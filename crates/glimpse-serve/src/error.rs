@@ -228,3 +228,12 @@ fn source_text(e: &dyn std::error::Error) -> String {
     }
     inner.to_string()
 }
+
+/// What a caught panic says (its `String` or `&str` payload), for logs and 500s.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic")
+}

@@ -210,11 +210,7 @@ pub fn router(state: SharedState) -> Router {
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let what = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("a panic");
+    let what = crate::error::panic_message(panic.as_ref());
     tracing::error!("a handler panicked: {what}");
     ApiError::internal(format!(
         "the server failed on this request ({what}); it goes on"

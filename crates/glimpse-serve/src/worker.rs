@@ -371,17 +371,7 @@ fn caption_joining(
         Ok(Ok(true)) => None,
         Ok(Ok(false)) => return Some(std::mem::take(&mut live.waiting)),
         Ok(Err(e)) => Some(ApiError::from_model(model, &e)),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
-            tracing::error!(model, kind = "caption", "a model call panicked: {what}");
-            Some(ApiError::internal(format!(
-                "model `{model}` failed on this request ({what}); the server goes on"
-            )))
-        }
+        Err(panic) => Some(model_panic(model, "caption", panic.as_ref())),
     };
     // Whatever did not finish gets the error; a batch that ended normally has none left.
     let left: Vec<Job> = std::mem::take(&mut live.admitted)
@@ -478,6 +468,16 @@ impl glimpse_models::pipeline::ImageRows for Live<'_, '_> {
     }
 }
 
+/// The 500 of every request of a batch whose model call panicked (logged once per
+/// request).
+fn model_panic(model: &str, kind: &str, panic: &(dyn std::any::Any + Send)) -> ApiError {
+    let what = crate::error::panic_message(panic);
+    tracing::error!(model, kind, "a model call panicked: {what}");
+    ApiError::internal(format!(
+        "model `{model}` failed on this request ({what}); the server goes on"
+    ))
+}
+
 /// Embedding jobs in groups of at most `n` inputs (a job is never split).
 fn chunks_by_rows(jobs: Vec<Job>, n: usize) -> Vec<Vec<Job>> {
     let rows = |j: &Job| match &j.task {
@@ -537,17 +537,7 @@ fn guarded(model: &str, kind: &str, jobs: Vec<Job>, f: impl FnOnce(Vec<Job>)) {
     for (forward, mut rx) in replies {
         let result = match (&outcome, rx.try_recv()) {
             (_, Ok(result)) => result,
-            (Err(panic), _) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
-                tracing::error!(model, kind, "a model call panicked: {what}");
-                Err(ApiError::internal(format!(
-                    "model `{model}` failed on this request ({what}); the server goes on"
-                )))
-            }
+            (Err(panic), _) => Err(model_panic(model, kind, panic.as_ref())),
             (Ok(()), Err(_)) => Err(ApiError::internal(format!(
                 "model `{model}` gave no result for this request"
             ))),

@@ -254,34 +254,8 @@ async fn concurrent_captions_share_batches_and_keep_their_own_answers() {
         "pink-triangle",
         "purple-diamond",
     ];
-    let cap = pipeline("models/blip-synth/caption");
-    let mut expected = Vec::new();
-    for n in names {
-        let image = glimpse_data::load_image(std::path::Path::new(&image_path(n))).unwrap();
-        expected.push(
-            cap.caption(&[image], None, &gen(&cap))
-                .unwrap()
-                .remove(0)
-                .text,
-        );
-    }
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let state = state.clone();
-        let name = names[i % names.len()];
-        tasks.push(tokio::spawn(async move {
-            post(&state, "/v1/caption", json!({"image": data_url(name)})).await
-        }));
-    }
-    for (i, t) in tasks.into_iter().enumerate() {
-        let r = t.await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(
-            r.json()["text"],
-            expected[i % names.len()].as_str(),
-            "request {i}"
-        );
-    }
+    let expected = alone_captions(&names);
+    caption_burst(&state, &names, &expected, 16, 0, "").await;
     // The batches were larger than one request.
     let metrics = get(&state, "/metrics").await.text();
     let sum = metric(
@@ -310,8 +284,33 @@ async fn captions_arriving_while_a_batch_decodes_join_it_and_keep_their_own_answ
         "pink-triangle",
         "purple-diamond",
     ];
+    let expected = alone_captions(&names);
+    let joined_name = "glimpse_batch_joined_total{model=\"blip-synth-caption\"}";
+    // Arrivals are timed by the machine's load, so a burst may happen to miss every
+    // running batch; a few bursts make a join all but certain, and every answer is
+    // checked in every burst.
+    for burst in 0..6 {
+        caption_burst(
+            &state,
+            &names,
+            &expected,
+            20,
+            700,
+            &format!("burst {burst}, "),
+        )
+        .await;
+        let metrics = get(&state, "/metrics").await.text();
+        if metric(&metrics, joined_name) > 0.0 {
+            return;
+        }
+    }
+    panic!("no caption joined a running batch in six bursts of 20");
+}
+
+/// The bundled BLIP's caption of each named example image, one request at a time.
+fn alone_captions(names: &[&str]) -> Vec<String> {
     let cap = pipeline("models/blip-synth/caption");
-    let expected: Vec<String> = names
+    names
         .iter()
         .map(|n| {
             let image = glimpse_data::load_image(std::path::Path::new(&image_path(n))).unwrap();
@@ -320,36 +319,37 @@ async fn captions_arriving_while_a_batch_decodes_join_it_and_keep_their_own_answ
                 .remove(0)
                 .text
         })
-        .collect();
-    let joined_name = "glimpse_batch_joined_total{model=\"blip-synth-caption\"}";
-    // Arrivals are timed by the machine's load, so a burst may happen to miss every
-    // running batch; a few bursts make a join all but certain, and every answer is
-    // checked in every burst.
-    for burst in 0..6 {
-        let mut tasks = Vec::new();
-        for i in 0..20 {
-            let state = state.clone();
-            let name = names[i % names.len()];
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_micros(700 * i as u64)).await;
-                post(&state, "/v1/caption", json!({"image": data_url(name)})).await
-            }));
-        }
-        for (i, t) in tasks.into_iter().enumerate() {
-            let r = t.await.unwrap();
-            assert_eq!(r.status, 200, "{}", r.text());
-            assert_eq!(
-                r.json()["text"],
-                expected[i % names.len()].as_str(),
-                "burst {burst}, request {i}"
-            );
-        }
-        let metrics = get(&state, "/metrics").await.text();
-        if metric(&metrics, joined_name) > 0.0 {
-            return;
-        }
+        .collect()
+}
+
+/// `n` concurrent `/v1/caption` requests over `names` in turn, request `i` sent after
+/// `i * spacing_us` µs; each must answer 200 with its image's `expected` caption.
+async fn caption_burst(
+    state: &glimpse_serve::SharedState,
+    names: &[&'static str],
+    expected: &[String],
+    n: usize,
+    spacing_us: u64,
+    label: &str,
+) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let state = state.clone();
+        let name = names[i % names.len()];
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_micros(spacing_us * i as u64)).await;
+            post(&state, "/v1/caption", json!({"image": data_url(name)})).await
+        }));
     }
-    panic!("no caption joined a running batch in six bursts of 20");
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["text"],
+            expected[i % names.len()].as_str(),
+            "{label}request {i}"
+        );
+    }
 }
 
 fn metric(text: &str, name: &str) -> f64 {
