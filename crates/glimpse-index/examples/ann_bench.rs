@@ -9,8 +9,11 @@
 //!
 //! `cargo run --release -p glimpse-index --example ann_bench -- ROWS [DIM] [QUERIES]`
 //! (or in the dev profile, where glimpse-index is built at opt-level 3 as well).
-//! Writes the index under `$TMPDIR/glimpse-ann-bench`, then reports build time, peak
-//! memory (VmHWM), reopen time, and recall@10 / queries per second per `ef`.
+//! Writes the index under `$TMPDIR/glimpse-ann-bench` (or `ANN_BENCH_DIR`), then reports
+//! build time, peak memory (VmHWM), reopen time, and recall@10 / queries per second per
+//! `ef`. With `REUSE=1` an index that an earlier run of the same arguments left there
+//! (with its `truth.json`) is reopened and queried without rebuilding, so the query
+//! timing can be taken on a quiet machine apart from the long build.
 
 use std::path::Path;
 use std::time::Instant;
@@ -104,7 +107,17 @@ fn main() {
             c
         })
         .collect();
-    let root = std::env::temp_dir().join("glimpse-ann-bench");
+    let root = std::env::var_os("ANN_BENCH_DIR")
+        .map_or_else(|| std::env::temp_dir().join("glimpse-ann-bench"), Into::into);
+    let truth_path = root.join(format!("truth-{rows}x{dim}-{nq}.json"));
+    let queries = vectors(99, nq, &centres, spread);
+    if std::env::var("REUSE").is_ok_and(|v| v == "1") && truth_path.exists() {
+        let truth: Vec<Vec<usize>> =
+            serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+        println!("reusing the index under {}", root.display());
+        query(&root, &queries, &truth);
+        return;
+    }
     let _ = std::fs::remove_dir_all(&root);
     let dir = IndexDir::create_or_open(
         &root,
@@ -154,7 +167,6 @@ fn main() {
         "data: {rows} x {dim}, {clusters} clusters, spread {spread}, written in {:.1}s",
         t.elapsed().as_secs_f64()
     );
-    let queries = vectors(99, nq, &centres, spread);
 
     let t = Instant::now();
     let truth: Vec<Vec<usize>> = (0..nq)
@@ -172,6 +184,7 @@ fn main() {
         rayon::current_num_threads()
     );
     drop(all);
+    std::fs::write(&truth_path, serde_json::to_vec(&truth).unwrap()).unwrap();
 
     let before = vm_hwm_mib();
     let t = Instant::now();
@@ -186,8 +199,14 @@ fn main() {
         before
     );
     let _ = report;
+    query(&root, &queries, &truth);
+}
+
+/// Reopens the index and reports recall@10 and queries/s at each `ef`.
+fn query(root: &Path, queries: &Matrix, truth: &[Vec<usize>]) {
+    let nq = truth.len();
     let t = Instant::now();
-    let index = SearchIndex::open(&root).unwrap();
+    let index = SearchIndex::open(root).unwrap();
     println!("reopen: {:.2}s", t.elapsed().as_secs_f64());
     disk_usage(&root.join("ann"));
     for ef in [16, 32, 64, 128, 256] {
