@@ -8,7 +8,13 @@
 #   schedule cut to 120 updates (validation and a checkpoint every 40, a log line every
 #   2; nothing else changed), stopped after 60 updates with --stop-after, as a kill
 #   would, and resumed from its checkpoint at 40 to the end. It reads data/synth; when
-#   that is missing, a 3,000-sample set (seed 0) is written there.
+#   that is missing, a 3,000-sample set (seed 0) is written there;
+# - eval-capfilt.html: `glimpse eval --task capfilt --report` of a `glimpse capfilt` run
+#   with the bundled captioner and filter (models/capfilt-synth) over 300 noisy samples
+#   (`glimpse data synth --noise 0.4 --seed 2026`, the held-out noisy split's seed):
+#   corrupted and clean web captions removed and kept per corruption kind;
+# - eval-plan.html: `glimpse eval --task plan --report` of the bundled planner
+#   (models/planner-synth) on 300 held-out requests of `glimpse data plans`' test split.
 #
 #   bash tools/make_report_pages.sh   # about 12 minutes with a debug build on a busy 2-core machine
 #
@@ -33,6 +39,16 @@ eval_page retrieval
 eval_page zeroshot --template "a {}"
 eval_page caption --limit 100
 eval_page vqa --limit 20
+
+"$glimpse" data synth --out "$work/noisy" --count 300 --seed 2026 --noise 0.4 \
+    --val-fraction 0 --test-fraction 0 >/dev/null
+"$glimpse" capfilt --data "$work/noisy/train" --out "$work/capfilt"
+"$glimpse" eval --task capfilt --data "$work/capfilt" --report "$work/eval-capfilt"
+cp "$work/eval-capfilt/index.html" docs/reports/eval-capfilt.html
+
+"$glimpse" data plans --out "$work/plans" --count 2000 >/dev/null
+"$glimpse" eval --task plan --data "$work/plans/test.jsonl" --limit 300 --report "$work/eval-plan"
+cp "$work/eval-plan/index.html" docs/reports/eval-plan.html
 
 if [ ! -d data/synth/train ]; then
     "$glimpse" data synth --out data/synth --count 3000 --seed 0 >/dev/null

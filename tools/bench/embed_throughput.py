@@ -13,7 +13,11 @@ over files, `open_clip`/`clip` preprocessing, `encode_image`) with more dependen
     $PY tools/bench/embed_throughput.py model --out bench-out/models/clip-vit-base-patch32-index
     # The timed run: one JSON line.
     $PY tools/bench/embed_throughput.py time --model bench-out/models/clip-vit-base-patch32-index \
-        --data bench-out/photos --workers 2 --batch-size 32
+        --data bench-out/photos --workers 2 --batch-size 32 [--quantize int8]
+
+`--quantize int8` runs the model under PyTorch's dynamic int8 quantisation of its
+linear layers (`torch.ao.quantization.quantize_dynamic`), the counterpart of
+`glimpse index build --quantize q8`.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def make_model(out: Path) -> None:
     print(f"{out}: CLIP ViT-B/32, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters", file=sys.stderr)
 
 
-def time_run(model_dir: Path, data: Path, workers: int, batch_size: int) -> None:
+def time_run(model_dir: Path, data: Path, workers: int, batch_size: int, quantize: str | None) -> None:
     import torch
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -96,6 +100,8 @@ def time_run(model_dir: Path, data: Path, workers: int, batch_size: int) -> None
 
     start = time.perf_counter()
     model = CLIPModel.from_pretrained(model_dir).eval()
+    if quantize == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     load_s = time.perf_counter() - start
     loader = DataLoader(Photos(), batch_size=batch_size, num_workers=workers)
     rows = 0
@@ -114,6 +120,7 @@ def time_run(model_dir: Path, data: Path, workers: int, batch_size: int) -> None
         "images_per_s_after_load": round(rows / (total - load_s), 2),
         "workers": workers,
         "batch_size": batch_size,
+        "quantize": quantize or "f32",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }))
@@ -132,13 +139,14 @@ def main() -> None:
     a.add_argument("--data", type=Path, required=True)
     a.add_argument("--workers", type=int, default=2)
     a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--quantize", choices=["int8"])
     args = p.parse_args()
     if args.cmd == "photos":
         make_photos(args.out, args.count)
     elif args.cmd == "model":
         make_model(args.out)
     else:
-        time_run(args.model, args.data, args.workers, args.batch_size)
+        time_run(args.model, args.data, args.workers, args.batch_size, args.quantize)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct PlanCase {
     pub key: String,
+    /// The corpus's intent or plan shape (`kind`), when the data names it.
+    pub kind: Option<String>,
     pub request: String,
     pub images: usize,
     pub gold: Plan,
@@ -54,6 +56,7 @@ pub fn read_cases(path: &Path) -> Result<Vec<PlanCase>> {
         }
         .map_err(|e| at(&format!("the gold plan: {e}")))?;
         out.push(PlanCase {
+            kind: v["kind"].as_str().map(String::from),
             key: v["key"]
                 .as_str()
                 .map_or_else(|| format!("line-{}", i + 1), String::from),
@@ -72,6 +75,7 @@ pub fn read_cases(path: &Path) -> Result<Vec<PlanCase>> {
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
     pub key: String,
+    pub kind: Option<String>,
     pub request: String,
     /// The planner's text, or its error.
     pub raw: String,
@@ -79,6 +83,11 @@ pub struct CaseResult {
     /// The validation error, if the plan parsed but cannot run.
     pub invalid: Option<String>,
     pub exact: bool,
+    /// The gold plan and the planner's (for a report page; the JSON has `raw`).
+    #[serde(skip)]
+    pub gold: Plan,
+    #[serde(skip)]
+    pub predicted: Option<Plan>,
 }
 
 /// The scores and every case's outcome.
@@ -118,11 +127,14 @@ pub fn evaluate(
         acc.add(pred.as_ref(), invalid.is_none(), &c.gold);
         results.push(CaseResult {
             key: c.key.clone(),
+            kind: c.kind.clone(),
             request: c.request.clone(),
             parsed: pred.is_some(),
             exact: pred.as_ref() == Some(&c.gold),
             invalid,
             raw,
+            gold: c.gold.clone(),
+            predicted: pred,
         });
         progress(i + 1);
     }

@@ -12,12 +12,16 @@
 //!   the filter, a bootstrapped WebDataset shard written under a temporary name and
 //!   renamed, then its marker. Resumable after a kill; any scheduler (the Spark
 //!   driver under `tools/spark`) can run shards on their own.
+//! - [`quality`]: how well a finished run filtered data whose noise is known (the
+//!   synthetic world's `--noise` marks): removed and kept per corruption kind, a
+//!   threshold sweep, and examples for a report page (`glimpse eval --task capfilt`).
 
 mod error;
 pub mod job;
 pub mod layout;
 pub mod models;
 pub mod options;
+pub mod quality;
 pub mod record;
 
 #[cfg(test)]
@@ -28,4 +32,5 @@ pub use job::{resolve_inputs, run_shard, settings, InputShard, ShardOutcome};
 pub use layout::{Counts, Manifest, OutputDir, Settings, ShardReport, Skipped};
 pub use models::{Captioner, Filter, PipelineCaptioner, PipelineFilter};
 pub use options::{CapfiltOptions, Decoding};
+pub use quality::{measure as measure_quality, Quality};
 pub use record::{CapfiltRecord, Scored};

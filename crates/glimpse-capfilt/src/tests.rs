@@ -370,3 +370,126 @@ fn jsonl_inputs_become_tar_shards() {
     assert_eq!(out[0].1["capfilt"]["web"]["kept"], false);
     assert_eq!(out[0].1["capfilt"]["texts"], json!(["a red picture"]));
 }
+
+/// A sample as `glimpse data synth --noise` writes it: the web caption, whether it is
+/// corrupted, how, and the clean caption it came from.
+fn noisy_sample(
+    key: &str,
+    colour: [u8; 3],
+    caption: &str,
+    corruption: Option<&str>,
+) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (format!("{key}.png"), png(colour)),
+        (
+            format!("{key}.json"),
+            serde_json::to_vec(&json!({
+                "key": key,
+                "caption": caption,
+                "corrupted": corruption.is_some(),
+                "corruption": corruption,
+                "clean_caption": "a clean caption",
+            }))
+            .unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn quality_counts_removed_and_kept_per_corruption_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("noisy");
+    fs::create_dir_all(&data).unwrap();
+    let red = [255, 0, 0];
+    let blue = [0, 0, 255];
+    let mut entries = Vec::new();
+    // The fake filter keeps a text that names the image's colour.
+    entries.extend(noisy_sample("000000", red, "a red square", None)); // clean, kept
+    entries.extend(noisy_sample("000001", blue, "a red circle", None)); // clean, removed
+    entries.extend(noisy_sample(
+        "000002",
+        blue,
+        "a red star",
+        Some("wrong colour"),
+    )); // removed
+    entries.extend(noisy_sample("000003", red, "a red", Some("truncated"))); // kept: a miss
+    entries.extend(noisy_sample(
+        "000004",
+        red,
+        "a green cat",
+        Some("wrong colour"),
+    )); // removed
+    write_tar(&data.join("a.tar"), &entries);
+    let out = dir.path().join("out");
+    let opts = CapfiltOptions::default();
+    let run = start(&data, &out, &opts).unwrap();
+    run_all(&run, &good_captioner(), &opts);
+
+    let q = quality::measure(&out, None, true).unwrap();
+    assert_eq!(q.samples, 5);
+    assert_eq!(q.threshold, f64::from(opts.threshold));
+    let kinds: Vec<(&str, u64, u64)> = q
+        .kinds
+        .iter()
+        .map(|k| (k.kind.as_str(), k.n, k.removed))
+        .collect();
+    assert_eq!(kinds, [("truncated", 1, 0), ("wrong colour", 2, 2)]);
+    assert_eq!((q.corrupted.n, q.corrupted.removed), (3, 2));
+    assert_eq!((q.clean.n, q.clean.kept), (2, 1));
+    // One synthetic caption per image, each naming the image's colour: all kept.
+    assert_eq!((q.synthetic.n, q.synthetic.kept), (5, 5));
+    // The sweep: at 0.05 everything is kept, at 0.95 nothing.
+    let first = q.sweep.first().unwrap();
+    let last = q.sweep.last().unwrap();
+    assert_eq!((first.corrupted_removed, first.clean_kept), (0.0, 1.0));
+    assert_eq!((last.corrupted_removed, last.clean_kept), (1.0, 0.0));
+
+    // Evidence: the kinds in order, then clean, then synthetic, each example with its
+    // image and, for a corrupted caption, the clean one it came from.
+    let names: Vec<&str> = q.evidence.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["truncated", "wrong colour", "clean", "synthetic"]);
+    let truncated = &q.evidence[0];
+    assert_eq!(truncated.kept.len(), 1);
+    assert_eq!(truncated.kept[0].text, "a red");
+    assert_eq!(
+        truncated.kept[0].clean_caption.as_deref(),
+        Some("a clean caption")
+    );
+    assert!(truncated.kept[0].thumbnail.is_some());
+    assert_eq!(q.evidence[1].removed.len(), 2);
+    assert!(q.evidence[2].kept[0].clean_caption.is_none());
+
+    // Another threshold, from the stored probabilities: at 0.05 the filter removes
+    // nothing.
+    let loose = quality::measure(&out, Some(0.05), false).unwrap();
+    assert_eq!(loose.corrupted.removed, 0);
+    assert!(loose.evidence.is_empty());
+}
+
+#[test]
+fn quality_refuses_data_without_noise_marks_and_other_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("out");
+    let opts = CapfiltOptions::default();
+    let run = start(&data, &out, &opts).unwrap();
+    let err = quality::measure(&out, None, false).unwrap_err().to_string();
+    assert!(err.contains("no completed shard"), "{err}");
+    run_all(&run, &good_captioner(), &opts);
+    let err = quality::measure(&out, None, false).unwrap_err().to_string();
+    assert!(
+        err.contains("no noise marks") && err.contains("000000"),
+        "{err}"
+    );
+    let err = quality::measure(&out, Some(1.5), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--threshold"), "{err}");
+    let err = quality::measure(&data, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not a `glimpse capfilt` output directory"),
+        "{err}"
+    );
+}

@@ -107,8 +107,10 @@ fn main() {
             c
         })
         .collect();
-    let root = std::env::var_os("ANN_BENCH_DIR")
-        .map_or_else(|| std::env::temp_dir().join("glimpse-ann-bench"), Into::into);
+    let root = std::env::var_os("ANN_BENCH_DIR").map_or_else(
+        || std::env::temp_dir().join("glimpse-ann-bench"),
+        Into::into,
+    );
     let truth_path = root.join(format!("truth-{rows}x{dim}-{nq}.json"));
     let queries = vectors(99, nq, &centres, spread);
     if std::env::var("REUSE").is_ok_and(|v| v == "1") && truth_path.exists() {

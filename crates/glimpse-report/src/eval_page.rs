@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use glimpse_eval::evidence::{Evidence, TaskEvidence};
+use glimpse_eval::evidence::{Evidence, TaskEvidence, Thumbnail};
 use glimpse_eval::metrics::Judgement;
 use glimpse_eval::{EvalReport, Metrics};
 
@@ -30,8 +30,14 @@ fn pct(x: f64) -> String {
 
 /// An `<img>` of a sample's thumbnail, or a note that it is missing.
 fn image(ev: &Evidence, key: &str, caption: &str, hit: bool) -> String {
+    thumbnail(ev.images.get(key), key, caption, hit)
+}
+
+/// A thumbnail (or a note that it is missing) with `caption` (HTML) under it, framed
+/// green when `hit`.
+pub(crate) fn thumbnail(t: Option<&Thumbnail>, key: &str, caption: &str, hit: bool) -> String {
     let class = if hit { "thumb hit" } else { "thumb" };
-    match ev.images.get(key) {
+    match t {
         Some(t) => {
             // Small images are shown at 72 px or more, pixels kept sharp by the style.
             let scale = (72.0 / f64::from(t.width.max(t.height).max(1))).max(1.0);

@@ -21,12 +21,17 @@
 //!   questions, recipe lines) passes [`html::escape`].
 //!
 //! Modules: `html` (escaping, `data:` URIs, the page skeleton), `svg` (line plots and
-//! down-sampling), `run` (reading a run directory), `run_page`, `eval_page`, `check`.
+//! down-sampling), `run` (reading a run directory), `run_page`, `eval_page` (the model
+//! evaluations of `glimpse_eval`), `capfilt_page` (CapFilt's filter quality: kept and
+//! removed captions per corruption kind), `plan_page` (a planner's task graphs beside
+//! the gold ones), `check`.
 
+pub mod capfilt_page;
 pub mod check;
 mod error;
 pub mod eval_page;
 pub mod html;
+pub mod plan_page;
 pub mod run;
 pub mod run_page;
 pub mod svg;
@@ -35,8 +40,10 @@ use std::path::{Path, PathBuf};
 
 use glimpse_eval::EvalReport;
 
+pub use capfilt_page::capfilt_page;
 pub use error::{Error, Result};
 pub use eval_page::{eval_page, PageSection};
+pub use plan_page::plan_page;
 pub use run::{read_runs, Resume, RunData};
 pub use run_page::run_page;
 
@@ -103,13 +110,30 @@ pub fn write_run_report(dirs: &[PathBuf], out: Option<&Path>) -> Result<Written>
 
 /// Writes the page of `report` as `dir/index.html` (its images are embedded).
 pub fn write_eval_report(report: &EvalReport, dir: &Path) -> Result<Written> {
+    write_page(dir, eval_page(report, &[]))
+}
+
+/// Writes the page of a CapFilt filter-quality evaluation as `dir/index.html`.
+pub fn write_capfilt_report(quality: &glimpse_capfilt::Quality, dir: &Path) -> Result<Written> {
+    write_page(dir, capfilt_page(quality))
+}
+
+/// Writes the page of a planner evaluation as `dir/index.html`.
+pub fn write_plan_report(
+    report: &glimpse_agent::plan_eval::PlanEvalReport,
+    dir: &Path,
+) -> Result<Written> {
+    write_page(dir, plan_page(report))
+}
+
+/// Writes `html` as `dir/index.html`.
+fn write_page(dir: &Path, html: String) -> Result<Written> {
     if dir.is_file() {
         return Err(Error::Invalid(format!(
             "{}: --report names a file; give a directory for index.html",
             dir.display()
         )));
     }
-    let html = eval_page(report, &[]);
     let path = dir.join(EVAL_REPORT);
     write_atomic(&path, &html)?;
     Ok(Written {

@@ -27,7 +27,10 @@ pub struct EvalArgs {
     /// argument F1, edit distance, parse and validate rates).
     /// `agent`: the planning agent end to end on a JSONL set of requests with
     /// expectations (`glimpse data plans`), scored as the share of right answers.
-    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa", "plan", "agent"])]
+    /// `capfilt`: a `glimpse capfilt` output directory (`--data OUT`) made from data
+    /// with known noise (`glimpse data synth --noise P`): corrupted web captions
+    /// removed and clean ones kept, per corruption kind.
+    #[arg(long, value_parser = ["retrieval", "zeroshot", "caption", "vqa", "plan", "agent", "capfilt"])]
     pub task: String,
     /// Evaluate at most N usable images (in file order).
     #[arg(long)]
@@ -76,6 +79,10 @@ pub struct EvalArgs {
     /// agent: an embedding index for the retrieval tasks.
     #[arg(long)]
     pub index: Option<std::path::PathBuf>,
+    /// capfilt: judge the stored ITM probabilities at this threshold instead of the
+    /// run's own.
+    #[arg(long)]
+    pub threshold: Option<f64>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -86,6 +93,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.planner.as_deref(),
             args.planner_model.as_deref(),
             args.limit,
+            args.report.as_deref(),
+            args.common.json,
+        );
+    }
+    if args.task == "capfilt" {
+        return super::eval_capfilt::run(
+            &args.data,
+            args.threshold,
+            args.report.as_deref(),
             args.common.json,
         );
     }
@@ -108,12 +124,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     opts.validate()?;
     if let Some(dir) = &args.report {
-        if dir.is_file() {
-            anyhow::bail!(
-                "--report {}: is a file; give a directory for index.html",
-                dir.display()
-            );
-        }
+        check_report_dir(dir)?;
     }
     // A wrong --data should not cost a model load first.
     glimpse_data::dataset::resolve_sources(&args.data).context("--data")?;
@@ -149,6 +160,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
+}
+
+/// `--report DIR` must not name a file (the page goes to DIR/index.html).
+pub fn check_report_dir(dir: &std::path::Path) -> Result<()> {
+    if dir.is_file() {
+        anyhow::bail!(
+            "--report {}: is a file; give a directory for index.html",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn print_report(r: &EvalReport) -> Result<()> {

@@ -56,8 +56,12 @@ pub fn run(
     planner: Option<&str>,
     planner_model: Option<&str>,
     limit: Option<usize>,
+    report_dir: Option<&Path>,
     json: bool,
 ) -> Result<()> {
+    if let Some(dir) = report_dir {
+        super::eval::check_report_dir(dir)?;
+    }
     let mut cases = read_cases(Path::new(data))?;
     if let Some(n) = limit {
         cases.truncate(n);
@@ -75,7 +79,17 @@ pub fn run(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let page = match report_dir {
+        Some(dir) => Some(
+            glimpse_report::write_plan_report(&report, dir)
+                .with_context(|| format!("--report {}", dir.display()))?,
+        ),
+        None => None,
+    };
     if json {
+        if let Some(w) = &page {
+            output::note(format_args!("report: {}", w.path.display()));
+        }
         return print_json(&report);
     }
     let s = &report.scores;
@@ -96,6 +110,9 @@ pub fn run(
     let wrong = report.cases.iter().filter(|c| !c.exact).take(5);
     for c in wrong {
         outln!("  differs: {} {:?} -> {}", c.key, c.request, c.raw);
+    }
+    if let Some(w) = page {
+        outln!("report: {}", w.path.display());
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod data;
 pub mod data_plans;
 mod embed;
 pub mod eval;
+pub mod eval_capfilt;
 pub mod eval_plan;
 pub mod generate;
 pub mod index;
