@@ -382,4 +382,12 @@ impl Decoder for LlavaForConditionalGeneration {
         }
         cache.decoder.select_rows(rows)
     }
+
+    /// Rows join once their prompt's step has taken their image features.
+    fn join(&self, cache: &mut LlavaCache, other: LlavaCache) -> candle_core::Result<()> {
+        if cache.pending_images.is_some() || other.pending_images.is_some() {
+            candle_core::bail!("rows join after their prompt's step (image features still pending)")
+        }
+        cache.decoder.join(other.decoder)
+    }
 }
