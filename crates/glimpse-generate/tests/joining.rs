@@ -270,9 +270,14 @@ fn rows_with_their_own_seeds_limits_and_prompt_lengths_sample_as_alone() {
             ..cfg.clone()
         };
         let mut cache = ToyCache::default();
-        let want = generate(&model, &mut cache, &prompt_tensor(&[prompt.clone()]), &own)
-            .unwrap()
-            .remove(0);
+        let want = generate(
+            &model,
+            &mut cache,
+            &prompt_tensor(std::slice::from_ref(prompt)),
+            &own,
+        )
+        .unwrap()
+        .remove(0);
         assert_eq!(arrivals.finished[&(tag as u64)], want, "row {tag}");
     }
 }

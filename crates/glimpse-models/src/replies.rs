@@ -85,6 +85,17 @@ struct Entry {
     limit: usize,
 }
 
+/// Admitted conversations with one prompt length, in arrival order.
+#[derive(Default)]
+struct Group {
+    len: usize,
+    /// Their rows of the admitted images.
+    image_rows: Vec<u32>,
+    tags: Vec<u64>,
+    /// Their prompts, `len` ids each, one after the other.
+    ids: Vec<u32>,
+}
+
 struct Joiner<'a, R: Replies> {
     family: &'a R,
     gen: &'a GenerationConfig,
@@ -118,8 +129,7 @@ impl<R: Replies> Joiner<'_, R> {
                 return;
             }
         };
-        // Prompt length -> (image rows, tags, ids), in arrival order.
-        let mut groups: Vec<(usize, Vec<u32>, Vec<u64>, Vec<u32>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (row, (tag, request)) in requests.into_iter().enumerate() {
             let prepared = self.family.prompt(&request).and_then(|(prompt, ids)| {
                 let own = GenerationConfig {
@@ -139,16 +149,19 @@ impl<R: Replies> Joiner<'_, R> {
                 }
             };
             let len = ids.len();
-            let group = match groups.iter_mut().position(|g| g.0 == len) {
+            let group = match groups.iter_mut().position(|g| g.len == len) {
                 Some(i) => &mut groups[i],
                 None => {
-                    groups.push((len, Vec::new(), Vec::new(), Vec::new()));
+                    groups.push(Group {
+                        len,
+                        ..Group::default()
+                    });
                     groups.last_mut().expect("pushed")
                 }
             };
-            group.1.push(row as u32);
-            group.2.push(tag);
-            group.3.extend_from_slice(&ids);
+            group.image_rows.push(row as u32);
+            group.tags.push(tag);
+            group.ids.extend_from_slice(&ids);
             self.entries.insert(
                 tag,
                 Entry {
@@ -160,7 +173,13 @@ impl<R: Replies> Joiner<'_, R> {
                 },
             );
         }
-        for (len, image_rows, tags, ids) in groups {
+        for Group {
+            len,
+            image_rows,
+            tags,
+            ids,
+        } in groups
+        {
             let built = (|| -> Result<_> {
                 let device = images.device();
                 let index = Tensor::new(image_rows.as_slice(), device)?;
