@@ -226,3 +226,49 @@ fn a_model_without_chat_refuses_before_taking_rows() {
     assert!(err.to_string().contains("chat"), "{err}");
     assert_eq!(rows.calls, 0);
 }
+
+/// The decoding engine's gain, without a server: 32 questions decoded as one batch
+/// against one at a time on the tiny BLIP-2 (30 tokens each). A measurement, run with
+/// `cargo test -p glimpse-models --test chat_joining -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_32_answers_batched_against_one_at_a_time() {
+    for dir in ["tools/fixtures/blip2_opt", "tools/fixtures/llava"] {
+        let p = pipeline(dir);
+        let gen = p.generation_config(GenerationConfig {
+            max_new_tokens: 30,
+            ..GenerationConfig::default()
+        });
+        let asks: Vec<(RgbImage, ChatRequest)> = (0..32)
+            .map(|i| {
+                let request = ChatRequest {
+                    user: "what colour is the circle?".into(),
+                    ..ChatRequest::default()
+                };
+                (image(NAMES[i % NAMES.len()]), request)
+            })
+            .collect();
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            let alone: Vec<_> = asks
+                .iter()
+                .map(|(img, r)| p.ask(img, &r.user, &gen).unwrap())
+                .collect();
+            let one = started.elapsed();
+            let mut rows = Arrivals::new(asks.clone(), vec![0; asks.len()]);
+            let started = std::time::Instant::now();
+            assert!(p.reply_joining(Reply::Answer, &gen, &mut rows).unwrap());
+            let batched = started.elapsed();
+            for (i, a) in alone.iter().enumerate() {
+                assert_eq!(rows.done[&(i as u64)].token_ids, a.token_ids);
+            }
+            let tokens: usize = alone.iter().map(|a| a.token_ids.len()).sum();
+            println!(
+                "{dir} round {round}: {tokens} tokens; one at a time {:.1} ms, batched {:.1} ms ({:.1}x)",
+                one.as_secs_f64() * 1e3,
+                batched.as_secs_f64() * 1e3,
+                one.as_secs_f64() / batched.as_secs_f64()
+            );
+        }
+    }
+}
