@@ -272,3 +272,28 @@ fn timing_32_answers_batched_against_one_at_a_time() {
         }
     }
 }
+
+/// A reply that generates the image token's id goes on (it is embedded as a token, as
+/// the reference does), instead of failing the step of every row of its batch.
+#[test]
+fn a_generated_image_token_is_embedded_as_a_token() {
+    use glimpse_generate::Decoder;
+    use glimpse_models::checkpoint::ModelFiles;
+    use glimpse_models::llava::LlavaForConditionalGeneration;
+
+    let dir = root().join("tools/fixtures/llava");
+    let files = ModelFiles::resolve(dir.to_str().unwrap()).unwrap();
+    let m = LlavaForConditionalGeneration::load(&files, &Device::Cpu).unwrap();
+    let image_id = m.config().image_token_index;
+    let mut cache = m.new_cache(None);
+    let prompt = candle_core::Tensor::new(&[[1u32, 5, 9], [1, 7, 3]], &Device::Cpu).unwrap();
+    m.step(&prompt, &mut cache).unwrap();
+    let next = candle_core::Tensor::new(&[[image_id], [11]], &Device::Cpu).unwrap();
+    let logits = m.step(&next, &mut cache).unwrap();
+    assert_eq!(logits.dims()[0], 2);
+    // A prompt's image token without image features is still refused.
+    let mut fresh = m.new_cache(None);
+    let with_image = candle_core::Tensor::new(&[[1u32, image_id]], &Device::Cpu).unwrap();
+    let err = m.step(&with_image, &mut fresh).unwrap_err();
+    assert!(err.to_string().contains("image"), "{err}");
+}

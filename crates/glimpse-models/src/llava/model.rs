@@ -366,9 +366,15 @@ impl Decoder for LlavaForConditionalGeneration {
         } else {
             None
         };
-        let embeds = self
-            .embed(input_ids, images.as_ref())
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // [b, t, d]
+        let embeds = if images.is_none() && !cache.is_empty() {
+            // A generated token: even the image token's id is embedded as a token, as
+            // the reference does once the pixel values are spent (in a joined batch,
+            // one row's odd token must not fail the others' step).
+            self.language_model.embed_tokens(input_ids)?
+        } else {
+            self.embed(input_ids, images.as_ref())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        }; // [b, t, d]
         let t = embeds.dim(1)?;
         let lm = &self.language_model;
         let hidden = lm.forward_hidden(&embeds, None, &mut cache.decoder, false)?; // [b, t, d]
