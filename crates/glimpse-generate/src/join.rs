@@ -6,9 +6,11 @@
 //! sequences that arrived meanwhile: each comes with its own cache (e.g. its image's
 //! keys and values) and prompt, is prefilled on its own, and joins the running batch
 //! through [`Decoder::join`]; a row that ends leaves at once (its cache row dropped).
+//! Between two steps the source is asked until it has nothing more, so sequences whose
+//! prompts differ in length join as several groups at the same point.
 //! Every row is decoded exactly as it would be alone: the processors see only its own
-//! ids, its sample draws from its own stream (seeded by its tag), and the model keeps
-//! its positions through the join.
+//! ids, its sample draws from its own stream (seeded by its tag, or by its own seed
+//! when [`Rows::seed`] gives one), and the model keeps its positions through the join.
 
 use candle_core::Tensor;
 
@@ -29,8 +31,25 @@ pub struct Joining<C> {
 /// Where joining sequences come from and where their tokens go.
 pub trait Rows<C> {
     /// Called between steps with the number of rows decoding now; returns sequences
-    /// that join, or `None`.
+    /// that join, or `None`. It is called again after every group it returns, until
+    /// `None`.
     fn admit(&mut self, running: usize) -> Option<Joining<C>>;
+
+    /// Row `tag`'s own seed, when it has one: its draws are then those of the row
+    /// decoded alone (as row 0) with `GenerationConfig::seed` set to it. `None` (the
+    /// default) seeds the row from the config's seed and its tag.
+    fn seed(&self, tag: u64) -> Option<u64> {
+        let _ = tag;
+        None
+    }
+
+    /// Row `tag`'s own limit on new tokens, when it has one (a request that asked for
+    /// fewer, or whose prompt leaves fewer positions); `None` (the default): the
+    /// config's `max_new_tokens`.
+    fn max_new_tokens(&self, tag: u64) -> Option<usize> {
+        let _ = tag;
+        None
+    }
 
     /// Row `tag` chose `token`. Returning `false` ends the row now (its client left).
     fn token(&mut self, tag: u64, token: u32) -> bool;
@@ -43,13 +62,15 @@ struct Row {
     tag: u64,
     seq: Vec<u32>,
     out: Vec<u32>,
+    max_new: usize,
     rng: rand::rngs::StdRng,
     logits: Vec<f32>,
 }
 
 /// Decodes `first` and every group [`Rows::admit`] hands over, until no row is left
 /// and none joins. Greedy search or sampling (`num_beams` and `num_return_sequences`
-/// must be 1); every row gets up to `max_new_tokens`.
+/// must be 1); every row gets up to `max_new_tokens`
+/// (or its own [`Rows::max_new_tokens`]).
 pub fn generate_joining<D: Decoder>(
     model: &D,
     first: Joining<D::Cache>,
@@ -64,7 +85,10 @@ pub fn generate_joining<D: Decoder>(
         ));
     }
     let device = first.prompt_ids.device().clone();
-    let (mut cache, mut rows) = prefill(model, first, cfg)?;
+    let (mut cache, mut rows) = prefill(model, first, cfg, &*source)?;
+    if let Some(more) = admit_all(model, None, &mut rows, cfg, source)? {
+        model.join(&mut cache, more)?;
+    }
     loop {
         // Choose a token for every row; rows that end leave.
         let mut keep: Vec<u32> = Vec::with_capacity(rows.len());
@@ -87,9 +111,8 @@ pub fn generate_joining<D: Decoder>(
             row.seq.push(token);
             row.out.push(token);
             let listening = source.token(row.tag, token);
-            let done = !listening
-                || cfg.eos_token_ids.contains(&token)
-                || row.out.len() >= cfg.max_new_tokens;
+            let done =
+                !listening || cfg.eos_token_ids.contains(&token) || row.out.len() >= row.max_new;
             if done {
                 ended.push(i);
             } else {
@@ -120,14 +143,7 @@ pub fn generate_joining<D: Decoder>(
             }
         }
         // Sequences that arrived meanwhile join after their own prefill.
-        if let Some(group) = source.admit(rows.len()) {
-            let (new_cache, new_rows) = prefill(model, group, cfg)?;
-            match live.as_mut() {
-                Some(c) => model.join(c, new_cache)?,
-                None => live = Some(new_cache),
-            }
-            rows.extend(new_rows);
-        }
+        live = admit_all(model, live, &mut rows, cfg, source)?;
         match live {
             Some(c) if !rows.is_empty() => cache = c,
             _ => return Ok(()),
@@ -135,10 +151,31 @@ pub fn generate_joining<D: Decoder>(
     }
 }
 
+/// Prefills and joins every group `source` hands over now; returns the cache of the
+/// rows (`live`'s plus the new ones), `None` when there are none.
+fn admit_all<D: Decoder>(
+    model: &D,
+    mut live: Option<D::Cache>,
+    rows: &mut Vec<Row>,
+    cfg: &GenerationConfig,
+    source: &mut dyn Rows<D::Cache>,
+) -> Result<Option<D::Cache>> {
+    while let Some(group) = source.admit(rows.len()) {
+        let (new_cache, new_rows) = prefill(model, group, cfg, &*source)?;
+        match live.as_mut() {
+            Some(c) => model.join(c, new_cache)?,
+            None => live = Some(new_cache),
+        }
+        rows.extend(new_rows);
+    }
+    Ok(live)
+}
+
 fn prefill<D: Decoder>(
     model: &D,
     group: Joining<D::Cache>,
     cfg: &GenerationConfig,
+    source: &dyn Rows<D::Cache>,
 ) -> Result<(D::Cache, Vec<Row>)> {
     let Joining {
         mut cache,
@@ -162,7 +199,11 @@ fn prefill<D: Decoder>(
             tag,
             seq,
             out: Vec::new(),
-            rng: row_rng(cfg.seed, tag as usize),
+            max_new: source.max_new_tokens(tag).unwrap_or(cfg.max_new_tokens),
+            rng: match source.seed(tag) {
+                Some(seed) => row_rng(seed, 0),
+                None => row_rng(cfg.seed, tag as usize),
+            },
             logits,
         })
         .collect();

@@ -44,6 +44,10 @@ struct Arrivals {
     finished: BTreeMap<u64, Vec<u32>>,
     running: Vec<usize>,
     hang_up: Option<(u64, usize)>,
+    /// Each row's own seed (`base + tag`) instead of the config's.
+    seeds: Option<u64>,
+    /// A row with its own, lower limit on new tokens.
+    short: Option<(u64, usize)>,
 }
 
 impl Rows<ToyCache> for Arrivals {
@@ -72,6 +76,14 @@ impl Rows<ToyCache> for Arrivals {
         let seen = self.tokens.entry(tag).or_default();
         seen.push(token);
         !matches!(self.hang_up, Some((t, n)) if t == tag && seen.len() >= n)
+    }
+
+    fn max_new_tokens(&self, tag: u64) -> Option<usize> {
+        self.short.filter(|(t, _)| *t == tag).map(|(_, n)| n)
+    }
+
+    fn seed(&self, tag: u64) -> Option<u64> {
+        self.seeds.map(|base| base + tag)
     }
 
     fn finished(&mut self, tag: u64, ids: Vec<u32>) {
@@ -108,6 +120,8 @@ fn check(cfg: GenerationConfig) {
         finished: BTreeMap::new(),
         running: Vec::new(),
         hang_up: None,
+        seeds: None,
+        short: None,
     };
     let first = Joining {
         cache: ToyCache::default(),
@@ -171,6 +185,8 @@ fn a_row_whose_client_leaves_ends_and_the_others_go_on() {
         finished: BTreeMap::new(),
         running: Vec::new(),
         hang_up: Some((0, 2)),
+        seeds: None,
+        short: None,
     };
     let first = Joining {
         cache: ToyCache::default(),
@@ -205,7 +221,63 @@ fn beams_cannot_join() {
         finished: BTreeMap::new(),
         running: Vec::new(),
         hang_up: None,
+        seeds: None,
+        short: None,
     };
     let err = generate_joining(&model, first, &cfg, &mut arrivals).unwrap_err();
     assert!(err.to_string().contains("num_beams"), "{err}");
+}
+
+#[test]
+fn rows_with_their_own_seeds_limits_and_prompt_lengths_sample_as_alone() {
+    let model = Joinable(Toy {
+        eos: vec![0],
+        eos_bias: 2.0,
+    });
+    let cfg = GenerationConfig {
+        max_new_tokens: 12,
+        eos_token_ids: vec![0],
+        do_sample: true,
+        top_p: 0.9,
+        temperature: 0.8,
+        seed: 7,
+        ..GenerationConfig::default()
+    };
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 9], vec![7, 1, 6, 2], vec![3]];
+    // Tags 1 and 2 are due at the second and third call: the second call's group makes
+    // the source be asked again at once, so both join after the same step.
+    let mut arrivals = Arrivals {
+        pending: vec![(2, 1, prompts[1].clone()), (3, 2, prompts[2].clone())],
+        calls: 0,
+        tokens: BTreeMap::new(),
+        finished: BTreeMap::new(),
+        running: Vec::new(),
+        hang_up: None,
+        seeds: Some(40),
+        short: Some((2, 3)),
+    };
+    let first = Joining {
+        cache: ToyCache::default(),
+        prompt_ids: prompt_tensor(&prompts[..1]),
+        tags: vec![0],
+    };
+    generate_joining(&model, first, &cfg, &mut arrivals).unwrap();
+    assert_eq!(arrivals.running[..3], [1, 1, 2], "{:?}", arrivals.running);
+    for (tag, prompt) in prompts.iter().enumerate() {
+        let own = GenerationConfig {
+            seed: 40 + tag as u64,
+            max_new_tokens: if tag == 2 { 3 } else { cfg.max_new_tokens },
+            ..cfg.clone()
+        };
+        let mut cache = ToyCache::default();
+        let want = generate(
+            &model,
+            &mut cache,
+            &prompt_tensor(std::slice::from_ref(prompt)),
+            &own,
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(arrivals.finished[&(tag as u64)], want, "row {tag}");
+    }
 }

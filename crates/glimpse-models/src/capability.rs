@@ -206,6 +206,48 @@ pub trait Answer {
     ) -> Option<Result<Generated>> {
         None
     }
+
+    /// Greedy or sampled answers of a batch that questions join while it decodes: each
+    /// request's `user` is the question (system and history are not used). `None` when
+    /// this family cannot add rows to a running batch (then `rows` is never called).
+    fn answer_joining(
+        &self,
+        _tokenizer: &TextTokenizer,
+        _gen: &GenerationConfig,
+        _rows: &mut dyn ChatRows,
+    ) -> Option<Result<()>> {
+        None
+    }
+}
+
+/// One conversation of a batch that others join and leave while it decodes (see
+/// [`Chat::chat_joining`]): what comes before the reply, and the request's own limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequest {
+    pub system: Option<String>,
+    /// Earlier (user, assistant) exchanges, replayed as context.
+    pub history: Vec<(String, String)>,
+    /// The message to reply to.
+    pub user: String,
+    /// This request's sampling seed; `None`: the batch's `gen.seed`. The reply then
+    /// equals the one `gen` with this seed gives the conversation alone.
+    pub seed: Option<u64>,
+    /// This request's limit on new tokens, at most the batch's `gen.max_new_tokens`.
+    pub max_new_tokens: Option<usize>,
+}
+
+/// Conversations that join a running reply batch, and where their replies go.
+pub trait ChatRows {
+    /// With the number of replies decoding now: pixel values `[n, 3, H, W]` of
+    /// conversations that join, one request (about its image) and tag each; `None`
+    /// when none.
+    fn admit(&mut self, running: usize) -> Option<(Tensor, Vec<(u64, ChatRequest)>)>;
+
+    /// Reply `tag` chose `token`; `false` ends that reply now.
+    fn token(&mut self, tag: u64, token: u32) -> bool;
+
+    /// Reply `tag` is done (or could not be made); `reused` is 0.
+    fn finished(&mut self, tag: u64, reply: Result<ChatTurn>);
 }
 
 /// Multi-turn chat about one image.
@@ -217,6 +259,19 @@ pub trait Chat {
         pixel_values: &Tensor,
         system: Option<&str>,
     ) -> Result<Box<dyn Conversation + 'm>>;
+
+    /// Greedy or sampled replies of a batch that conversations join while it decodes:
+    /// `rows.admit` is asked for the first ones and then between steps; each reply goes
+    /// to `rows.finished` as soon as it ends and equals the reply the conversation gets
+    /// alone (a fresh [`Self::start_chat`], its history pushed, then `send`). `None`
+    /// when this family cannot add rows to a running batch.
+    fn chat_joining(
+        &self,
+        _gen: &GenerationConfig,
+        _rows: &mut dyn ChatRows,
+    ) -> Option<Result<()>> {
+        None
+    }
 }
 
 /// A running conversation (see [`Chat`]).

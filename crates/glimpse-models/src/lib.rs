@@ -31,5 +31,6 @@ pub mod llava;
 pub mod pipeline;
 mod positions;
 pub mod registry;
+mod replies;
 
 pub use error::{Error, Result};

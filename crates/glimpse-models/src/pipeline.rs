@@ -17,13 +17,14 @@ use image::RgbImage;
 use std::path::Path;
 
 use crate::capability::{
-    Answer, Capability, Caption, Chat, Classify, Conversation, Embed, Match, Model, OnStep,
+    Answer, Capability, Caption, Chat, ChatRows, ChatTurn, Classify, Conversation, Embed, Match,
+    Model, OnStep,
 };
 use crate::checkpoint::ModelFiles;
 use crate::registry::{self, classes_with};
 use crate::{Error, Result};
 
-pub use crate::capability::{cosine, Generated, MatchScores};
+pub use crate::capability::{cosine, ChatRequest, Generated, MatchScores};
 pub use crate::llava::CAPTION_INSTRUCTION as LLAVA_CAPTION_INSTRUCTION;
 pub use crate::registry::{detect_architecture, Architecture};
 
@@ -282,6 +283,38 @@ impl Pipeline {
         }
     }
 
+    /// Replies of a batch that conversations join while it decodes (continuous
+    /// batching of chat turns, [`Reply::Chat`], or of answers, [`Reply::Answer`]):
+    /// `rows.admit` gives the first ones and, between steps, those that arrived since;
+    /// each reply goes to `rows.finished` as soon as it ends and equals the one the
+    /// request gets alone ([`Self::start_chat`] with its history and `send`, or
+    /// [`Self::ask`]). `Ok(false)` when the model's family cannot add rows to a
+    /// running batch (then `rows` is never called). An error ends the batch: replies
+    /// not yet finished are the caller's to answer.
+    pub fn reply_joining(
+        &self,
+        reply: Reply,
+        gen: &GenerationConfig,
+        rows: &mut dyn ConversationRows,
+    ) -> Result<bool> {
+        let mut adapter = Conversations {
+            pipeline: self,
+            rows,
+        };
+        let outcome = match reply {
+            Reply::Chat => self
+                .need(self.as_chat(), "chat", Capability::Chat)?
+                .chat_joining(gen, &mut adapter),
+            Reply::Answer => self
+                .need(self.as_answer(), "ask", Capability::Answer)?
+                .answer_joining(&self.tokenizer, gen, &mut adapter),
+        };
+        match outcome {
+            None => Ok(false),
+            Some(result) => result.map(|()| true),
+        }
+    }
+
     /// [`Self::caption`] calling `on_step` after every decoding step; `Ok(None)` when
     /// the model's family does not stream (the caller captions without it).
     pub fn caption_stream(
@@ -402,5 +435,70 @@ impl crate::capability::CaptionRows for Preprocess<'_> {
 
     fn finished(&mut self, tag: u64, caption: Result<Generated>) {
         self.rows.finished(tag, caption)
+    }
+}
+
+/// What a joining batch replies to ([`Pipeline::reply_joining`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reply {
+    /// A chat turn of a replayed conversation ([`Capability::Chat`]).
+    Chat,
+    /// An answer to the request's `user` text as a question ([`Capability::Answer`]).
+    Answer,
+}
+
+/// Conversations about images that join a running reply batch
+/// ([`Pipeline::reply_joining`]), and where their replies go.
+pub trait ConversationRows {
+    /// With the number of replies decoding now: conversations that join, each with
+    /// its image and a tag.
+    fn admit(&mut self, running: usize) -> Option<Vec<(u64, RgbImage, ChatRequest)>>;
+
+    /// Reply `tag` chose `token`; `false` ends that reply now.
+    fn token(&mut self, tag: u64, token: u32) -> bool;
+
+    /// Reply `tag` is done (or could not be made).
+    fn finished(&mut self, tag: u64, reply: Result<ChatTurn>);
+}
+
+/// Turns joining conversations' images into pixel values for the model.
+struct Conversations<'a> {
+    pipeline: &'a Pipeline,
+    rows: &'a mut dyn ConversationRows,
+}
+
+impl ChatRows for Conversations<'_> {
+    fn admit(&mut self, running: usize) -> Option<(Tensor, Vec<(u64, ChatRequest)>)> {
+        let group = self.rows.admit(running)?;
+        let mut images = Vec::with_capacity(group.len());
+        let mut requests = Vec::with_capacity(group.len());
+        for (tag, image, request) in group {
+            images.push(image);
+            requests.push((tag, request));
+        }
+        match self.pipeline.pixel_values(&images) {
+            Ok(pixels) => Some((pixels, requests)),
+            Err(e) => {
+                let msg = e.to_string();
+                for (tag, _) in requests {
+                    self.rows.finished(
+                        tag,
+                        Err(Error::Model {
+                            model: self.pipeline.name.clone(),
+                            msg: msg.clone(),
+                        }),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn token(&mut self, tag: u64, token: u32) -> bool {
+        self.rows.token(tag, token)
+    }
+
+    fn finished(&mut self, tag: u64, reply: Result<ChatTurn>) {
+        self.rows.finished(tag, reply)
     }
 }

@@ -50,7 +50,8 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// How long a worker waits for more requests before running a batch that is not full.
     pub batch_window: Duration,
-    /// Whether captions that arrive while a caption batch decodes join it.
+    /// Whether captions and chat requests that arrive while a batch of theirs decodes
+    /// join it.
     pub join_batches: bool,
     /// Time to receive a whole request body (408 above): a slow client cannot hold a
     /// connection and its memory forever.

@@ -6,8 +6,11 @@
 //! - Greedy captions with the same prompt and settings share one batched decoding
 //!   run; each row streams its own tokens to its request, and a row that ends leaves
 //!   the batch (the decoder stops computing it, see `glimpse_generate`).
-//! - Sampled generation (a `seed` fixes each request's draws) and the per-image
-//!   routes (ask, chat, match, classify) run one request at a time.
+//! - Chat turns and answers of LLaVA and BLIP-2 (OPT), greedy or sampled, share a
+//!   decoding batch when their settings agree (each keeps its own seed and token
+//!   limit), see [`chat`].
+//! - Sampled captions (a `seed` fixes each request's draws), beam search and the
+//!   other per-image routes (match, classify) run one request at a time.
 //!
 //! The queue is bounded: a full queue is refused at once with 429, never grown. A
 //! request whose client has gone is dropped before it runs, and a panic inside a
@@ -24,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ApiResult};
 use crate::metrics;
+
+mod chat;
 
 /// Work for a model.
 pub enum Task {
@@ -266,19 +271,28 @@ fn process(
     let mut texts = Vec::new();
     let mut images = Vec::new();
     let mut captions: Vec<(String, Vec<Job>)> = Vec::new();
+    let mut replies: Vec<(String, Vec<Job>)> = Vec::new();
     let mut single = Vec::new();
+    let add = |groups: &mut Vec<(String, Vec<Job>)>, key: String, job: Job| match groups
+        .iter_mut()
+        .find(|(k, _)| *k == key)
+    {
+        Some((_, group)) => group.push(job),
+        None => groups.push((key, vec![job])),
+    };
     for job in jobs {
         match &job.task {
             Task::EmbedTexts(_) => texts.push(job),
             Task::EmbedImages(_) => images.push(job),
-            Task::Caption { .. } if caption_key(&job.task).is_some() => {
-                let key = caption_key(&job.task).expect("checked");
-                match captions.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, group)) => group.push(job),
-                    None => captions.push((key, vec![job])),
+            task => {
+                if let Some(key) = caption_key(task) {
+                    add(&mut captions, key, job);
+                } else if let Some(key) = chat::reply_key(task) {
+                    add(&mut replies, key, job);
+                } else {
+                    single.push(job);
                 }
             }
-            _ => single.push(job),
         }
     }
     for group in chunks_by_rows(texts, max_batch) {
@@ -295,7 +309,12 @@ fn process(
     for (i, (key, group)) in captions.into_iter().enumerate() {
         // The last caption group runs while the queue is watched: captions with the
         // same settings that arrive join it as it decodes (when the family can).
-        let group = if queue.join && i == last && single.is_empty() && carry_free(queue) {
+        let group = if queue.join
+            && i == last
+            && replies.is_empty()
+            && single.is_empty()
+            && carry_free(queue)
+        {
             match caption_joining(model, pipeline, &key, group, max_batch, queue) {
                 Some(rest) => rest,
                 None => continue,
@@ -307,6 +326,22 @@ fn process(
             guarded(model, "caption", group, |jobs| {
                 caption_batch(model, pipeline, jobs)
             });
+        }
+    }
+    // Chat turns and answers decode in batches; the last one takes arrivals.
+    let last = replies.len().saturating_sub(1);
+    for (i, (key, group)) in replies.into_iter().enumerate() {
+        let chunks = chunks(group, max_batch);
+        let n = chunks.len();
+        for (j, group) in chunks.into_iter().enumerate() {
+            let open = queue.join && i == last && j + 1 == n && single.is_empty();
+            let open = open && carry_free(queue);
+            if let Some(back) =
+                chat::reply_joining(model, pipeline, &key, group, max_batch, queue, open)
+            {
+                // The family cannot batch replies: one request at a time.
+                single.extend(back);
+            }
         }
     }
     for job in single {
@@ -373,18 +408,23 @@ fn caption_joining(
         Ok(Err(e)) => Some(ApiError::from_model(model, &e)),
         Err(panic) => Some(model_panic(model, "caption", panic.as_ref())),
     };
-    // Whatever did not finish gets the error; a batch that ended normally has none left.
     let left: Vec<Job> = std::mem::take(&mut live.admitted)
         .into_values()
         .chain(std::mem::take(&mut live.waiting))
         .collect();
+    fail_left(model, failure, left);
+    None
+}
+
+/// Answers the requests a joining batch left unfinished with its `failure`; a batch
+/// that ended normally has none left.
+fn fail_left(model: &str, failure: Option<ApiError>, left: Vec<Job>) {
     for job in left {
         let err = failure.clone().unwrap_or_else(|| {
             ApiError::internal(format!("model `{model}` gave no result for this request"))
         });
         let _ = job.reply.send(Err(err));
     }
-    None
 }
 
 /// The requests of a caption batch that others join while it decodes.

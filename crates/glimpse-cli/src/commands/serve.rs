@@ -58,9 +58,8 @@ pub struct ServeArgs {
     /// not full.
     #[arg(long, default_value_t = 2)]
     pub batch_window_ms: u64,
-    /// Captions that arrive while a caption batch decodes wait for the next batch
-    /// instead of joining it (more throughput, longer waits for late arrivals; see
-    /// docs/serving.md).
+    /// Captions and chat requests that arrive while a batch of theirs decodes wait
+    /// for the next batch instead of joining it (see docs/serving.md).
     #[arg(long)]
     pub no_join: bool,
     /// Seconds a client has to send its whole request body (408 after).

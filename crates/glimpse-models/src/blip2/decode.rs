@@ -106,7 +106,18 @@ impl Blip2ForConditionalGeneration {
         attention_mask: Option<&Tensor>,
     ) -> Result<Blip2Cache> {
         let prompt = self.image_prompt(pixel_values)?; // [b, Q, d]
-        let (embeds, mask) = self.inputs_embeds(&prompt, input_ids, attention_mask)?;
+        self.cache_for_prompt(&prompt, input_ids, attention_mask)
+    }
+
+    /// [`Self::new_cache`] from the visual prompts `[batch, Q, d]` of
+    /// [`Self::image_prompt`].
+    pub fn cache_for_prompt(
+        &self,
+        prompt: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Blip2Cache> {
+        let (embeds, mask) = self.inputs_embeds(prompt, input_ids, attention_mask)?;
         Ok(match &self.language_model {
             LanguageModel::Opt(lm) => Blip2Cache::Opt {
                 lm: lm.new_cache(),
@@ -178,7 +189,7 @@ impl Blip2ForConditionalGeneration {
     /// `gen` within OPT's learned positions (see [`crate::positions`]); the prompt's
     /// positions are the processor ids, plus the queries where they are prepended.
     /// T5's relative positions have no limit.
-    fn fit_positions(
+    pub(super) fn fit_positions(
         &self,
         processor_ids: usize,
         gen: &GenerationConfig,
@@ -248,6 +259,28 @@ impl Decoder for Blip2ForConditionalGeneration {
                 Ok(())
             }
             Blip2Cache::T5(c) => c.select_rows(rows),
+        }
+    }
+
+    /// OPT rows join once their prompt's step has run; T5 rows do not join.
+    fn join(&self, cache: &mut Blip2Cache, other: Blip2Cache) -> candle_core::Result<()> {
+        match (cache, other) {
+            (
+                Blip2Cache::Opt {
+                    lm: mine,
+                    pending: None,
+                },
+                Blip2Cache::Opt {
+                    lm: theirs,
+                    pending: None,
+                },
+            ) => mine.join(theirs),
+            (Blip2Cache::Opt { .. }, Blip2Cache::Opt { .. }) => {
+                candle_core::bail!(
+                    "rows join after their prompt's step (prompt embeddings still pending)"
+                )
+            }
+            _ => candle_core::bail!("only BLIP-2 with OPT adds rows to a running batch"),
         }
     }
 }

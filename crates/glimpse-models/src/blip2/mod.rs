@@ -176,6 +176,69 @@ impl Answer for Blip2ForConditionalGeneration {
     ) -> Option<Result<Generated>> {
         Some(self.answer_with(tokenizer, pixel_values, question, gen, Some(on_step)))
     }
+
+    /// With OPT only (T5's encoder-decoder cache does not join rows).
+    fn answer_joining(
+        &self,
+        tokenizer: &TextTokenizer,
+        gen: &GenerationConfig,
+        rows: &mut dyn crate::capability::ChatRows,
+    ) -> Option<Result<()>> {
+        if !matches!(self.language_model, LanguageModel::Opt(_)) {
+            return None;
+        }
+        let answers = Answers {
+            model: self,
+            tokenizer,
+        };
+        Some(crate::replies::reply_joining(&answers, gen, rows))
+    }
+}
+
+/// BLIP-2's answers in a joining batch, made as [`Answer::answer`] makes them alone.
+struct Answers<'a> {
+    model: &'a Blip2ForConditionalGeneration,
+    tokenizer: &'a TextTokenizer,
+}
+
+impl crate::replies::Replies for Answers<'_> {
+    type Decoder = Blip2ForConditionalGeneration;
+
+    fn decoder(&self) -> &Blip2ForConditionalGeneration {
+        self.model
+    }
+
+    fn name(&self) -> &'static str {
+        "blip-2 answer"
+    }
+
+    fn prompt(&self, request: &crate::capability::ChatRequest) -> Result<(String, Vec<u32>)> {
+        let question = request.user.trim();
+        if question.is_empty() {
+            return Err(generation::input_error("empty question".into()));
+        }
+        let prompt = vqa_prompt(question);
+        let ids = self
+            .model
+            .processor_ids(&self.tokenizer.encode(&prompt, true)?);
+        Ok((prompt, ids))
+    }
+
+    fn images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.model.image_prompt(pixel_values) // [n, Q, d]
+    }
+
+    fn cache(&self, images: &Tensor, ids: &Tensor) -> Result<Blip2Cache> {
+        self.model.cache_for_prompt(images, ids, None)
+    }
+
+    fn limit(&self, len: usize, gen: &GenerationConfig) -> Result<usize> {
+        Ok(self.model.fit_positions(len, gen)?.max_new_tokens)
+    }
+
+    fn text(&self, ids: &[u32], _gen: &GenerationConfig) -> Result<String> {
+        Ok(self.tokenizer.decode(ids, true)?.trim().to_string())
+    }
 }
 
 impl QuantizeLanguageModel for Blip2ForConditionalGeneration {

@@ -101,15 +101,7 @@ impl<'m> ChatSession<'m> {
         gen: &GenerationConfig,
         on_step: Option<OnStep<'_>>,
     ) -> Result<ChatTurn> {
-        if text.trim().is_empty() {
-            return Err(Error::Model {
-                model: "llava chat".into(),
-                msg: "empty message".into(),
-            });
-        }
-        let first = !self.messages.iter().any(|m| m.role == Role::User);
-        let mut messages = self.messages.clone();
-        messages.push(ChatMessage::user(text, first));
+        let messages = with_user(&self.messages, text)?;
         let (prompt, input_ids) = self.processor.prompt(&messages, true)?;
 
         let reusable = !self.cached_ids.is_empty()
@@ -147,6 +139,7 @@ impl<'m> ChatSession<'m> {
         let answer = self
             .processor
             .decode_reply(&token_ids, &gen.eos_token_ids)?;
+        let mut messages = messages;
         messages.push(ChatMessage::assistant(&answer));
         self.messages = messages;
         Ok(ChatTurn {
@@ -162,16 +155,7 @@ impl<'m> ChatSession<'m> {
     /// Adds an exchange that happened elsewhere (a replayed conversation): no
     /// generation; the next turn renders it and runs its ids as part of the prompt.
     pub fn push_turn(&mut self, user: &str, assistant: &str) -> Result<()> {
-        if user.trim().is_empty() {
-            return Err(Error::Model {
-                model: "llava chat".into(),
-                msg: "empty message in an earlier turn".into(),
-            });
-        }
-        let first = !self.messages.iter().any(|m| m.role == Role::User);
-        self.messages.push(ChatMessage::user(user, first));
-        self.messages.push(ChatMessage::assistant(assistant));
-        Ok(())
+        push_exchange(&mut self.messages, user, assistant)
     }
 
     /// An empty cache that will splice the image into the next step's image tokens.
@@ -179,6 +163,48 @@ impl<'m> ChatSession<'m> {
         self.cache = self.model.new_cache(Some(&self.image_features));
         self.cached_ids.clear();
     }
+}
+
+/// The messages a fresh session renders for its reply to `user` after `system` and the
+/// earlier `history` were given to it ([`ChatSession::with_system`],
+/// [`ChatSession::push_turn`]): what a replayed conversation's reply is generated from.
+pub(super) fn replayed(
+    system: Option<&str>,
+    history: &[(String, String)],
+    user: &str,
+) -> Result<Vec<ChatMessage>> {
+    let mut messages: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
+    for (u, a) in history {
+        push_exchange(&mut messages, u, a)?;
+    }
+    with_user(&messages, user)
+}
+
+/// `messages` and the user's `text` (the image goes with the first user message).
+fn with_user(messages: &[ChatMessage], text: &str) -> Result<Vec<ChatMessage>> {
+    if text.trim().is_empty() {
+        return Err(Error::Model {
+            model: "llava chat".into(),
+            msg: "empty message".into(),
+        });
+    }
+    let first = !messages.iter().any(|m| m.role == Role::User);
+    let mut messages = messages.to_vec();
+    messages.push(ChatMessage::user(text, first));
+    Ok(messages)
+}
+
+fn push_exchange(messages: &mut Vec<ChatMessage>, user: &str, assistant: &str) -> Result<()> {
+    if user.trim().is_empty() {
+        return Err(Error::Model {
+            model: "llava chat".into(),
+            msg: "empty message in an earlier turn".into(),
+        });
+    }
+    let first = !messages.iter().any(|m| m.role == Role::User);
+    messages.push(ChatMessage::user(user, first));
+    messages.push(ChatMessage::assistant(assistant));
+    Ok(())
 }
 
 impl Conversation for ChatSession<'_> {

@@ -38,7 +38,8 @@ use glimpse_generate::GenerationConfig;
 use glimpse_nn::quant::{Quant, QuantReport};
 
 use crate::capability::{
-    Answer, Capability, Caption, Chat, Conversation, Generated, Model, QuantizeLanguageModel,
+    Answer, Capability, Caption, Chat, ChatRequest, ChatRows, Conversation, Generated, Model,
+    QuantizeLanguageModel,
 };
 use crate::registry::{Architecture, Registration};
 use crate::Result;
@@ -151,6 +152,20 @@ impl Answer for Llava {
     ) -> Result<Generated> {
         Ok(self.reply(pixel_values, question, gen)?.remove(0))
     }
+
+    /// Each request's `user` is the question, asked as [`Self::answer`] asks it.
+    fn answer_joining(
+        &self,
+        _tokenizer: &TextTokenizer,
+        gen: &GenerationConfig,
+        rows: &mut dyn ChatRows,
+    ) -> Option<Result<()>> {
+        let replies = Replies {
+            llava: self,
+            conversation: false,
+        };
+        Some(crate::replies::reply_joining(&replies, gen, rows))
+    }
 }
 
 impl Chat for Llava {
@@ -164,6 +179,59 @@ impl Chat for Llava {
             session = session.with_system(system);
         }
         Ok(Box::new(session))
+    }
+
+    fn chat_joining(&self, gen: &GenerationConfig, rows: &mut dyn ChatRows) -> Option<Result<()>> {
+        // The session's own settings (see `ChatSession::send`).
+        let gen = GenerationConfig {
+            num_return_sequences: 1,
+            ..self.model.generation_config(gen)
+        };
+        let replies = Replies {
+            llava: self,
+            conversation: true,
+        };
+        Some(crate::replies::reply_joining(&replies, &gen, rows))
+    }
+}
+
+/// LLaVA's replies in a joining batch: chat turns of replayed conversations, or
+/// answers (one user message, as [`Llava::reply`] builds it).
+struct Replies<'a> {
+    llava: &'a Llava,
+    conversation: bool,
+}
+
+impl crate::replies::Replies for Replies<'_> {
+    type Decoder = LlavaForConditionalGeneration;
+
+    fn decoder(&self) -> &LlavaForConditionalGeneration {
+        &self.llava.model
+    }
+
+    fn name(&self) -> &'static str {
+        "llava chat"
+    }
+
+    fn prompt(&self, request: &ChatRequest) -> Result<(String, Vec<u32>)> {
+        let messages = if self.conversation {
+            chat::replayed(request.system.as_deref(), &request.history, &request.user)?
+        } else {
+            vec![ChatMessage::user(&request.user, true)]
+        };
+        self.llava.processor.prompt(&messages, true)
+    }
+
+    fn images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.llava.model.image_features(pixel_values) // [n, tokens, d]
+    }
+
+    fn cache(&self, images: &Tensor, _ids: &Tensor) -> Result<LlavaCache> {
+        Ok(self.llava.model.new_cache(Some(images)))
+    }
+
+    fn text(&self, ids: &[u32], gen: &GenerationConfig) -> Result<String> {
+        self.llava.processor.decode_reply(ids, &gen.eos_token_ids)
     }
 }
 

@@ -366,9 +366,15 @@ impl Decoder for LlavaForConditionalGeneration {
         } else {
             None
         };
-        let embeds = self
-            .embed(input_ids, images.as_ref())
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?; // [b, t, d]
+        let embeds = if images.is_none() && !cache.is_empty() {
+            // A generated token: even the image token's id is embedded as a token, as
+            // the reference does once the pixel values are spent (in a joined batch,
+            // one row's odd token must not fail the others' step).
+            self.language_model.embed_tokens(input_ids)?
+        } else {
+            self.embed(input_ids, images.as_ref())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        }; // [b, t, d]
         let t = embeds.dim(1)?;
         let lm = &self.language_model;
         let hidden = lm.forward_hidden(&embeds, None, &mut cache.decoder, false)?; // [b, t, d]
@@ -381,5 +387,13 @@ impl Decoder for LlavaForConditionalGeneration {
             cache.pending_images = Some(p.index_select(rows, 0)?);
         }
         cache.decoder.select_rows(rows)
+    }
+
+    /// Rows join once their prompt's step has taken their image features.
+    fn join(&self, cache: &mut LlavaCache, other: LlavaCache) -> candle_core::Result<()> {
+        if cache.pending_images.is_some() || other.pending_images.is_some() {
+            candle_core::bail!("rows join after their prompt's step (image features still pending)")
+        }
+        cache.decoder.join(other.decoder)
     }
 }
