@@ -14,7 +14,7 @@
 #   (`glimpse data synth --noise 0.4 --seed 2026`, the held-out noisy split's seed):
 #   corrupted and clean web captions removed and kept per corruption kind;
 # - eval-plan.html: `glimpse eval --task plan --report` of the bundled planner
-#   (models/planner-synth) on 300 held-out requests of `glimpse data plans`' test split.
+#   (models/planner-synth) on the 200 held-out requests of `glimpse data plans`' test split.
 #
 #   bash tools/make_report_pages.sh   # about 12 minutes with a debug build on a busy 2-core machine
 #
