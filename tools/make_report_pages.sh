@@ -47,7 +47,7 @@ eval_page vqa --limit 20
 cp "$work/eval-capfilt/index.html" docs/reports/eval-capfilt.html
 
 "$glimpse" data plans --out "$work/plans" --count 2000 >/dev/null
-"$glimpse" eval --task plan --data "$work/plans/test.jsonl" --limit 300 --report "$work/eval-plan"
+"$glimpse" eval --task plan --data "$work/plans/test.jsonl" --report "$work/eval-plan"
 cp "$work/eval-plan/index.html" docs/reports/eval-plan.html
 
 if [ ! -d data/synth/train ]; then
