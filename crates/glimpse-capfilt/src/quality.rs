@@ -89,6 +89,9 @@ pub struct Quality {
     pub threshold: f64,
     /// Samples read (with a web caption or not).
     pub samples: u64,
+    /// Samples whose record has no noise marks (not from `glimpse data synth`),
+    /// left out of every figure.
+    pub unlabelled: u64,
     /// Corrupted web captions per kind, by name.
     pub kinds: Vec<KindRow>,
     pub corrupted: KindRow,
@@ -130,6 +133,7 @@ struct WebScore {
 #[derive(Default)]
 struct Acc {
     samples: u64,
+    unlabelled: u64,
     kinds: BTreeMap<String, KindRow>,
     clean: Kept,
     synthetic: Kept,
@@ -196,7 +200,9 @@ struct Sample<'a> {
 /// run's own when `None`). With `evidence`, keeps up to [`EXAMPLES`] captions per
 /// group and verdict, with thumbnails.
 ///
-/// Errors: not a CapFilt output directory, no completed shard, records without noise
+/// Samples whose record has no noise marks are counted in `unlabelled` and left out.
+///
+/// Errors: not a CapFilt output directory, no completed shard, no record with noise
 /// marks (data not from `glimpse data synth`), a threshold outside [0, 1], a shard
 /// that cannot be read.
 pub fn measure(out: &Path, threshold: Option<f64>, evidence: bool) -> Result<Quality> {
@@ -283,6 +289,16 @@ pub fn measure(out: &Path, threshold: Option<f64>, evidence: bool) -> Result<Qua
             "no completed shard (no marker under done/): run `glimpse capfilt` first",
         ));
     }
+    if acc.web.is_empty() && acc.synthetic.n == 0 {
+        return Err(Error::format(
+            out,
+            format!(
+                "none of its {} samples carries noise marks (`corrupted` in the record): \
+                 measure data made by `glimpse data synth --noise P`",
+                acc.samples
+            ),
+        ));
+    }
     let mut corrupted = KindRow {
         kind: "all kinds".into(),
         ..KindRow::default()
@@ -305,6 +321,7 @@ pub fn measure(out: &Path, threshold: Option<f64>, evidence: bool) -> Result<Qua
         filter: dir.settings.filter.clone(),
         threshold,
         samples: acc.samples,
+        unlabelled: acc.unlabelled,
         kinds,
         corrupted,
         clean: acc.clean,
@@ -318,14 +335,11 @@ fn sample(acc: &mut Acc, s: Sample<'_>, threshold: f64, evidence: bool) -> Resul
     let bad = |msg: String| Error::format(s.shard, format!("{}: {msg}", s.key));
     let cf: CapfiltRecord = serde_json::from_value(s.record["capfilt"].clone())
         .map_err(|e| bad(format!("no readable `capfilt` field ({e})")))?;
-    let corrupted = s.record["corrupted"].as_bool().ok_or_else(|| {
-        bad(
-            "the record carries no noise marks (`corrupted`): measure data made by \
-             `glimpse data synth --noise P`"
-                .into(),
-        )
-    })?;
     acc.samples += 1;
+    let Some(corrupted) = s.record["corrupted"].as_bool() else {
+        acc.unlabelled += 1;
+        return Ok(());
+    };
     let corruption = corrupted.then(|| {
         s.record["corruption"]
             .as_str()

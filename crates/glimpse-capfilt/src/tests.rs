@@ -419,6 +419,8 @@ fn quality_counts_removed_and_kept_per_corruption_kind() {
         "a green cat",
         Some("wrong colour"),
     )); // removed
+        // A sample without noise marks is counted apart and left out.
+    entries.extend(sample("000005", red, "a red thing"));
     write_tar(&data.join("a.tar"), &entries);
     let out = dir.path().join("out");
     let opts = CapfiltOptions::default();
@@ -426,7 +428,7 @@ fn quality_counts_removed_and_kept_per_corruption_kind() {
     run_all(&run, &good_captioner(), &opts);
 
     let q = quality::measure(&out, None, true).unwrap();
-    assert_eq!(q.samples, 5);
+    assert_eq!((q.samples, q.unlabelled), (6, 1));
     assert_eq!(q.threshold, f64::from(opts.threshold));
     let kinds: Vec<(&str, u64, u64)> = q
         .kinds

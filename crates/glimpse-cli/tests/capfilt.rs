@@ -354,3 +354,59 @@ fn capfilt_beam_search_returns_the_best_beams_and_repeats_itself() {
     ]);
     assert!(err.contains("--captions-per-image"), "{err}");
 }
+
+#[test]
+fn eval_capfilt_measures_the_filter_against_the_known_noise() {
+    let f = fixture();
+    let q = json(&["eval", "--task", "capfilt", "--data", s(&f.out), "--json"]);
+    // The third shard's good sample has no noise marks: counted apart.
+    assert_eq!(q["unlabelled"], 1, "{q}");
+    assert_eq!(q["samples"], f.run["manifest"]["samples"], "{q}");
+    let kinds = q["kinds"].as_array().unwrap();
+    let corrupted: u64 = kinds.iter().map(|k| k["n"].as_u64().unwrap()).sum();
+    let removed: u64 = kinds.iter().map(|k| k["removed"].as_u64().unwrap()).sum();
+    assert_eq!(q["corrupted"]["n"], corrupted);
+    assert_eq!(q["corrupted"]["removed"], removed);
+    // Every labelled web caption is either corrupted or clean, and the verdicts at
+    // the run's threshold are the run's: removed corrupted + removed clean = the
+    // manifest's removed web captions less the unlabelled sample's.
+    let clean = &q["clean"];
+    let clean_removed = clean["n"].as_u64().unwrap() - clean["kept"].as_u64().unwrap();
+    let manifest_removed = f.run["manifest"]["web"]["removed"].as_u64().unwrap();
+    assert!(
+        removed + clean_removed == manifest_removed
+            || removed + clean_removed + 1 == manifest_removed,
+        "{q}"
+    );
+    assert_eq!(q["sweep"].as_array().unwrap().len(), 19);
+
+    let page = f.out.parent().unwrap().join("quality-page");
+    let o = common::glimpse(&[
+        "eval",
+        "--task",
+        "capfilt",
+        "--data",
+        s(&f.out),
+        "--report",
+        s(&page),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = fs::read_to_string(page.join("index.html")).unwrap();
+    assert!(html.contains("Threshold sweep") && html.contains("<img src=\"data:image/"));
+
+    let e = fails(&["eval", "--task", "capfilt", "--data", s(&f.data)]);
+    assert!(
+        e.contains("not a `glimpse capfilt` output directory"),
+        "{e}"
+    );
+    let e = fails(&[
+        "eval",
+        "--task",
+        "capfilt",
+        "--data",
+        s(&f.out),
+        "--threshold",
+        "7",
+    ]);
+    assert!(e.contains("--threshold"), "{e}");
+}

@@ -54,6 +54,13 @@ fn figures(q: &Quality) -> String {
         escape(&q.filter),
         q.threshold
     );
+    if q.unlabelled > 0 {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">{} samples carry no noise marks and are left out.</p>",
+            q.unlabelled
+        );
+    }
     out.push_str(&table(&["captions", "n", "removed", "kept"], &rows));
     out.push_str(
         "<p class=\"muted\">A good filter removes the corrupted web captions and keeps the \

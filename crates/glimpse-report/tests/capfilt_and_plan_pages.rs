@@ -47,6 +47,7 @@ fn a_capfilt_page_shows_kinds_the_sweep_and_kept_and_removed_captions() {
         filter: "capfilt-synth/filter".into(),
         threshold: 0.5,
         samples: 10,
+        unlabelled: 0,
         kinds: vec![
             KindRow {
                 kind: "truncated".into(),
