@@ -217,6 +217,39 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
     Some(list[rng.below_from_unit(list.len())].clone())
 }
 
+/// Like [`pick_qa`], but with probability `share` a pair whose question contains
+/// `prefer`, when the sample has one (drawn from the same seed, epoch and key).
+pub fn pick_qa_preferring(
+    meta: &Value,
+    key: &str,
+    seed: u64,
+    epoch: u64,
+    prefer: &str,
+    share: f64,
+) -> Option<(String, String)> {
+    let mut rng = Rng::derive(seed ^ 0x9b, epoch, key_hash(key, 0x8422_2325));
+    if rng.unit() < share {
+        let preferred: Vec<(String, String)> = meta
+            .get("qa")
+            .and_then(|q| q.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        let q = v.get("question")?.as_str()?.trim();
+                        let a = v.get("answer")?.as_str()?.trim();
+                        (q.contains(prefer) && !a.is_empty())
+                            .then(|| (q.to_string(), a.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !preferred.is_empty() {
+            return Some(preferred[rng.below_from_unit(preferred.len())].clone());
+        }
+    }
+    pick_qa(meta, key, seed, epoch)
+}
+
 /// FNV-1a style hash of a sample key from `basis`: with the seed and the epoch it
 /// picks a sample's random draws (caption, question, negatives) independently of the
 /// order samples arrive in. Each purpose keeps its own basis, so draws stay fixed.
