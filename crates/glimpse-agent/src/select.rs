@@ -39,7 +39,9 @@ pub trait Chooser: Send + Sync {
 fn preferred_tags(task: &str) -> &'static [&'static str] {
     match task {
         "image-to-text" => &["caption"],
-        "visual-question-answering" => &["vqa", "answer"],
+        // A VQA model whose card says it was tuned for counting wins a tie: the
+        // agent's questions ask "how many" often.
+        "visual-question-answering" => &["vqa", "answer", "counting"],
         "zero-shot-image-classification" => &["classify"],
         "image-text-matching" => &["itm", "match"],
         "text-to-image-retrieval" | "image-to-image-retrieval" => &["retrieval", "index"],
