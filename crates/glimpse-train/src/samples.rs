@@ -351,3 +351,35 @@ fn negative_texts(
         })
         .unzip()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preferred_question_is_drawn_at_its_share() {
+        let meta = serde_json::json!({"qa": [
+            {"question": "what color is the circle?", "answer": "red"},
+            {"question": "is there a star?", "answer": "no"},
+            {"question": "how many circles are there?", "answer": "2"},
+            {"question": "what shape is in the center?", "answer": "circle"},
+        ]});
+        let count = |share: f64| {
+            (0..400)
+                .filter(|i| {
+                    let key = format!("{i:06}");
+                    let (q, _) = pick_qa_preferring(&meta, &key, 0, 0, "how many", share).unwrap();
+                    q.starts_with("how many")
+                })
+                .count()
+        };
+        // Uniform draws give a quarter; at share 0.5 about 0.5 + 0.5/4.
+        assert!((60..=140).contains(&count(0.0)), "{}", count(0.0));
+        assert!((210..=290).contains(&count(0.5)), "{}", count(0.5));
+        assert_eq!(count(1.0), 400);
+        // A sample without such a question falls back to any of its own.
+        let plain = serde_json::json!({"qa": [{"question": "is there a star?", "answer": "no"}]});
+        let (q, a) = pick_qa_preferring(&plain, "k", 0, 0, "how many", 1.0).unwrap();
+        assert_eq!((q.as_str(), a.as_str()), ("is there a star?", "no"));
+    }
+}

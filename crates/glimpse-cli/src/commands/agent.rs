@@ -228,7 +228,7 @@ fn run_calibrate(a: AgentCalibrateArgs) -> Result<()> {
         return Ok(());
     }
     cal.save(&a.model)?;
-    note(&format!(
+    note(format!(
         "wrote {}",
         a.model.join(glimpse_agent::calibrate::FILE).display()
     ));
