@@ -194,6 +194,9 @@ fn run_calibrate(a: AgentCalibrateArgs) -> Result<()> {
             a.model.display()
         );
     }
+    if a.scenes < 8 {
+        bail!("--scenes {}: calibration needs at least 8 scenes", a.scenes);
+    }
     let device = super::device(&a.device)?;
     let pipeline = glimpse_models::pipeline::Pipeline::load(&a.model.to_string_lossy(), &device)?;
     // Each held-out scene is visited twice: once for yes/no pairs, once to rank.
