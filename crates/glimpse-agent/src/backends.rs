@@ -14,6 +14,7 @@ use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::pipeline::Pipeline;
 use image::RgbImage;
 
+use crate::calibrate::{Calibration, Weights};
 use crate::execute::{Backend, Backends, Input, Output, Retrieved, Scored};
 use crate::registry::{Registry, Runner};
 use crate::tools::Tool;
@@ -84,6 +85,7 @@ impl Backends for Loader {
         let backend: Arc<dyn Backend> = match &entry.runner {
             Runner::Pipeline { source, .. } => Arc::new(PipelineBackend {
                 pipeline: Pipeline::load(source, &self.opts.device).map_err(fail)?,
+                calibration: Calibration::load(std::path::Path::new(source))?.map(|c| c.weights),
                 opts: self.opts.clone(),
             }),
             Runner::LanguageModel { source } => {
@@ -125,6 +127,8 @@ fn unsupported(task: &str, what: &str) -> Error {
 
 struct PipelineBackend {
     pipeline: Pipeline,
+    /// The model's `match_calibration.json`, when it has one.
+    calibration: Option<Weights>,
     opts: RunOptions,
 }
 
@@ -178,8 +182,13 @@ impl Backend for PipelineBackend {
             "image-text-matching" => {
                 let text = need(&input.text, task, "text")?;
                 let s = p.match_scores(&image, &[text.as_str()]).map_err(fail)?;
-                // The ITM head's probability where the model has one, else the cosine.
-                let score = s.itm.as_ref().map_or(s.itc[0], |itm| itm[0]);
+                // The calibrated probability where the model has a calibration (it
+                // both ranks and decides), else the ITM head's, else the cosine.
+                let itm = s.itm.as_ref().map(|v| v[0]);
+                let score = match &self.calibration {
+                    Some(w) => w.probability(s.itc[0], itm),
+                    None => itm.unwrap_or(s.itc[0]),
+                };
                 Output::Score { score }
             }
             other => return Err(unsupported(other, name)),

@@ -14,13 +14,14 @@
 //!   (`tools`), with descriptions and capability tags.
 //! - `select`: a model per task (only candidate, a [`Chooser`], or a clear error).
 //! - `execute`, `backends`: the graph run concurrently over Glimpse's models, the
-//!   index and tools.
+//!   index and tools; `calibrate`: one match probability that ranks and decides.
 //! - `answer`: the response written from the results, placeholders never left in.
 //! - `agent`: the four stages with their report; `eval`: the end-to-end evaluation.
 
 pub mod agent;
 pub mod answer;
 pub mod backends;
+pub mod calibrate;
 pub mod corpus;
 pub mod error;
 pub mod eval;

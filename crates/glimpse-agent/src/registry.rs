@@ -26,6 +26,7 @@ pub const BUNDLED: &[&str] = &[
     "models/blip-synth/caption",
     "models/blip-synth/retrieval",
     "models/blip-synth/vqa",
+    "models/blip-synth/vqa-count",
     "models/blip2-synth",
     "models/llava-synth",
     "models/llama-lm-synth",

@@ -48,9 +48,19 @@ fn preferred_tags(task: &str) -> &'static [&'static str] {
     }
 }
 
+/// Tags that break a tie between candidates of equal fit and origin: a VQA model whose
+/// card says it was tuned for counting (the agent's questions ask "how many" often).
+/// They come after the origin, so a `--model` still wins over a bundled model.
+fn tie_tags(task: &str) -> &'static [&'static str] {
+    match task {
+        "visual-question-answering" => &["counting"],
+        _ => &[],
+    }
+}
+
 /// Offline selection: the most fitting tags first (an ITM head for matching, a VQA
 /// head for questions), then the origin (`--model`, `--index`, tools, bundled), then
-/// registry order.
+/// the tie tags, then registry order.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RuleChooser;
 
@@ -81,7 +91,18 @@ impl Chooser for RuleChooser {
         let (best, _) = candidates
             .iter()
             .enumerate()
-            .min_by_key(|(i, e)| (std::cmp::Reverse(score(e)), e.origin, *i))
+            .min_by_key(|(i, e)| {
+                let tie = tie_tags(&task.task)
+                    .iter()
+                    .filter(|w| e.tags.iter().any(|t| t == *w))
+                    .count();
+                (
+                    std::cmp::Reverse(score(e)),
+                    e.origin,
+                    std::cmp::Reverse(tie),
+                    *i,
+                )
+            })
             .expect("at least one candidate");
         let e = candidates[best];
         let tags = fit(e);
@@ -92,8 +113,18 @@ impl Chooser for RuleChooser {
                 e.origin
             )
         } else {
+            let ties: Vec<&str> = tie_tags(&task.task)
+                .iter()
+                .copied()
+                .filter(|w| e.tags.iter().any(|t| t == w))
+                .collect();
+            let then = if ties.is_empty() {
+                String::new()
+            } else {
+                format!(", then {}", ties.join(", "))
+            };
             format!(
-                "rule: best tag fit ({}) of {} candidates",
+                "rule: best tag fit ({}{then}) of {} candidates",
                 tags.join(", "),
                 candidates.len()
             )
@@ -185,6 +216,32 @@ mod tests {
         assert_eq!(choices[1].model, "blip-synth-retrieval");
         assert!(choices[1].candidates >= 2);
         assert!(choices[1].reason.contains("itm"), "{}", choices[1].reason);
+    }
+
+    #[test]
+    fn a_vqa_model_tuned_for_counting_breaks_the_tie() {
+        let p = plan(
+            r#"[{"id":0,"task":"visual-question-answering","dep":[-1],"args":{"image":"<image>-1","question":"how many objects are there?"}}]"#,
+        );
+        let reg = registry();
+        let c = select(&p, &reg, &RuleChooser, "x").unwrap();
+        assert_eq!(c[0].model, "blip-synth-vqa-count", "{}", c[0].reason);
+        assert!(c[0].reason.contains("then counting"), "{}", c[0].reason);
+        // The tie comes after the origin: a `--model` VQA model still wins.
+        let mut loaded = reg.candidates("visual-question-answering")[0].clone();
+        loaded.origin = crate::registry::Origin::Loaded;
+        loaded.tags.retain(|t| t != "counting");
+        let mut vqa_count = reg
+            .candidates("visual-question-answering")
+            .into_iter()
+            .find(|e| e.id == "blip-synth-vqa-count")
+            .unwrap()
+            .clone();
+        vqa_count.origin = crate::registry::Origin::Bundled;
+        let (i, _) = RuleChooser
+            .choose("x", &p.tasks[0], &[&vqa_count, &loaded])
+            .unwrap();
+        assert_eq!(i, 1);
     }
 
     #[test]

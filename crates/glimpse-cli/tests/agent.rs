@@ -277,3 +277,36 @@ fn retrieval_over_an_index_fans_captioning_out_over_the_found_images() {
         "{e}"
     );
 }
+
+#[test]
+fn agent_calibrate_refuses_bad_input_and_prints_its_fit() {
+    let err = fails(&["agent", "calibrate", "--model", "no/such/model"]);
+    assert!(err.contains("no/such/model"), "{err}");
+    let model = root().join("models/blip-synth/retrieval");
+    let model = model.display().to_string();
+    let err = fails(&["agent", "calibrate", "--model", &model, "--scenes", "4"]);
+    assert!(err.contains("at least 8 scenes"), "{err}");
+    // A small fit, not written: the bundled file stays as committed.
+    let before =
+        std::fs::read(root().join("models/blip-synth/retrieval/match_calibration.json")).unwrap();
+    let out = glimpse(&[
+        "agent",
+        "calibrate",
+        "--model",
+        &model,
+        "--scenes",
+        "16",
+        "--dry-run",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("weights: cosine"), "{text}");
+    assert!(text.contains("which image has it, right on"), "{text}");
+    let after =
+        std::fs::read(root().join("models/blip-synth/retrieval/match_calibration.json")).unwrap();
+    assert_eq!(before, after, "--dry-run wrote the file");
+}

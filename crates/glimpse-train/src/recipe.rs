@@ -142,6 +142,12 @@ pub struct DataSection {
     /// scored) instead of a caption.
     #[serde(default)]
     pub qa_share: f64,
+    /// `blip_vqa` only: training samples that have a question containing this text
+    /// (e.g. "how many") train on one of those with probability `qa_prefer_share`
+    /// instead of a uniformly drawn question, to weight a question type up.
+    pub qa_prefer: Option<String>,
+    #[serde(default)]
+    pub qa_prefer_share: f64,
 }
 
 fn default_text() -> TextChoice {

@@ -217,6 +217,39 @@ pub fn pick_qa(meta: &Value, key: &str, seed: u64, epoch: u64) -> Option<(String
     Some(list[rng.below_from_unit(list.len())].clone())
 }
 
+/// Like [`pick_qa`], but with probability `share` a pair whose question contains
+/// `prefer`, when the sample has one (drawn from the same seed, epoch and key).
+pub fn pick_qa_preferring(
+    meta: &Value,
+    key: &str,
+    seed: u64,
+    epoch: u64,
+    prefer: &str,
+    share: f64,
+) -> Option<(String, String)> {
+    let mut rng = Rng::derive(seed ^ 0x9b, epoch, key_hash(key, 0x8422_2325));
+    if rng.unit() < share {
+        let preferred: Vec<(String, String)> = meta
+            .get("qa")
+            .and_then(|q| q.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        let q = v.get("question")?.as_str()?.trim();
+                        let a = v.get("answer")?.as_str()?.trim();
+                        (q.contains(prefer) && !a.is_empty())
+                            .then(|| (q.to_string(), a.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !preferred.is_empty() {
+            return Some(preferred[rng.below_from_unit(preferred.len())].clone());
+        }
+    }
+    pick_qa(meta, key, seed, epoch)
+}
+
 /// FNV-1a style hash of a sample key from `basis`: with the seed and the epoch it
 /// picks a sample's random draws (caption, question, negatives) independently of the
 /// order samples arrive in. Each purpose keeps its own basis, so draws stay fixed.
@@ -317,4 +350,36 @@ fn negative_texts(
             }
         })
         .unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preferred_question_is_drawn_at_its_share() {
+        let meta = serde_json::json!({"qa": [
+            {"question": "what color is the circle?", "answer": "red"},
+            {"question": "is there a star?", "answer": "no"},
+            {"question": "how many circles are there?", "answer": "2"},
+            {"question": "what shape is in the center?", "answer": "circle"},
+        ]});
+        let count = |share: f64| {
+            (0..400)
+                .filter(|i| {
+                    let key = format!("{i:06}");
+                    let (q, _) = pick_qa_preferring(&meta, &key, 0, 0, "how many", share).unwrap();
+                    q.starts_with("how many")
+                })
+                .count()
+        };
+        // Uniform draws give a quarter; at share 0.5 about 0.5 + 0.5/4.
+        assert!((60..=140).contains(&count(0.0)), "{}", count(0.0));
+        assert!((210..=290).contains(&count(0.5)), "{}", count(0.5));
+        assert_eq!(count(1.0), 400);
+        // A sample without such a question falls back to any of its own.
+        let plain = serde_json::json!({"qa": [{"question": "is there a star?", "answer": "no"}]});
+        let (q, a) = pick_qa_preferring(&plain, "k", 0, 0, "how many", 1.0).unwrap();
+        assert_eq!((q.as_str(), a.as_str()), ("is there a star?", "no"));
+    }
 }

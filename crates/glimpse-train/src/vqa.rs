@@ -19,7 +19,7 @@ use crate::losses::lm_loss;
 use crate::objective::{scalar, Losses, Objective, Split, Step};
 use crate::params::{init_weights, sorted_vars, Recorder, SharedVars};
 use crate::recipe::Recipe;
-use crate::samples::{Inputs, QaSample};
+use crate::samples::{pick_qa_preferring, Inputs, QaSample};
 use crate::{Error, Result};
 
 fn identity(name: &str) -> String {
@@ -119,6 +119,8 @@ pub struct VqaBatch {
 pub struct VqaObjective {
     pub train: BlipVqaTrain,
     inputs: Inputs,
+    /// `data.qa_prefer` and `data.qa_prefer_share`.
+    prefer: Option<(String, f64)>,
 }
 
 impl VqaObjective {
@@ -133,7 +135,16 @@ impl VqaObjective {
             m.init_std,
             m.position_init_scale as f32,
         )?;
-        Ok(Self { train, inputs })
+        let prefer = recipe
+            .data
+            .qa_prefer
+            .clone()
+            .map(|p| (p, recipe.data.qa_prefer_share));
+        Ok(Self {
+            train,
+            inputs,
+            prefer,
+        })
     }
 
     fn loss(&self, b: &VqaBatch, train: bool) -> Result<Tensor> {
@@ -153,7 +164,20 @@ impl Objective for VqaObjective {
     type Batch = VqaBatch;
 
     fn sample(&self, example: Example, split: Split) -> std::result::Result<QaSample, String> {
-        self.inputs.question(example, split)
+        match (&self.prefer, split) {
+            (Some((prefer, share)), Split::Train { epoch }) => {
+                let seed = self.inputs.seed;
+                match pick_qa_preferring(&example.meta, &example.key, seed, epoch, prefer, *share) {
+                    Some((question, answer)) => Ok(QaSample {
+                        example,
+                        question,
+                        answer,
+                    }),
+                    None => Err(format!("sample {}: no question/answer", example.key)),
+                }
+            }
+            _ => self.inputs.question(example, split),
+        }
     }
 
     fn batch(&self, samples: &[QaSample], _split: Split) -> Result<VqaBatch> {
@@ -191,5 +215,24 @@ impl Objective for VqaObjective {
     /// Copies the pretraining checkpoint in (see the module docs).
     fn init_from(&mut self, weights: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
         self.train.init_from_pretraining(weights, origin)
+    }
+
+    /// An exported `BlipForQuestionAnswering`: every variable takes the tensor of its
+    /// own (reference) name, to fine-tune a finished VQA model further.
+    fn init_from_export(&mut self, weights: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        for (name, var) in sorted_vars(&self.train.vars.map) {
+            let t = weights.get(&name).ok_or_else(|| {
+                Error::Train(format!("{origin}: the exported VQA model has no {name}"))
+            })?;
+            if t.shape() != var.shape() {
+                return Err(Error::Train(format!(
+                    "{origin}: {name} is {:?}, the model needs {:?}",
+                    t.shape(),
+                    var.shape()
+                )));
+            }
+            var.set(&t.to_device(var.device())?)?;
+        }
+        Ok(())
     }
 }

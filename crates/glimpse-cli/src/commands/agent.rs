@@ -33,6 +33,28 @@ pub struct AgentArgs {
 pub enum AgentCommand {
     /// Stage 1 only: print the plan (`--json`: `{"tasks": [...]}`).
     Plan(AgentPlanArgs),
+    /// Fit a matching model's calibrated match probability on the world's validation
+    /// scenes and write `match_calibration.json` into the model directory.
+    Calibrate(AgentCalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentCalibrateArgs {
+    /// The model directory (one with an image-text matching capability).
+    #[arg(long, short = 'm', default_value = "models/blip-synth/retrieval")]
+    pub model: PathBuf,
+    /// Validation scenes of the world: half fit, half measure.
+    #[arg(long, default_value_t = 600)]
+    pub scenes: usize,
+    /// The world's seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the calibration without writing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Device to run on.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]
@@ -160,8 +182,60 @@ pub fn build_agent(flags: &AgentFlags, with_planner: bool) -> Result<Agent> {
 pub fn run(args: AgentArgs) -> Result<()> {
     match args.command {
         Some(AgentCommand::Plan(a)) => run_plan(a),
+        Some(AgentCommand::Calibrate(a)) => run_calibrate(a),
         None => run_agent(args.request.unwrap_or_default(), args.flags),
     }
+}
+
+fn run_calibrate(a: AgentCalibrateArgs) -> Result<()> {
+    if !a.model.join("config.json").is_file() {
+        bail!(
+            "{}: not a model directory (no config.json)",
+            a.model.display()
+        );
+    }
+    if a.scenes < 8 {
+        bail!("--scenes {}: calibration needs at least 8 scenes", a.scenes);
+    }
+    let device = super::device(&a.device)?;
+    let pipeline = glimpse_models::pipeline::Pipeline::load(&a.model.to_string_lossy(), &device)?;
+    // Each held-out scene is visited twice: once for yes/no pairs, once to rank.
+    let bar = crate::output::progress(a.scenes + a.scenes / 2, 1, "calibrating");
+    let cal = glimpse_agent::calibrate::calibrate(&pipeline, a.seed, a.scenes, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let m = &cal.measured;
+    let w = &cal.weights;
+    outln!(
+        "weights: cosine {:.3}, ITM logit {:.3}, bias {:.3} ({}; {} pairs)",
+        w.cosine,
+        w.itm,
+        w.bias,
+        cal.fitted_on,
+        cal.pairs
+    );
+    outln!(
+        "yes/no right on {} held-out pairs: ITM {:.1}%, cosine {:.1}%, calibrated {:.1}%",
+        m.yes_no_pairs,
+        100.0 * m.yes_no_itm,
+        100.0 * m.yes_no_cosine,
+        100.0 * m.yes_no_calibrated
+    );
+    outln!(
+        "which image has it, right on {}: ITM {:.1}%, cosine {:.1}%, calibrated {:.1}%",
+        m.rank_questions,
+        100.0 * m.rank_itm,
+        100.0 * m.rank_cosine,
+        100.0 * m.rank_calibrated
+    );
+    if a.dry_run {
+        return Ok(());
+    }
+    cal.save(&a.model)?;
+    note(format!(
+        "wrote {}",
+        a.model.join(glimpse_agent::calibrate::FILE).display()
+    ));
+    Ok(())
 }
 
 fn check_request(request: &str) -> Result<()> {

@@ -89,13 +89,16 @@ pub(crate) fn is_exported_model(path: &Path) -> bool {
 
 /// Writes `OUT/model/` for a new run: tokenizer (built or copied), the config with the
 /// tokenizer's vocabulary size and special ids, and the preprocessor config. A run
-/// that starts from another run (`blip_vqa`) or from an exported BLIP model (`blip`)
+/// that starts from another run (`blip_vqa`) or from an exported BLIP model (`blip`,
+/// `blip_vqa`)
 /// takes that model's tokenizer, preprocessor and config.
 pub(super) fn prepare_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io_ctx(dir, e))?;
     let kind = recipe.model.kind;
     let from = match (kind, &recipe.model.init) {
-        (ModelKind::Blip, Some(init)) if is_exported_model(init) => Some(init.clone()),
+        (ModelKind::Blip | ModelKind::BlipVqa, Some(init)) if is_exported_model(init) => {
+            Some(init.clone())
+        }
         (ModelKind::BlipVqa, Some(init)) => Some(resolve_checkpoint(init)?.0.join("model")),
         _ => None,
     };
