@@ -5,7 +5,9 @@
 //! text a prefix of a valid plan for this catalog and image count may follow, and the
 //! end token only once the plan is whole. Every plan it returns therefore parses and
 //! validates; a plan that does not finish within the token budget is an error naming
-//! what was written.
+//! what was written. The grammar copies ([`PlanGrammar::copying`]): every literal
+//! argument is a span of the request's words and every dependency is used, since the
+//! model can only copy slots (an object, a question, labels) from what it reads.
 //!
 //! Requests are lower-cased first: the world's vocabulary, and so the corpus, is
 //! lower case.
@@ -18,7 +20,7 @@ use glimpse_models::checkpoint::ModelFiles;
 
 use crate::corpus::prompt_of;
 use crate::grammar::{PlanGrammar, Status};
-use crate::plan::Plan;
+use crate::plan::{ArgValue, Plan, PlanTask, Reference};
 use crate::planner::{PlanRequest, Planned, Planner};
 use crate::{Error, Result};
 
@@ -68,8 +70,9 @@ impl LocalPlanner {
             planner: self.describe(),
             msg,
         };
-        let grammar = PlanGrammar::new(request.catalog, request.images);
-        let prompt = prompt_of(&request.text.to_lowercase(), request.images);
+        let req = request.text.trim().to_lowercase();
+        let grammar = PlanGrammar::new(request.catalog, request.images).copying(&req);
+        let prompt = prompt_of(&req, request.images);
         let ids = self
             .lm
             .encode_prompt(&prompt)
@@ -124,6 +127,36 @@ impl LocalPlanner {
     }
 }
 
+/// `plan` without the tasks that repeat an earlier task exactly (same name, inputs
+/// and dependencies): a repeat would compute the same result again. Its dependents
+/// read the earlier task instead; ids are renumbered in order. A small model sometimes
+/// writes a fan-out's last task twice.
+pub fn without_repeats(plan: Plan) -> Plan {
+    let mut kept: Vec<PlanTask> = Vec::new();
+    let mut new_id: Vec<usize> = Vec::with_capacity(plan.tasks.len());
+    for mut t in plan.tasks {
+        t.dep = t.dep.iter().map(|d| new_id[*d]).collect();
+        t.dep.dedup();
+        for v in t.args.values_mut() {
+            if let ArgValue::Ref(Reference::Resource(n)) = v {
+                *n = new_id[*n];
+            }
+        }
+        t.id = kept.len();
+        match kept
+            .iter()
+            .find(|k| k.task == t.task && k.dep == t.dep && k.args == t.args)
+        {
+            Some(k) => new_id.push(k.id),
+            None => {
+                new_id.push(t.id);
+                kept.push(t);
+            }
+        }
+    }
+    Plan { tasks: kept }
+}
+
 impl Planner for LocalPlanner {
     fn describe(&self) -> String {
         format!("local planner {}", self.dir.display())
@@ -134,7 +167,24 @@ impl Planner for LocalPlanner {
             return Err(Error::Plan("the request is empty".into()));
         }
         let raw = self.decode(request)?;
-        let plan = Plan::parse(&raw)?;
+        let plan = without_repeats(Plan::parse(&raw)?);
         Ok(Planned { plan, raw })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_tasks_are_dropped_and_references_follow() {
+        let raw = r#"{"tasks":[{"id":0,"task":"image-to-text","dep":[-1],"args":{"image":"<image>-1"}},{"id":1,"task":"image-to-text","dep":[-1],"args":{"image":"<image>-1"}},{"id":2,"task":"text-generation","dep":[1],"args":{"text":"<resource>-1"}},{"id":3,"task":"image-to-text","dep":[-1],"args":{"image":"<image>-2"}}]}"#;
+        let plan = without_repeats(Plan::parse(raw).unwrap());
+        assert_eq!(
+            plan.to_json(),
+            r#"{"tasks":[{"id":0,"task":"image-to-text","dep":[-1],"args":{"image":"<image>-1"}},{"id":1,"task":"text-generation","dep":[0],"args":{"text":"<resource>-0"}},{"id":2,"task":"image-to-text","dep":[-1],"args":{"image":"<image>-2"}}]}"#
+        );
+        plan.validate(&crate::tasks::Catalog::builtin(), Some(2))
+            .unwrap();
     }
 }

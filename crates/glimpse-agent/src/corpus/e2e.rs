@@ -18,6 +18,7 @@ use glimpse_synth::{sample, SampleJson, Split, SynthConfig};
 use serde::Serialize;
 
 use super::intents::{intents, Intent, Slots};
+use super::phrases::Hold;
 use super::{with_article, SALT};
 use crate::plan::Plan;
 use crate::{Error, Result};
@@ -99,15 +100,6 @@ fn pick_qa(r: &SampleJson, rng: &mut Rng) -> (String, String) {
 
 fn find<'a>(all: &'a [Intent], name: &str) -> &'a Intent {
     all.iter().find(|i| i.name == name).expect("a known intent")
-}
-
-/// A held-out template of `it`: any of a held-out intent's, else the last.
-fn held_template(it: &Intent, rng: &mut Rng) -> usize {
-    if it.held_out {
-        rng.below_from_high_bits(it.templates.len())
-    } else {
-        it.templates.len() - 1
-    }
 }
 
 /// Case `index`: its request, scenes, plan and expectations.
@@ -229,8 +221,9 @@ fn case(
         }
     }
     slots.images = images.len();
-    let t = held_template(it, &mut rng);
-    let request = it.render(t, &slots);
+    // A held-out shape in any phrasing, a trained one in a held-out phrasing.
+    let hold = if it.held_out { Hold::Any } else { Hold::Test };
+    let (request, _) = it.request(&mut rng, &slots, hold);
     let plan = (it.build)(&slots);
     (request, images, plan, expect)
 }

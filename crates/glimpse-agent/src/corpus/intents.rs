@@ -1,16 +1,18 @@
-//! The intents the corpus writes requests for: each a plan family with its phrasings
-//! (templates) and the plan it builds from drawn slots. Templates hold `{obj}` (an
-//! object phrase such as "a small red circle"), `{obj2}`, `{q}` (a question about an
-//! image), `{labels}` (labels joined by "or"), `{topic}` (what to write about), `{k}`
-//! (an image's ordinal, "second") and `{n}` (the number of images as a word).
+//! The intents the corpus writes requests for: each a plan family, the clauses that
+//! phrase it ([`super::phrases`]: one clause per step, with the kind of image
+//! reference the step needs) and the plan it builds from drawn slots.
 //!
-//! Held out for the test split: the last template of every intent, every intent marked
-//! `held_out` (plan shapes composed of parts training has, never seen whole), and for
-//! fan-outs the image count `held_out_n` (training never sees it; the test split asks
-//! for it in held-out phrasings only).
+//! Held out for the test split: every intent marked `held_out` (plan shapes composed
+//! of clauses and steps that training has in other shapes, never seen whole), the
+//! held-out parts of the request grammar (see [`super::phrases`]), and for fan-outs the
+//! image count `held_out_n` (training never sees it; the test split asks for it in
+//! held-out phrasings only).
 
 use std::collections::BTreeMap;
 
+use glimpse_data::rng::SplitMix64 as Rng;
+
+use super::phrases::{render, Clause, Fill, Hold, Phrasing, Ref};
 use crate::plan::{ArgValue, Plan, PlanTask, Reference};
 use crate::tasks::ArgName;
 
@@ -41,7 +43,8 @@ pub struct Intent {
     pub held_out: bool,
     /// A fan-out's image count held out for the test split.
     pub held_out_n: Option<usize>,
-    pub templates: &'static [&'static str],
+    /// The clauses that phrase the plan, in step order, with what each names.
+    pub parts: &'static [(Clause, Ref)],
     pub build: fn(&Slots) -> Plan,
 }
 
@@ -49,26 +52,32 @@ const ORDINALS: [&str; 5] = ["zeroth", "first", "second", "third", "fourth"];
 const COUNT_WORDS: [&str; 5] = ["no", "one", "two", "three", "four"];
 
 impl Intent {
-    /// The request `template` writes for `s`.
-    pub fn render(&self, template: usize, s: &Slots) -> String {
+    /// A request for `s` in a phrasing that `hold` allows, and the phrasing's name.
+    pub fn request(&self, rng: &mut Rng, s: &Slots, hold: Hold) -> (String, String) {
         let labels = match s.labels.as_slice() {
             [] => String::new(),
             [one] => one.clone(),
             [init @ .., last] => format!("{} or {last}", init.join(", ")),
         };
-        self.templates[template]
-            .replace("{obj}", &s.obj)
-            .replace("{obj2}", &s.obj2)
-            .replace("{q}", &s.q)
-            .replace("{labels}", &labels)
-            .replace("{topic}", &s.topic)
-            .replace("{k}", ORDINALS[s.k.min(4)])
-            .replace("{n}", COUNT_WORDS[s.images.min(4)])
-    }
-
-    /// Whether `template` is held out (the last of each intent).
-    pub fn template_held_out(&self, template: usize) -> bool {
-        template + 1 == self.templates.len()
+        let p = Phrasing::draw(rng, self.parts, hold);
+        let fill = Fill {
+            obj: &s.obj,
+            q: &s.q,
+            labels: &labels,
+            topic: &s.topic,
+            k: ORDINALS[s.k.min(4)],
+            d: s.k.to_string(),
+            n: COUNT_WORDS[s.images.min(4)],
+        };
+        // A second object phrase goes to the second clause (retrieve one thing, match
+        // another).
+        let objs = [s.obj.as_str(), s.obj2.as_str()];
+        let objs: &[&str] = if self.name == "retrieve-match" {
+            &objs
+        } else {
+            &objs[..1]
+        };
+        (render(self.parts, &p, &fill, objs), p.signature())
     }
 }
 
@@ -120,13 +129,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "describe this image.",
-                "what is in this picture?",
-                "write a caption for this image.",
-                "can you tell me what this image shows?",
-                "give me a short description of the picture.",
-            ],
+            parts: &[(Clause::Caption, Ref::Single)],
             build: |_| one(task(0, CAPTION, &[], &[(Image, img(1))])),
         },
         Intent {
@@ -134,13 +137,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "{q}",
-                "look at this picture: {q}",
-                "about this image, {q}",
-                "answer from the image: {q}",
-                "here is a photo. {q}",
-            ],
+            parts: &[(Clause::Ask, Ref::Single)],
             build: |s| {
                 one(task(
                     0,
@@ -155,12 +152,7 @@ pub fn intents() -> Vec<Intent> {
             images: (2, 4),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "in the {k} image, {q}",
-                "look at the {k} picture: {q}",
-                "about image number {k}: {q}",
-                "for the {k} of these images, {q}",
-            ],
+            parts: &[(Clause::Ask, Ref::Kth)],
             build: |s| {
                 one(task(
                     0,
@@ -175,12 +167,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "is this {labels}?",
-                "classify this image as {labels}.",
-                "which fits this picture best: {labels}?",
-                "does the image show {labels}?",
-            ],
+            parts: &[(Clause::Classify, Ref::Single)],
             build: |s| {
                 one(task(
                     0,
@@ -195,12 +182,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "does this image show {obj}?",
-                "is there {obj} in this picture?",
-                "how well does \"{obj}\" describe this image?",
-                "check whether this photo contains {obj}.",
-            ],
+            parts: &[(Clause::Match, Ref::Single)],
             build: |s| one(task(0, ITM, &[], &[(Image, img(1)), (Text, text(&s.obj))])),
         },
         Intent {
@@ -208,12 +190,7 @@ pub fn intents() -> Vec<Intent> {
             images: (0, 0),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "find pictures of {obj}.",
-                "search the collection for {obj}.",
-                "show me images with {obj}.",
-                "i am looking for photos of {obj}.",
-            ],
+            parts: &[(Clause::Find, Ref::None)],
             build: |s| one(task(0, T2I, &[], &[(Text, text(&s.obj))])),
         },
         Intent {
@@ -221,12 +198,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "find images like this one.",
-                "search for pictures similar to this image.",
-                "show me more photos that look like this.",
-                "which images in the collection resemble this one?",
-            ],
+            parts: &[(Clause::Similar, Ref::Single)],
             build: |_| one(task(0, I2I, &[], &[(Image, img(1))])),
         },
         Intent {
@@ -234,12 +206,7 @@ pub fn intents() -> Vec<Intent> {
             images: (0, 0),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "write {topic}.",
-                "please compose {topic}.",
-                "can you write me {topic}?",
-                "i would like {topic}.",
-            ],
+            parts: &[(Clause::Write, Ref::None)],
             build: |s| one(task(0, TEXTGEN, &[], &[(Text, text(&s.topic))])),
         },
         Intent {
@@ -247,12 +214,7 @@ pub fn intents() -> Vec<Intent> {
             images: (0, 0),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "find a picture of {obj} and describe it.",
-                "search for {obj}, then tell me what the image shows.",
-                "show me an image with {obj} and write a caption for it.",
-                "look for photos of {obj} and describe what you find.",
-            ],
+            parts: &[(Clause::Find, Ref::None), (Clause::Caption, Ref::Found)],
             build: |s| Plan {
                 tasks: vec![
                     task(0, T2I, &[], &[(Text, text(&s.obj))]),
@@ -265,11 +227,9 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "find images like this one and say what they share.",
-                "search for similar pictures and describe them.",
-                "show me photos that look like this and caption them.",
-                "what do the images most like this one show?",
+            parts: &[
+                (Clause::Similar, Ref::Single),
+                (Clause::Caption, Ref::Found),
             ],
             build: |_| Plan {
                 tasks: vec![
@@ -283,12 +243,7 @@ pub fn intents() -> Vec<Intent> {
             images: (0, 0),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "find a picture of {obj} and tell me if it is {labels}.",
-                "search for {obj}, then classify the result as {labels}.",
-                "look for {obj} and decide whether the image shows {labels}.",
-                "get me an image of {obj}; is it {labels}?",
-            ],
+            parts: &[(Clause::Find, Ref::None), (Clause::Classify, Ref::Found)],
             build: |s| Plan {
                 tasks: vec![
                     task(0, T2I, &[], &[(Text, text(&s.obj))]),
@@ -306,12 +261,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "find images like this one and check whether they show {obj}.",
-                "search for similar pictures; do they contain {obj}?",
-                "look for photos resembling this and score them against {obj}.",
-                "do images like this one show {obj}?",
-            ],
+            parts: &[(Clause::Similar, Ref::Single), (Clause::Match, Ref::Found)],
             build: |s| Plan {
                 tasks: vec![
                     task(0, I2I, &[], &[(Image, img(1))]),
@@ -324,11 +274,9 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "describe this image and write a poem about it.",
-                "caption this picture, then turn the caption into a story.",
-                "tell me what this photo shows and continue it as a story.",
-                "write a caption for this image and expand it into a paragraph.",
+            parts: &[
+                (Clause::Caption, Ref::Single),
+                (Clause::WriteFrom, Ref::Written),
             ],
             build: |_| Plan {
                 tasks: vec![
@@ -342,12 +290,7 @@ pub fn intents() -> Vec<Intent> {
             images: (2, 4),
             held_out: false,
             held_out_n: Some(3),
-            templates: &[
-                "describe each of these {n} images.",
-                "write a caption for every picture.",
-                "what does each of the {n} photos show?",
-                "tell me what is in each image.",
-            ],
+            parts: &[(Clause::Caption, Ref::Each)],
             build: |s| Plan {
                 tasks: (0..s.images)
                     .map(|i| task(i, CAPTION, &[], &[(Image, img(i + 1))]))
@@ -359,13 +302,7 @@ pub fn intents() -> Vec<Intent> {
             images: (2, 4),
             held_out: false,
             held_out_n: Some(3),
-            templates: &[
-                "which of these images shows {obj}?",
-                "in which of the {n} pictures is there {obj}?",
-                "check each photo for {obj}.",
-                "which picture has {obj} in it?",
-                "tell me which of these {n} images contains {obj}.",
-            ],
+            parts: &[(Clause::MatchWhich, Ref::None)],
             build: |s| Plan {
                 tasks: (0..s.images)
                     .map(|i| task(i, ITM, &[], &[(Image, img(i + 1)), (Text, text(&s.obj))]))
@@ -377,12 +314,7 @@ pub fn intents() -> Vec<Intent> {
             images: (2, 4),
             held_out: false,
             held_out_n: Some(3),
-            templates: &[
-                "is each of these {labels}?",
-                "classify every image as {labels}.",
-                "for each of the {n} pictures, decide: {labels}?",
-                "label each photo as {labels}.",
-            ],
+            parts: &[(Clause::Classify, Ref::Each)],
             build: |s| Plan {
                 tasks: (0..s.images)
                     .map(|i| {
@@ -404,12 +336,7 @@ pub fn intents() -> Vec<Intent> {
             images: (2, 4),
             held_out: false,
             held_out_n: Some(3),
-            templates: &[
-                "for each image, {q}",
-                "in every one of these {n} pictures, {q}",
-                "answer for each photo: {q}",
-                "look at each of the {n} images: {q}",
-            ],
+            parts: &[(Clause::Ask, Ref::Each)],
             build: |s| Plan {
                 tasks: (0..s.images)
                     .map(|i| task(i, VQA, &[], &[(Image, img(i + 1)), (Question, text(&s.q))]))
@@ -421,17 +348,104 @@ pub fn intents() -> Vec<Intent> {
             images: (2, 2),
             held_out: false,
             held_out_n: None,
-            templates: &[
-                "which of these images has {obj}, and what else is in it?",
-                "find the picture with {obj} and tell me what else it shows.",
-                "one of these photos contains {obj}; which one, and what is next to it?",
-                "which image shows {obj}? describe the rest of that image too.",
-            ],
+            parts: &[(Clause::WhichElse, Ref::None)],
             build: |s| Plan {
                 tasks: (0..2)
                     .map(|i| task(i, ITM, &[], &[(Image, img(i + 1)), (Text, text(&s.obj))]))
                     .chain((0..2).map(|i| task(i + 2, CAPTION, &[], &[(Image, img(i + 1))])))
                     .collect(),
+            },
+        },
+        // Trained compositions that lend the held-out shapes their parts: a result
+        // passed on to matching and classification, a three-step chain, and two
+        // independent questions about one image.
+        Intent {
+            name: "retrieve-match",
+            images: (0, 0),
+            held_out: false,
+            held_out_n: None,
+            parts: &[(Clause::Find, Ref::None), (Clause::Match, Ref::Found)],
+            build: |s| Plan {
+                tasks: vec![
+                    task(0, T2I, &[], &[(Text, text(&s.obj))]),
+                    task(1, ITM, &[0], &[(Image, res(0)), (Text, text(&s.obj2))]),
+                ],
+            },
+        },
+        Intent {
+            name: "similar-classify",
+            images: (1, 1),
+            held_out: false,
+            held_out_n: None,
+            parts: &[
+                (Clause::Similar, Ref::Single),
+                (Clause::Classify, Ref::Found),
+            ],
+            build: |s| Plan {
+                tasks: vec![
+                    task(0, I2I, &[], &[(Image, img(1))]),
+                    task(
+                        1,
+                        CLASSIFY,
+                        &[0],
+                        &[(Image, res(0)), (Labels, ArgValue::List(s.labels.clone()))],
+                    ),
+                ],
+            },
+        },
+        Intent {
+            name: "similar-caption-generate",
+            images: (1, 1),
+            held_out: false,
+            held_out_n: None,
+            parts: &[
+                (Clause::Similar, Ref::Single),
+                (Clause::Caption, Ref::Found),
+                (Clause::WriteFrom, Ref::Written),
+            ],
+            build: |_| Plan {
+                tasks: vec![
+                    task(0, I2I, &[], &[(Image, img(1))]),
+                    task(1, CAPTION, &[0], &[(Image, res(0))]),
+                    task(2, TEXTGEN, &[1], &[(Text, res(1))]),
+                ],
+            },
+        },
+        Intent {
+            name: "caption-and-match",
+            images: (1, 1),
+            held_out: false,
+            held_out_n: None,
+            parts: &[
+                (Clause::Caption, Ref::Single),
+                (Clause::Match, Ref::SingleAgain),
+            ],
+            build: |s| Plan {
+                tasks: vec![
+                    task(0, CAPTION, &[], &[(Image, img(1))]),
+                    task(1, ITM, &[], &[(Image, img(1)), (Text, text(&s.obj))]),
+                ],
+            },
+        },
+        Intent {
+            name: "classify-and-ask",
+            images: (1, 1),
+            held_out: false,
+            held_out_n: None,
+            parts: &[
+                (Clause::Classify, Ref::Single),
+                (Clause::Ask, Ref::SingleAgain),
+            ],
+            build: |s| Plan {
+                tasks: vec![
+                    task(
+                        0,
+                        CLASSIFY,
+                        &[],
+                        &[(Image, img(1)), (Labels, ArgValue::List(s.labels.clone()))],
+                    ),
+                    task(1, VQA, &[], &[(Image, img(1)), (Question, text(&s.q))]),
+                ],
             },
         },
         // Held-out shapes: each composes parts that training has.
@@ -440,10 +454,7 @@ pub fn intents() -> Vec<Intent> {
             images: (0, 0),
             held_out: true,
             held_out_n: None,
-            templates: &[
-                "find a picture of {obj} and answer: {q}",
-                "search for {obj}, then tell me: {q}",
-            ],
+            parts: &[(Clause::Find, Ref::None), (Clause::Ask, Ref::Found)],
             build: |s| Plan {
                 tasks: vec![
                     task(0, T2I, &[], &[(Text, text(&s.obj))]),
@@ -456,9 +467,9 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: true,
             held_out_n: None,
-            templates: &[
-                "describe this image and also answer: {q}",
-                "write a caption for this picture. then, {q}",
+            parts: &[
+                (Clause::Caption, Ref::Single),
+                (Clause::Ask, Ref::SingleAgain),
             ],
             build: |s| Plan {
                 tasks: vec![
@@ -472,9 +483,10 @@ pub fn intents() -> Vec<Intent> {
             images: (0, 0),
             held_out: true,
             held_out_n: None,
-            templates: &[
-                "find a picture of {obj}, describe it and write a poem about it.",
-                "search for {obj}, caption the image and turn the caption into a story.",
+            parts: &[
+                (Clause::Find, Ref::None),
+                (Clause::Caption, Ref::Found),
+                (Clause::WriteFrom, Ref::Written),
             ],
             build: |s| Plan {
                 tasks: vec![
@@ -489,10 +501,7 @@ pub fn intents() -> Vec<Intent> {
             images: (1, 1),
             held_out: true,
             held_out_n: None,
-            templates: &[
-                "find images like this one and answer for them: {q}",
-                "search for similar pictures, then {q}",
-            ],
+            parts: &[(Clause::Similar, Ref::Single), (Clause::Ask, Ref::Found)],
             build: |s| Plan {
                 tasks: vec![
                     task(0, I2I, &[], &[(Image, img(1))]),

@@ -5,12 +5,13 @@
 //! about several images). Deterministic from a seed.
 //!
 //! Splits: `train` and `val` draw only phrasings and plan shapes that training may see;
-//! `test` draws only held-out phrasings — the last template of every intent and every
-//! template of the intents whose plan shape training never sees (compositions of
-//! trained parts) — and holds the shapes training never sees: those intents and the
-//! fan-outs over a held-out image count. So the test split measures generalisation to
-//! new phrasings and new shapes ([`Item::shape`] names a shape; the tests check that no
-//! test template or shape occurs in training).
+//! `test` draws only held-out ones: four in ten of its requests have a plan shape
+//! training never sees (intents composed of trained clauses and steps), the rest a
+//! trained shape (fan-outs over a held-out image count among them) phrased with at
+//! least one held-out part of the request grammar ([`phrases`]: a frame, connector,
+//! prefix or suffix that training never uses, made of words it does use). So the test
+//! split measures generalisation to new phrasings and new shapes ([`Item::shape`]
+//! names a shape; the tests check that no held-out part or shape occurs in training).
 //!
 //! Written by `glimpse data plans` as `{train,val,test}.jsonl` documents
 //! (`{"key","kind","prompt","text"}`, the format of `glimpse-train`'s `lm` recipe:
@@ -19,6 +20,7 @@
 
 pub mod e2e;
 pub mod intents;
+pub mod phrases;
 
 use std::path::Path;
 
@@ -29,13 +31,22 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{ArgValue, Plan};
 use crate::{Error, Result};
 pub use intents::{intents, Intent, Slots};
+use phrases::Hold;
 
 /// Salt of the corpus's draws, apart from the world's streams.
 const SALT: u64 = 0x9a77_e2c0_1d5e_0031;
 
-/// What the planner reads before the plan: the number of images, then the request.
+/// What the planner reads before the plan: the request's images by the names a plan
+/// gives them (`<image>-1 <image>-2`, or `none`), then the request. Listing the names
+/// lets a fan-out copy them one by one and stop after the last, whatever their number.
 pub fn prompt_of(request: &str, images: usize) -> String {
-    format!("images: {images}. request: {} plan: ", request.trim())
+    let names: Vec<String> = (1..=images).map(|k| format!("<image>-{k}")).collect();
+    let names = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(" ")
+    };
+    format!("images: {names}. request: {} plan: ", request.trim())
 }
 
 /// A request with its gold plan.
@@ -44,7 +55,7 @@ pub struct Item {
     pub key: String,
     /// The intent's name.
     pub intent: String,
-    /// `intent#template`: the phrasing.
+    /// `intent#phrasing`: the intent and the parts of the request grammar it used.
     pub template: String,
     pub request: String,
     pub images: usize,
@@ -211,27 +222,35 @@ pub fn item(seed: u64, split: PlanSplit, index: u64) -> Item {
     };
     let mut rng = Rng::salted(SALT, seed, stream, index);
     let held = split == PlanSplit::Test;
-    let (ii, template, images) = loop {
+    // Test: held-out shapes in any phrasing, trained shapes (held-out image counts
+    // included) in held-out phrasings; train: neither.
+    // Four in ten test requests have a held-out shape.
+    let want_new_shape = held && rng.unit() < 0.4;
+    let (ii, images) = loop {
         let ii = rng.below_from_high_bits(all.len());
         let it = &all[ii];
+        if held && it.held_out != want_new_shape {
+            continue;
+        }
         let (lo, hi) = it.images;
         let n = lo + rng.below_from_high_bits(hi - lo + 1);
-        let t = rng.below_from_high_bits(it.templates.len());
-        // Test: held-out phrasings (of any shape, held-out image counts included);
-        // train: neither a held-out phrasing nor a held-out shape.
-        let test = it.held_out || it.template_held_out(t);
-        let train = !test && it.held_out_n != Some(n);
-        if (held && test) || (!held && train) {
-            break (ii, t, n);
+        if held || (!it.held_out && it.held_out_n != Some(n)) {
+            break (ii, n);
         }
     };
     let it = &all[ii];
     let slots = draw_slots(&mut rng, images);
+    let hold = match (held, it.held_out) {
+        (false, _) => Hold::Train,
+        (true, true) => Hold::Any,
+        (true, false) => Hold::Test,
+    };
+    let (request, phrasing) = it.request(&mut rng, &slots, hold);
     Item {
         key: format!("{}-{index:06}", split.as_str()),
         intent: it.name.to_string(),
-        template: format!("{}#{template}", it.name),
-        request: it.render(template, &slots),
+        template: format!("{}#{phrasing}", it.name),
+        request,
         images,
         plan: (it.build)(&slots),
     }

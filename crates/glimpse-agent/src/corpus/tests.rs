@@ -30,6 +30,12 @@ fn held_out_templates_and_shapes_never_reach_training() {
             t.template
         );
     }
+    // Held-out connectors, prefixes and suffixes never reach training either.
+    for t in &train {
+        for held in [" and next ", "could you please ", " for me, thanks"] {
+            assert!(!t.request.contains(held), "{:?} in training", t.request);
+        }
+    }
     let test_shapes: BTreeSet<_> = test.iter().map(Item::shape).collect();
     let new_shapes = test_shapes.difference(&train_shapes).count();
     // The held-out intents and image counts: shapes training never saw.

@@ -17,6 +17,9 @@ fn accepts_every_prefix_of_every_corpus_plan() {
     for split in [PlanSplit::Train, PlanSplit::Test] {
         for it in split_items(5, split, 300) {
             prefixes_ok(&PlanGrammar::new(&cat, it.images), &it.plan.to_json());
+            // The corpus's literals are spans of its requests, its dependencies used.
+            let g = PlanGrammar::new(&cat, it.images).copying(&it.request);
+            prefixes_ok(&g, &it.plan.to_json());
         }
     }
 }
@@ -94,6 +97,68 @@ fn rejects_invalid_continuations() {
 }
 
 #[test]
+fn copying_takes_literals_from_the_request_and_uses_every_dependency() {
+    let cat = Catalog::builtin();
+    let req = "find a red circle, then ask: what color is the square?";
+    let g = PlanGrammar::new(&cat, 0).copying(req);
+    let t0 = r#"{"tasks":[{"id":0,"task":"text-to-image-retrieval","dep":[-1],"args":{"text":"a red circle"}}"#;
+    prefixes_ok(&g, &format!("{t0}]}}"));
+    // Not in the request; ending or starting inside a word.
+    invalid(
+        &g,
+        r#"{"tasks":[{"id":0,"task":"text-to-image-retrieval","dep":[-1],"args":{"text":"a blue"#,
+    );
+    invalid(
+        &g,
+        r#"{"tasks":[{"id":0,"task":"text-to-image-retrieval","dep":[-1],"args":{"text":"a red circ""#,
+    );
+    invalid(
+        &g,
+        r#"{"tasks":[{"id":0,"task":"text-to-image-retrieval","dep":[-1],"args":{"text":"ed"#,
+    );
+    // A dependency's images must reach the image argument.
+    let ask = format!(r#"{t0},{{"id":1,"task":"visual-question-answering","dep":[0],"args":{{"#);
+    prefixes_ok(
+        &g,
+        &format!(r#"{ask}"image":"<resource>-0","question":"what color is the square?"}}}}]}}"#),
+    );
+    let g1 = PlanGrammar::new(&cat, 1).copying(req);
+    invalid(&g1, &format!(r#"{ask}"image":"<image>-1"#));
+    // A dependency no argument can take: text generation reads no images.
+    invalid(
+        &g,
+        &format!(r#"{t0},{{"id":1,"task":"text-generation","dep":[0"#),
+    );
+    // Without copying the same texts are fine.
+    let free = PlanGrammar::new(&cat, 1);
+    assert_eq!(
+        free.check(&format!(r#"{ask}"image":"<image>-1"#)),
+        Status::Prefix
+    );
+    // Labels: items of the request's list, in its order, each once.
+    let req = "is this red circle, blue square or green cross?";
+    let g = PlanGrammar::new(&cat, 1).copying(req);
+    let c = r#"{"tasks":[{"id":0,"task":"zero-shot-image-classification","dep":[-1],"args":{"image":"<image>-1","labels":["#;
+    prefixes_ok(
+        &g,
+        &format!(r#"{c}"red circle","blue square","green cross"]}}}}]}}"#),
+    );
+    prefixes_ok(&g, &format!(r#"{c}"red circle","green cross"]}}}}]}}"#));
+    invalid(&g, &format!(r#"{c}"green cross","red"#));
+    invalid(&g, &format!(r#"{c}"red circle","red circle""#));
+    invalid(&g, &format!(r#"{c}"red circle, blue"#));
+    invalid(&g, &format!(r#"{c}"square or"#));
+    // No literal ends with a space.
+    invalid(&g, &format!(r#"{c}"red circle ""#));
+    // A request with no words leaves literals free.
+    let g2 = PlanGrammar::new(&cat, 0).copying("?!");
+    assert_eq!(
+        g2.check(r#"{"tasks":[{"id":0,"task":"text-generation","dep":[-1],"args":{"text":"x"}}]}"#),
+        Status::Complete
+    );
+}
+
+#[test]
 fn external_tools_are_in_the_language() {
     let mut cat = Catalog::builtin();
     cat.add(TaskSpec {
@@ -129,9 +194,15 @@ fn random_walks_never_dead_end_and_always_validate() {
     })
     .unwrap();
     let mut rng = SplitMix64::new(11);
-    for walk in 0..60 {
+    for walk in 0..90 {
         let images = walk % 3;
         let g = PlanGrammar::new(&cat, images);
+        // A third of the walks copy from a request.
+        let g = if walk % 3 == 1 {
+            g.copying("is there a red circle? how many")
+        } else {
+            g
+        };
         let mut text = String::new();
         loop {
             let ok: Vec<&str> = pieces
