@@ -188,12 +188,15 @@ impl Acc {
     }
 }
 
+/// A tar entry: its name and bytes.
+type Entry = (String, Vec<u8>);
+
 /// One sample of an output shard: its record and its image entry.
 struct Sample<'a> {
     shard: &'a Path,
     key: &'a str,
     record: Value,
-    image: Option<(String, Vec<u8>)>,
+    image: Option<Entry>,
 }
 
 /// Reads the completed shards of `out` and measures the filter at `threshold` (the
@@ -237,8 +240,7 @@ pub fn measure(out: &Path, threshold: Option<f64>, evidence: bool) -> Result<Qua
         let file = File::open(&path).map_err(Error::io(&path))?;
         let mut tar = TarReader::new(BufReader::new(file));
         // A sample's record and image are adjacent entries, in either order.
-        let mut pending: BTreeMap<String, (Option<Value>, Option<(String, Vec<u8>)>)> =
-            BTreeMap::new();
+        let mut pending: BTreeMap<String, (Option<Value>, Option<Entry>)> = BTreeMap::new();
         while let Some((name, bytes)) = tar.next_entry().map_err(Error::io(&path))? {
             let Some((key, ext)) = name.rsplit_once('.') else {
                 continue;
