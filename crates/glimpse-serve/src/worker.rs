@@ -260,6 +260,43 @@ struct Queue<'a> {
     join: bool,
 }
 
+impl Queue<'_> {
+    /// The requests that join a running batch now: `waiting` (taken already), then
+    /// queued ones whose `key` is `batch_key`, until `running` plus them would pass
+    /// `max_batch`. A request whose client left is dropped; one of another kind is
+    /// carried to the next batch and clears `open`, so it waits only for this batch.
+    /// Joins after the first group are counted in the metrics of `model`.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        mut jobs: Vec<Job>,
+        open: &mut bool,
+        running: usize,
+        max_batch: usize,
+        key: impl Fn(&Task) -> Option<String>,
+        batch_key: &str,
+        model: &str,
+        first: bool,
+    ) -> Vec<Job> {
+        while *open && running + jobs.len() < max_batch {
+            match self.rx.try_recv() {
+                Ok(job) if job.reply.is_closed() => {}
+                Ok(job) if key(&job.task).as_deref() == Some(batch_key) => jobs.push(job),
+                Ok(job) => {
+                    self.carry.push(job);
+                    *open = false;
+                }
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() && !first {
+            metrics::joined(model, jobs.len());
+            metrics::queue_depth(model, self.rx.len());
+        }
+        jobs
+    }
+}
+
 /// Groups `jobs` into batches and runs them.
 fn process(
     model: &str,
@@ -446,25 +483,19 @@ struct Live<'a, 'q> {
 
 impl glimpse_models::pipeline::ImageRows for Live<'_, '_> {
     fn admit(&mut self, running: usize) -> Option<Vec<(u64, RgbImage)>> {
-        let mut jobs = std::mem::take(&mut self.waiting);
         let first = running == 0 && self.admitted.is_empty();
-        while self.open && running + jobs.len() < self.max_batch {
-            match self.queue.rx.try_recv() {
-                Ok(job) if job.reply.is_closed() => {}
-                Ok(job) if caption_key(&job.task).as_deref() == Some(self.key) => jobs.push(job),
-                Ok(job) => {
-                    self.queue.carry.push(job);
-                    self.open = false;
-                }
-                Err(_) => break,
-            }
-        }
+        let jobs = self.queue.admit(
+            std::mem::take(&mut self.waiting),
+            &mut self.open,
+            running,
+            self.max_batch,
+            caption_key,
+            self.key,
+            self.model,
+            first,
+        );
         if jobs.is_empty() {
             return None;
-        }
-        if !first {
-            metrics::joined(self.model, jobs.len());
-            metrics::queue_depth(self.model, self.queue.rx.len());
         }
         let mut group = Vec::with_capacity(jobs.len());
         for mut job in jobs {

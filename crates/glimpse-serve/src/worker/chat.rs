@@ -112,25 +112,19 @@ struct Live<'a, 'q> {
 
 impl ConversationRows for Live<'_, '_> {
     fn admit(&mut self, running: usize) -> Option<Vec<(u64, RgbImage, ChatRequest)>> {
-        let mut jobs = std::mem::take(&mut self.waiting);
         let first = running == 0 && self.admitted.is_empty();
-        while self.open && running + jobs.len() < self.max_batch {
-            match self.queue.rx.try_recv() {
-                Ok(job) if job.reply.is_closed() => {}
-                Ok(job) if reply_key(&job.task).as_deref() == Some(self.key) => jobs.push(job),
-                Ok(job) => {
-                    self.queue.carry.push(job);
-                    self.open = false;
-                }
-                Err(_) => break,
-            }
-        }
+        let jobs = self.queue.admit(
+            std::mem::take(&mut self.waiting),
+            &mut self.open,
+            running,
+            self.max_batch,
+            reply_key,
+            self.key,
+            self.model,
+            first,
+        );
         if jobs.is_empty() {
             return None;
-        }
-        if !first {
-            metrics::joined(self.model, jobs.len());
-            metrics::queue_depth(self.model, self.queue.rx.len());
         }
         let mut group = Vec::with_capacity(jobs.len());
         for mut job in jobs {
