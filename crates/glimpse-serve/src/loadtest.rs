@@ -66,6 +66,11 @@ pub struct LoadReport {
     pub latency_ms: Percentiles,
     /// Resident memory of the server in MiB: (seconds since start, MiB) samples.
     pub rss_mib: Vec<(f64, f64)>,
+    /// With `rss_pid`: the memory the server's allocator reports held (its
+    /// `glimpse_heap_in_use_bytes` gauge, read from `/metrics` every 5 s), in MiB;
+    /// resident memory that grows while this stays flat is kept free memory, not a
+    /// leak.
+    pub heap_in_use_mib: Vec<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -160,6 +165,25 @@ fn percentiles(mut ms: Vec<f64>) -> Percentiles {
     }
 }
 
+/// The server's `glimpse_heap_in_use_bytes` gauge in MiB, from its `/metrics`.
+fn heap_in_use_mib(agent: &ureq::Agent, base: &str) -> Option<f64> {
+    let text = agent
+        .get(&format!("{}/metrics", base.trim_end_matches('/')))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    metric_value(&text, "glimpse_heap_in_use_bytes").map(|b| b / (1024.0 * 1024.0))
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -189,6 +213,11 @@ pub fn run(
     let latencies = Mutex::new(Vec::new());
     let statuses: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
     let rss = Mutex::new(Vec::new());
+    let heap = Mutex::new(Vec::<(f64, f64)>::new());
+    let metrics_agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
     let started = Instant::now();
     let deadline = started + opts.duration;
     std::thread::scope(|scope| {
@@ -236,6 +265,15 @@ pub fn run(
                         .expect("rss list")
                         .push((elapsed.as_secs_f64(), m));
                 }
+                let mut heap = heap.lock().expect("heap list");
+                let due = heap
+                    .last()
+                    .is_none_or(|&(t, _)| elapsed.as_secs_f64() >= t + 5.0);
+                if due {
+                    if let Some(m) = heap_in_use_mib(&metrics_agent, &opts.url) {
+                        heap.push((elapsed.as_secs_f64(), m));
+                    }
+                }
             }
             on_progress(done.load(Ordering::Relaxed), elapsed);
             if active.load(Ordering::Relaxed) == 0 {
@@ -258,6 +296,7 @@ pub fn run(
         throughput: ok as f64 / seconds,
         latency_ms: percentiles(latencies),
         rss_mib: rss.into_inner().expect("rss list"),
+        heap_in_use_mib: heap.into_inner().expect("heap list"),
     })
 }
 
@@ -282,6 +321,18 @@ mod tests {
         ] {
             assert!(!is_loopback(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn metric_values_are_read_from_a_prometheus_page() {
+        let page =
+            "# HELP glimpse_heap_in_use_bytes held\n# TYPE glimpse_heap_in_use_bytes gauge\n\
+                    glimpse_heap_in_use_bytes_total 3\nglimpse_heap_in_use_bytes 1048576\n";
+        assert_eq!(
+            metric_value(page, "glimpse_heap_in_use_bytes"),
+            Some(1048576.0)
+        );
+        assert_eq!(metric_value(page, "glimpse_heap_free_bytes"), None);
     }
 
     #[test]

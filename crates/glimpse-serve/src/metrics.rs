@@ -33,21 +33,55 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            heap_upkeep();
             // Histogram samples wait in buffers until they are folded into buckets: fold
             // them every few seconds, so memory stays flat when nobody scrapes /metrics.
+            // The same thread hands the allocator's free memory back (the tensor
+            // settings keep up to 1 GiB of it for the next forward pass, which a server
+            // that idles between bursts does not need) and records the heap's counts.
             let upkeep = handle.clone();
             let _ = std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || loop {
-                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    std::thread::sleep(UPKEEP_EVERY);
                     upkeep.run_upkeep();
+                    heap_upkeep();
                 });
             Some(handle)
         })
         .clone()
 }
 
+/// How often histograms are folded and free heap memory is given back.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Gives free heap memory back and records what the allocator holds, before and after.
+fn heap_upkeep() {
+    use glimpse_models::allocator::{heap_stats, release_free_memory};
+    let Some(before) = heap_stats() else { return };
+    release_free_memory();
+    let after = heap_stats().unwrap_or(before);
+    metrics::gauge!("glimpse_heap_in_use_bytes").set(after.in_use as f64);
+    metrics::gauge!("glimpse_heap_free_bytes").set(after.free as f64);
+    metrics::gauge!("glimpse_heap_free_before_release_bytes").set(before.free as f64);
+}
+
 fn describe() {
+    metrics::describe_gauge!(
+        "glimpse_heap_in_use_bytes",
+        metrics::Unit::Bytes,
+        "memory the server holds (allocated, not freed), sampled every 5 s"
+    );
+    metrics::describe_gauge!(
+        "glimpse_heap_free_bytes",
+        metrics::Unit::Bytes,
+        "freed memory the allocator still keeps after giving free pages back"
+    );
+    metrics::describe_gauge!(
+        "glimpse_heap_free_before_release_bytes",
+        metrics::Unit::Bytes,
+        "freed memory the allocator kept before the last release"
+    );
     metrics::describe_counter!(
         "glimpse_requests_total",
         "HTTP requests by route and status"

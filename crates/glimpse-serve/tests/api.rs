@@ -419,6 +419,17 @@ async fn operations_routes_answer() {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
+    // The allocator's counts are there from the start (glibc builds).
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let held = m
+            .lines()
+            .find_map(|l| l.strip_prefix("glimpse_heap_in_use_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(
+            held.is_some_and(|b| b > 0.0),
+            "glimpse_heap_in_use_bytes: {held:?}"
+        );
+    }
     let r = get(&state, "/runs").await;
     assert!(r.text().contains("--runs"));
 }

@@ -114,6 +114,16 @@ pub enum TextChoice {
     /// One of `captions`, drawn per sample and epoch (paraphrase augmentation); the
     /// `caption` field where there is no list.
     RandomCaption,
+    /// Data bootstrapped by `glimpse capfilt`: one of the texts its filter kept
+    /// (`capfilt.texts`: the web caption and the synthetic ones), drawn per sample and
+    /// epoch; a sample whose texts were all removed is skipped.
+    Capfilt,
+    /// BLIP's "filter only" ablation: the web caption where the filter kept it, no
+    /// synthetic caption.
+    CapfiltFilterOnly,
+    /// BLIP's "captioner only" ablation: one of the web caption and every synthetic
+    /// caption, unfiltered.
+    CapfiltCaptionerOnly,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -58,7 +58,16 @@ impl Inputs {
         let (choice, epoch) = self.draw(split);
         match pick_text(&example.meta, &example.key, choice, self.seed, epoch) {
             Some(text) => Ok(CaptionSample { example, text }),
-            None => Err(format!("sample {}: no caption", example.key)),
+            None => Err(match choice {
+                TextChoice::Capfilt
+                | TextChoice::CapfiltFilterOnly
+                | TextChoice::CapfiltCaptionerOnly => format!(
+                    "sample {}: no text to train on under data.text = {choice:?} (no `capfilt` \
+                     record, or the filter removed every text)",
+                    example.key
+                ),
+                _ => format!("sample {}: no caption", example.key),
+            }),
         }
     }
 
@@ -280,15 +289,60 @@ pub fn pick_text(
         .get("caption")
         .and_then(|c| c.as_str())
         .filter(|s| !s.trim().is_empty());
+    let draw = |list: &[&str]| -> Option<String> {
+        if list.is_empty() {
+            return None;
+        }
+        let mut rng = Rng::derive(seed, epoch, key_hash(key, 0xcbf2_9ce4_8422_2325));
+        Some(list[rng.below_from_unit(list.len())].to_string())
+    };
     match choice {
         TextChoice::Caption => single.or(list.first().copied()).map(String::from),
-        TextChoice::RandomCaption => {
-            if list.is_empty() {
-                return single.map(String::from);
-            }
-            let mut rng = Rng::derive(seed, epoch, key_hash(key, 0xcbf2_9ce4_8422_2325));
-            Some(list[rng.below_from_unit(list.len())].to_string())
+        TextChoice::RandomCaption => draw(&list).or(single.map(String::from)),
+        TextChoice::Capfilt | TextChoice::CapfiltFilterOnly | TextChoice::CapfiltCaptionerOnly => {
+            draw(&capfilt_texts(meta, choice))
         }
+    }
+}
+
+/// The texts a `capfilt` choice draws from, in the record `glimpse capfilt` writes
+/// (`{"web": {"text", "itm", "kept"} | null, "synthetic": [...], "texts": [...]}`);
+/// none when the sample has no such record or nothing qualifies.
+fn capfilt_texts(meta: &Value, choice: TextChoice) -> Vec<&str> {
+    fn text(v: &Value) -> Option<&str> {
+        v.get("text")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+    }
+    let Some(rec) = meta.get("capfilt") else {
+        return Vec::new();
+    };
+    let kept = |v: &Value| v.get("kept").and_then(Value::as_bool) == Some(true);
+    let web = rec.get("web").filter(|w| !w.is_null());
+    let synthetic = rec
+        .get("synthetic")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    match choice {
+        TextChoice::CapfiltFilterOnly => {
+            web.filter(|w| kept(w)).and_then(text).into_iter().collect()
+        }
+        TextChoice::CapfiltCaptionerOnly => web
+            .and_then(text)
+            .into_iter()
+            .chain(synthetic.iter().filter_map(text))
+            .collect(),
+        _ => rec
+            .get("texts")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .filter(|s| !s.trim().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -381,5 +435,57 @@ mod tests {
         let plain = serde_json::json!({"qa": [{"question": "is there a star?", "answer": "no"}]});
         let (q, a) = pick_qa_preferring(&plain, "k", 0, 0, "how many", 1.0).unwrap();
         assert_eq!((q.as_str(), a.as_str()), ("is there a star?", "no"));
+    }
+
+    #[test]
+    fn capfilt_choices_read_the_filters_verdicts() {
+        // The record `glimpse capfilt` writes: the web caption removed, one of two
+        // synthetic captions kept.
+        let meta = serde_json::json!({
+            "caption": "a red star",
+            "captions": ["a green circle"],
+            "capfilt": {
+                "web": {"text": "a red star", "itm": 0.1, "kept": false},
+                "synthetic": [
+                    {"text": "a green circle", "itm": 0.9, "kept": true},
+                    {"text": "a blue square", "itm": 0.2, "kept": false},
+                ],
+                "texts": ["a green circle"],
+            }
+        });
+        let draws = |choice: TextChoice| -> std::collections::BTreeSet<String> {
+            (0..64)
+                .filter_map(|e| pick_text(&meta, "000001", choice, 0, e))
+                .collect()
+        };
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        assert_eq!(draws(TextChoice::Capfilt), set(&["a green circle"]));
+        assert_eq!(draws(TextChoice::CapfiltFilterOnly), set(&[]));
+        assert_eq!(
+            draws(TextChoice::CapfiltCaptionerOnly),
+            set(&["a red star", "a green circle", "a blue square"])
+        );
+        // The web caption kept: filter-only trains on it.
+        let mut kept = meta.clone();
+        kept["capfilt"]["web"]["kept"] = true.into();
+        assert_eq!(
+            draws_of(&kept, TextChoice::CapfiltFilterOnly),
+            vec!["a red star"]
+        );
+        // Data that never went through CapFilt has nothing to draw.
+        let plain = serde_json::json!({"caption": "a red star"});
+        assert_eq!(pick_text(&plain, "k", TextChoice::Capfilt, 0, 0), None);
+        assert_eq!(
+            pick_text(&plain, "k", TextChoice::RandomCaption, 0, 0).as_deref(),
+            Some("a red star")
+        );
+    }
+
+    fn draws_of(meta: &Value, choice: TextChoice) -> Vec<String> {
+        let mut v: Vec<String> = (0..16)
+            .filter_map(|e| pick_text(meta, "k", choice, 0, e))
+            .collect();
+        v.dedup();
+        v
     }
 }

@@ -144,5 +144,17 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
             max
         );
     }
+    if let (Some(first), Some(last)) = (
+        report.heap_in_use_mib.first(),
+        report.heap_in_use_mib.last(),
+    ) {
+        outln!(
+            "server heap in use MiB: {:.1} at {:.0} s, {:.1} at {:.0} s",
+            first.1,
+            first.0,
+            last.1,
+            last.0
+        );
+    }
     Ok(())
 }
