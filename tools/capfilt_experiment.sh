@@ -67,12 +67,13 @@ capfilt() { # NAME ARGS...
         --captioner $RUNS/captioner/export/caption --filter $RUNS/filter/export/retrieval \
         --json "$@" > "$OUT/.tmp.json" && mv "$OUT/.tmp.json" "$OUT/capfilt-$name.json"
 }
-[ -f "$OUT/capfilt-nucleus.json" ] || capfilt nucleus
-[ -f "$OUT/capfilt-beam.json" ] || capfilt beam --beams 3
-
 # RUNS_WANTED picks the bootstrapped runs (all four by default), in this order.
 WANTED=${RUNS_WANTED:-capfilt filter-only captioner-only capfilt-beam}
+[ -f "$OUT/capfilt-nucleus.json" ] || capfilt nucleus
 for name in noisy $WANTED; do
+    if [ "$name" = capfilt-beam ] && [ ! -f "$OUT/capfilt-beam.json" ]; then
+        capfilt beam --beams 3
+    fi
     [ "$name" = noisy ] || train $R/pretrain-$name.toml $RUNS/$name
     m=$RUNS/$name/export
     if [ ! -f "$OUT/$name-retrieval.json" ]; then

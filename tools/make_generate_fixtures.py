@@ -131,6 +131,18 @@ CASES += [
     ("beam2_lp0", [[26, 27, 28]], [2], 2.0, dict(max_new_tokens=9, num_beams=2, length_penalty=0.0)),
     ("beam5_es_true_batch3", [[2, 1], [19, 20], [44, 45]], [2], 2.5,
      dict(max_new_tokens=11, num_beams=5, early_stopping=True, length_penalty=1.5)),
+    # The settings a model's generation_config.json may recommend against loops.
+    ("greedy_ngram3", [[5, 6, 5], [8, 9, 10]], [2], -2.0, dict(max_new_tokens=24, no_repeat_ngram_size=3)),
+    ("greedy_ngram2_rep", [[1, 7, 9]], [2], -2.0,
+     dict(max_new_tokens=20, no_repeat_ngram_size=2, repetition_penalty=1.2)),
+    ("greedy_decay", [[1, 7, 9], [30, 3, 17]], [2], -3.0,
+     dict(max_new_tokens=24, exponential_decay_length_penalty=(6, 1.5))),
+    ("greedy_ngram3_decay_min", [[5, 6]], [2], -3.0,
+     dict(max_new_tokens=24, no_repeat_ngram_size=3, exponential_decay_length_penalty=(4, 1.8),
+          min_new_tokens=6)),
+    ("beam3_ngram3_decay", [[1, 7, 9], [30, 3, 17]], [2], -2.0,
+     dict(max_new_tokens=20, num_beams=3, no_repeat_ngram_size=3,
+          exponential_decay_length_penalty=(5, 1.5))),
 ]
 
 
@@ -167,6 +179,8 @@ def main():
             "early_stopping": gen_kw.get("early_stopping", False),
             "repetition_penalty": gen_kw.get("repetition_penalty", 1.0),
             "num_return_sequences": gen_kw.get("num_return_sequences", 1),
+            "no_repeat_ngram_size": gen_kw.get("no_repeat_ngram_size", 0),
+            "exponential_decay_length_penalty": gen_kw.get("exponential_decay_length_penalty"),
             "raw": raw,
             "expected": [trim(r, eos) for r in raw],
         })

@@ -114,9 +114,11 @@ impl Captioner for PipelineCaptioner {
         seed: u64,
     ) -> Result<Vec<Vec<String>>> {
         let err = |e: glimpse_models::Error| model_error(Role::Captioner, &self.id, e.to_string());
+        // BLIP's CapFilt settings as given: the model's recommended decoding
+        // (`no_repeat_ngram_size`, a length penalty) is not applied.
         let gen = self
             .pipeline
-            .generation_config(opts.generation_config(self.prompt_len, seed)?);
+            .generation_ids(opts.generation_config(self.prompt_len, seed)?);
         let prompt = Some(opts.prompt.as_str()).filter(|p| !p.trim().is_empty());
         let out = self.pipeline.caption(images, prompt, &gen).map_err(err)?;
         let k = opts.captions_per_image;

@@ -162,9 +162,19 @@ pub struct DecodeArgs {
     /// Seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Penalise tokens already present (1.0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub repetition_penalty: f64,
+    /// Penalise tokens already present (1.0 = off). Default: the model's
+    /// `generation_config.json`, else 1.0.
+    #[arg(long)]
+    pub repetition_penalty: Option<f64>,
+    /// Never repeat an n-gram of this size (0 = off). Default: the model's
+    /// `generation_config.json`, else 0.
+    #[arg(long)]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// `START,FACTOR`: past START generated tokens, the end token's score grows by
+    /// FACTOR per token (the reference's `exponential_decay_length_penalty`); `off`
+    /// for none. Default: the model's `generation_config.json`, else off.
+    #[arg(long, value_name = "START,FACTOR|off")]
+    pub length_decay: Option<String>,
 }
 
 #[derive(Debug, Args)]

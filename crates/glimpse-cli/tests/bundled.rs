@@ -97,3 +97,83 @@ fn bundled_models_are_found_from_another_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// On photographs from outside the synthetic world, the bundled captioners write one
+/// caption that ends (its end token before the 30-token limit) and repeats no
+/// three-token run: their generation_config.json recommends
+/// `no_repeat_ngram_size = 3` and a length penalty past 16 tokens. With both turned
+/// off on the command line the astronaut's caption runs to the limit in a loop.
+#[test]
+fn bundled_captioners_end_without_loops_on_photographs() {
+    let photos = [
+        "examples/images/astronaut.png",
+        "examples/images/cat.png",
+        "examples/images/coffee.png",
+        "examples/images/rocket.jpg",
+    ];
+    for model in [
+        "models/blip-synth/caption",
+        "models/capfilt-synth/captioner",
+    ] {
+        let mut args = vec!["caption", "--model", model, "--json"];
+        for p in &photos {
+            args.extend(["--image", p]);
+        }
+        let v = json(&args);
+        for (i, ids) in v["token_ids"].as_array().unwrap().iter().enumerate() {
+            let ids: Vec<u64> = serde_json::from_value(ids.clone()).unwrap();
+            let caption = &v["captions"][i];
+            assert!(ids.len() < 30, "{model} {}: {caption}", photos[i]);
+            let trigrams: Vec<&[u64]> = ids.windows(3).collect();
+            let mut unique = trigrams.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                trigrams.len(),
+                "{model} {}: {caption}",
+                photos[i]
+            );
+        }
+    }
+    // The recommendation is the model's, and the command line wins over it.
+    let v = json(&[
+        "caption",
+        "--image",
+        "examples/images/astronaut.png",
+        "--no-repeat-ngram-size",
+        "0",
+        "--length-decay",
+        "off",
+        "--json",
+    ]);
+    let ids = v["token_ids"][0].as_array().unwrap();
+    assert_eq!(ids.len(), 30, "{}", v["captions"][0]);
+}
+
+#[test]
+fn bad_decoding_recommendations_and_flags_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("models/blip-synth/caption");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let gen = dir.path().join("generation_config.json");
+    std::fs::write(
+        &gen,
+        r#"{"eos_token_id": 3, "no_repeat_ngram_size": "three"}"#,
+    )
+    .unwrap();
+    let model = dir.path().to_str().unwrap();
+    let e = common::fails(&["caption", "--model", model, "--image", IMAGE]);
+    assert!(
+        e.contains("generation_config.json") && e.contains("no_repeat_ngram_size"),
+        "{e}"
+    );
+    std::fs::write(&gen, r#"{"exponential_decay_length_penalty": [16]}"#).unwrap();
+    let e = common::fails(&["caption", "--model", model, "--image", IMAGE]);
+    assert!(e.contains("exponential_decay_length_penalty"), "{e}");
+    let e = common::fails(&["caption", "--image", IMAGE, "--length-decay", "16;1.5"]);
+    assert!(e.contains("--length-decay"), "{e}");
+}

@@ -78,6 +78,13 @@ pub struct GenerationConfig {
     /// Scores of tokens already in the sequence (prompt included) are divided by it
     /// when positive, multiplied when negative. 1 disables it.
     pub repetition_penalty: f32,
+    /// No `n`-gram of this size occurs twice in a sequence (prompt included): a token
+    /// that would repeat one is banned. 0 disables it (the reference's default).
+    pub no_repeat_ngram_size: usize,
+    /// The reference's `exponential_decay_length_penalty` (start, factor): past
+    /// `start` generated tokens the end tokens' scores grow by `factor` per token
+    /// (see [`crate::processors::length_decay`]). `None`: off.
+    pub length_decay: Option<(usize, f32)>,
     /// Seed of the sampling RNG; see [`crate::generate`] for what it determines.
     pub seed: u64,
     /// A row ends when it produces any of these. Empty: rows run to `max_new_tokens`.
@@ -105,6 +112,8 @@ impl Default for GenerationConfig {
             top_k: 50,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            length_decay: None,
             seed: 0,
             eos_token_ids: Vec::new(),
             pad_token_id: 0,
@@ -185,6 +194,83 @@ impl GenerationConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The decoding settings a model directory recommends in its `generation_config.json`
+/// (as the reference's `GenerationConfig.from_pretrained` reads them) that change what
+/// is generated: a repetition penalty and `no_repeat_ngram_size`. They apply where the
+/// caller left the setting neutral (1 and 0), as the reference lets `generate`'s
+/// arguments win over the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelDecoding {
+    pub repetition_penalty: Option<f32>,
+    pub no_repeat_ngram_size: Option<usize>,
+    /// `exponential_decay_length_penalty`: `[start, factor]`.
+    pub length_decay: Option<(usize, f32)>,
+}
+
+impl ModelDecoding {
+    /// Reads the two keys from a parsed `generation_config.json`; other keys are
+    /// ignored, and a key of the wrong type is an error naming it.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let rp = match v.get("repetition_penalty") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => Some(x.as_f64().ok_or_else(|| {
+                GenerateError::config("repetition_penalty", format!("must be a number, got {x}"))
+            })? as f32),
+        };
+        let ngram = match v.get("no_repeat_ngram_size") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => Some(x.as_u64().ok_or_else(|| {
+                GenerateError::config(
+                    "no_repeat_ngram_size",
+                    format!("must be a non-negative integer, got {x}"),
+                )
+            })? as usize),
+        };
+        let decay = match v.get("exponential_decay_length_penalty") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => {
+                let pair = x.as_array().filter(|a| a.len() == 2);
+                let start = pair.and_then(|a| a[0].as_u64());
+                let factor = pair.and_then(|a| a[1].as_f64());
+                match (start, factor) {
+                    (Some(s), Some(f)) if f.is_finite() && f >= 1.0 => Some((s as usize, f as f32)),
+                    _ => {
+                        return Err(GenerateError::config(
+                            "exponential_decay_length_penalty",
+                            format!("must be [start, factor] with factor >= 1, got {x}"),
+                        ))
+                    }
+                }
+            }
+        };
+        let out = Self {
+            repetition_penalty: rp,
+            no_repeat_ngram_size: ngram,
+            length_decay: decay,
+        };
+        out.apply(GenerationConfig::default()).validate()?;
+        Ok(out)
+    }
+
+    /// `gen` with the recommended settings where it leaves them neutral.
+    pub fn apply(&self, mut gen: GenerationConfig) -> GenerationConfig {
+        if let Some(rp) = self.repetition_penalty {
+            if gen.repetition_penalty == 1.0 {
+                gen.repetition_penalty = rp;
+            }
+        }
+        if let Some(n) = self.no_repeat_ngram_size {
+            if gen.no_repeat_ngram_size == 0 {
+                gen.no_repeat_ngram_size = n;
+            }
+        }
+        if gen.length_decay.is_none() {
+            gen.length_decay = self.length_decay;
+        }
+        gen
     }
 }
 
@@ -286,5 +372,43 @@ mod tests {
             (cfg.num_beams, cfg.early_stopping),
             (3, EarlyStopping::Never)
         );
+    }
+
+    #[test]
+    fn model_decoding_fills_only_neutral_settings() {
+        let m = ModelDecoding::from_json(&serde_json::json!({
+            "bos_token_id": 5, "repetition_penalty": 1.3, "no_repeat_ngram_size": 3
+        }))
+        .unwrap();
+        let g = m.apply(GenerationConfig::default());
+        assert_eq!((g.repetition_penalty, g.no_repeat_ngram_size), (1.3, 3));
+        let chosen = GenerationConfig {
+            repetition_penalty: 1.1,
+            no_repeat_ngram_size: 2,
+            ..GenerationConfig::default()
+        };
+        let g = m.apply(chosen);
+        assert_eq!((g.repetition_penalty, g.no_repeat_ngram_size), (1.1, 2));
+        assert_eq!(
+            ModelDecoding::from_json(&serde_json::json!({"max_length": 20})).unwrap(),
+            ModelDecoding::default()
+        );
+        for (bad, field) in [
+            (
+                serde_json::json!({"no_repeat_ngram_size": -1}),
+                "no_repeat_ngram_size",
+            ),
+            (
+                serde_json::json!({"no_repeat_ngram_size": "3"}),
+                "no_repeat_ngram_size",
+            ),
+            (
+                serde_json::json!({"repetition_penalty": 0.0}),
+                "repetition_penalty",
+            ),
+        ] {
+            let e = ModelDecoding::from_json(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

@@ -30,7 +30,7 @@ mod step;
 
 use candle_core::Tensor;
 
-pub use config::{EarlyStopping, GenerationConfig};
+pub use config::{EarlyStopping, GenerationConfig, ModelDecoding};
 pub use error::{GenerateError, Result};
 pub use join::{generate_joining, Joining, Rows};
 

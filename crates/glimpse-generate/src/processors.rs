@@ -85,6 +85,44 @@ pub fn repetition_penalty(row: &mut [f32], seen: &[u32], penalty: f32) {
     }
 }
 
+/// Bans every token that would repeat an `n`-gram already in `seq` (the reference's
+/// `no_repeat_ngram_size`): where the last `n - 1` ids of `seq` occurred before, the
+/// token that followed them there is set to -inf. `n = 0` disables it; nothing is
+/// banned until `seq` holds `n - 1` ids.
+pub fn no_repeat_ngram(row: &mut [f32], seq: &[u32], n: usize) {
+    if n == 0 || seq.len() + 1 < n {
+        return;
+    }
+    let prefix = &seq[seq.len() + 1 - n..];
+    for window in seq.windows(n) {
+        if &window[..n - 1] == prefix {
+            if let Some(s) = row.get_mut(window[n - 1] as usize) {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// The reference's `exponential_decay_length_penalty = (start, factor)`: once more
+/// than `start` tokens were generated (`generated - start = k > 0`), each end token's
+/// score `s` becomes `s + |s| (factor^k - 1)`, so a sequence that runs past the usual
+/// length grows ever likelier to end. Non-finite scores (a suppressed end) stay.
+pub fn length_decay(row: &mut [f32], eos: &[u32], generated: usize, decay: Option<(usize, f32)>) {
+    let Some((start, factor)) = decay else { return };
+    if generated <= start {
+        return;
+    }
+    let k = (generated - start) as i32;
+    let grow = (f64::from(factor).powi(k) - 1.0) as f32;
+    for &t in eos {
+        if let Some(s) = row.get_mut(t as usize) {
+            if s.is_finite() {
+                *s += s.abs() * grow;
+            }
+        }
+    }
+}
+
 /// Sets the given tokens to -inf (eos while `min_new_tokens` is not reached).
 pub fn suppress(row: &mut [f32], tokens: &[u32]) {
     for &t in tokens {
@@ -191,4 +229,38 @@ pub fn sample_without_replacement(row: &[f32], k: usize, rng: &mut impl Rng) -> 
         out.push(i);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_repeat_ngram_bans_the_token_that_repeats_an_ngram() {
+        // "4 7 9 4 7": the bigram prefix "7" was followed by 9 and the trigram
+        // prefix "4 7" by 9, so 9 is banned at n = 2 and n = 3; nothing else.
+        let seq = [4u32, 7, 9, 4, 7];
+        for n in [2, 3] {
+            let mut row = vec![0.0f32; 12];
+            no_repeat_ngram(&mut row, &seq, n);
+            let banned: Vec<usize> = (0..12).filter(|&i| row[i].is_infinite()).collect();
+            assert_eq!(banned, vec![9], "n = {n}");
+        }
+        // n = 4: "9 4 7" occurred once, as the end: nothing to ban.
+        let mut row = vec![0.0f32; 12];
+        no_repeat_ngram(&mut row, &seq, 4);
+        assert!(row.iter().all(|x| x.is_finite()));
+        // A repeated unigram (n = 1) bans every token seen; n = 0 nothing.
+        let mut row = vec![0.0f32; 12];
+        no_repeat_ngram(&mut row, &seq, 1);
+        assert_eq!(row.iter().filter(|x| x.is_infinite()).count(), 3);
+        let mut row = vec![0.0f32; 12];
+        no_repeat_ngram(&mut row, &seq, 0);
+        assert!(row.iter().all(|x| x.is_finite()));
+        // Shorter than n - 1: nothing yet; ids past the row are ignored.
+        let mut row = vec![0.0f32; 5];
+        no_repeat_ngram(&mut row, &[3], 3);
+        no_repeat_ngram(&mut row, &[40, 41, 40], 2);
+        assert!(row.iter().all(|x| x.is_finite()));
+    }
 }

@@ -34,6 +34,15 @@ fn config_of(case: &Value) -> GenerationConfig {
             .unwrap(),
         eos_token_ids: serde_json::from_value(case["eos_token_ids"].clone()).unwrap(),
         pad_token_id: n("pad_token_id") as u32,
+        no_repeat_ngram_size: n("no_repeat_ngram_size"),
+        length_decay: case["exponential_decay_length_penalty"]
+            .as_array()
+            .map(|a| {
+                (
+                    a[0].as_u64().unwrap() as usize,
+                    a[1].as_f64().unwrap() as f32,
+                )
+            }),
         ..GenerationConfig::default()
     }
 }

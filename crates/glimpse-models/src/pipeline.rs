@@ -10,7 +10,7 @@
 
 use candle_core::{Device, Tensor};
 use glimpse_data::{ImageProcessor, TextBatch, TextTokenizer};
-use glimpse_generate::GenerationConfig;
+use glimpse_generate::{GenerationConfig, ModelDecoding};
 use glimpse_nn::linears::Int8Report;
 use glimpse_nn::quant::{Quant, QuantReport};
 use image::RgbImage;
@@ -36,6 +36,27 @@ pub struct Pipeline {
     processor: ImageProcessor,
     device: Device,
     name: String,
+    /// What the directory's `generation_config.json` recommends for decoding.
+    decoding: ModelDecoding,
+}
+
+/// Reads the decoding settings `dir/generation_config.json` recommends; none when the
+/// file is absent, an error naming the file when it cannot be used.
+fn model_decoding(dir: &Path) -> Result<ModelDecoding> {
+    let path = dir.join("generation_config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelDecoding::default()),
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    ModelDecoding::from_json(&v).map_err(|e| Error::Config {
+        path,
+        msg: e.to_string(),
+    })
 }
 
 /// Refuses a processor whose images the vision tower cannot take, naming the processor
@@ -93,6 +114,7 @@ impl Pipeline {
             .ok_or_else(|| missing("preprocessor_config.json"))?;
         let processor = ImageProcessor::from_file(processor_path)?;
         check_processor_fits(&processor, processor_path, &files.config_json()?)?;
+        let decoding = model_decoding(&files.dir)?;
         Ok(Self {
             model: registry::load(arch, &files, device)?,
             arch,
@@ -100,6 +122,7 @@ impl Pipeline {
             processor,
             device: device.clone(),
             name: model.to_string(),
+            decoding,
         })
     }
 
@@ -382,9 +405,23 @@ impl Pipeline {
         m.start_chat(pixel_values, system)
     }
 
-    /// Generation defaults of this model (end, pad ids) on top of `gen`.
+    /// Generation defaults of this model on top of `gen`: its end and pad ids, and
+    /// where `gen` leaves them neutral, the repetition penalty and
+    /// `no_repeat_ngram_size` its `generation_config.json` recommends.
     pub fn generation_config(&self, gen: GenerationConfig) -> GenerationConfig {
+        self.decoding.apply(self.model.generation_config(gen))
+    }
+
+    /// Only the model's end and pad ids on top of `gen`, not what its
+    /// `generation_config.json` recommends: for callers whose decoding settings are
+    /// fixed by a method (CapFilt decodes with BLIP's).
+    pub fn generation_ids(&self, gen: GenerationConfig) -> GenerationConfig {
         self.model.generation_config(gen)
+    }
+
+    /// The decoding settings the model directory recommends.
+    pub fn model_decoding(&self) -> ModelDecoding {
+        self.decoding
     }
 }
 

@@ -250,3 +250,48 @@ fn bad_checkpoints_and_inputs_are_errors_not_panics() {
     let err = vqa.generate(&fx.photo_batch(), &q, &mask, &gen_config(&fx, 1));
     assert!(err.is_err());
 }
+
+/// The settings against loops that a generation_config.json may recommend
+/// (`no_repeat_ngram_size`, `repetition_penalty`, `exponential_decay_length_penalty`),
+/// greedy and beam, recorded by `tools/fixtures/make_decoding_fixtures.py`.
+#[test]
+fn caption_ids_match_reference_under_settings_against_loops() {
+    let fx = Fixture::open("blip_caption");
+    let model = caption_model(&fx);
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.files.dir.join("decoding.json")).unwrap())
+            .unwrap();
+    let mut differ = 0;
+    for case in doc["cases"].as_array().unwrap() {
+        let decay = case["exponential_decay_length_penalty"]
+            .as_array()
+            .map(|a| {
+                (
+                    a[0].as_u64().unwrap() as usize,
+                    a[1].as_f64().unwrap() as f32,
+                )
+            });
+        let gen = GenerationConfig {
+            max_new_tokens: doc["max_new_tokens"].as_u64().unwrap() as usize,
+            num_beams: case["num_beams"].as_u64().unwrap() as usize,
+            no_repeat_ngram_size: case["no_repeat_ngram_size"].as_u64().unwrap() as usize,
+            repetition_penalty: case["repetition_penalty"].as_f64().unwrap() as f32,
+            length_decay: decay,
+            eos_token_ids: vec![doc["eos_token_id"].as_u64().unwrap() as u32],
+            pad_token_id: doc["pad_token_id"].as_u64().unwrap() as u32,
+            ..GenerationConfig::default()
+        };
+        differ += case["differs_from_plain"].as_u64().unwrap();
+        for (photo, want) in case["generated"].as_object().unwrap() {
+            let px = fx.get(&format!("pixel_values.{photo}"));
+            let got = model.generate(&px, None, &gen).unwrap();
+            let want: Vec<u32> = serde_json::from_value(want.clone()).unwrap();
+            assert_eq!(got[0], want, "{} caption of {photo}", case["name"]);
+        }
+    }
+    // The settings must have changed what the plain search writes, or nothing is tested.
+    assert!(
+        differ >= 5,
+        "only {differ} captions differ from the plain search"
+    );
+}

@@ -21,7 +21,7 @@ pub fn run_caption(args: CaptionArgs) -> Result<()> {
     let gen = args.decode.generation_config()?;
     check_batch_size(args.batch_size)?;
     let pipeline = load_quantized(&args.common, super::Bundled::Caption, args.quantize)?;
-    let gen = pipeline.generation_config(gen);
+    let gen = args.decode.explicit(pipeline.generation_config(gen));
 
     let bar = progress(args.images.len(), args.batch_size, "captioning");
     let (mut captions, mut token_ids) = (Vec::new(), Vec::new());
@@ -59,7 +59,7 @@ pub fn run_ask(args: AskArgs) -> Result<()> {
     let image = read_image(&args.image)?;
     let pipeline = load_quantized(&args.common, super::Bundled::Vqa, args.quantize)?;
     check_images(&pipeline, &[&args.image], std::slice::from_ref(&image))?;
-    let gen = pipeline.generation_config(gen);
+    let gen = args.decode.explicit(pipeline.generation_config(gen));
     let out = pipeline.ask(&image, &args.question, &gen)?;
     if args.common.json {
         return print_json(&AskOutput {

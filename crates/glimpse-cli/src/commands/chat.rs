@@ -72,7 +72,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let pixels = pipeline
         .pixel_values(std::slice::from_ref(&image))
         .with_context(|| format!("--image {}", args.image.display()))?;
-    let gen = pipeline.generation_config(gen);
+    let gen = args.decode.explicit(pipeline.generation_config(gen));
     let mut session = pipeline.start_chat(&pixels, args.system.as_deref())?;
     let tokenizer = pipeline.tokenizer();
 

@@ -271,11 +271,56 @@ impl crate::cli::DecodeArgs {
             temperature: self.temperature.unwrap_or(1.0) as f32,
             top_k: self.top_k.unwrap_or(0),
             top_p: self.top_p.unwrap_or(1.0) as f32,
-            repetition_penalty: self.repetition_penalty as f32,
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0) as f32,
+            no_repeat_ngram_size: self.no_repeat_ngram_size.unwrap_or(0),
+            length_decay: self.length_decay()?.flatten(),
             seed: self.seed,
             ..glimpse_generate::GenerationConfig::default()
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `--length-decay`: `None` when not given, `Some(None)` for `off`.
+    fn length_decay(&self) -> Result<Option<Option<(usize, f32)>>> {
+        let Some(text) = self.length_decay.as_deref() else {
+            return Ok(None);
+        };
+        if text.trim() == "off" {
+            return Ok(Some(None));
+        }
+        let parsed = text.split_once(',').and_then(|(s, f)| {
+            Some((
+                s.trim().parse::<usize>().ok()?,
+                f.trim().parse::<f32>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((start, factor)) if factor.is_finite() && factor >= 1.0 => {
+                Ok(Some(Some((start, factor))))
+            }
+            _ => bail!(
+                "--length-decay {text:?}: give START,FACTOR with FACTOR >= 1 (e.g. 16,1.5), or off"
+            ),
+        }
+    }
+
+    /// `gen` (after the model's defaults) with the settings given on the command line,
+    /// which win over what the model's `generation_config.json` recommends, neutral
+    /// values included (`--no-repeat-ngram-size 0` turns the model's off).
+    pub fn explicit(
+        &self,
+        mut gen: glimpse_generate::GenerationConfig,
+    ) -> glimpse_generate::GenerationConfig {
+        if let Some(rp) = self.repetition_penalty {
+            gen.repetition_penalty = rp as f32;
+        }
+        if let Some(n) = self.no_repeat_ngram_size {
+            gen.no_repeat_ngram_size = n;
+        }
+        if let Ok(Some(decay)) = self.length_decay() {
+            gen.length_decay = decay;
+        }
+        gen
     }
 }
