@@ -55,6 +55,77 @@ impl Decoder for CausalDecoder {
     fn select_rows(&self, cache: &mut DecoderCache, rows: &Tensor) -> candle_core::Result<()> {
         cache.select_rows(rows)
     }
+
+    /// Rows of prompts prefilled on their own join left-padded and masked, keeping
+    /// their positions ([`DecoderCache::join`]).
+    fn join(&self, cache: &mut DecoderCache, other: DecoderCache) -> candle_core::Result<()> {
+        cache.join(other)
+    }
+}
+
+/// Prompts that join a running batch of [`CausalLm::generate_joining`], and where
+/// their tokens go. Each prompt is named by a tag.
+pub trait PromptRows {
+    /// With the number of rows decoding now: a prompt (`bos` and its tokens) that
+    /// joins, or `None`. Asked again after every prompt it returns.
+    fn admit(&mut self, running: usize) -> Option<(u64, Vec<u32>)>;
+    /// Row `tag`'s own seed, if any (its draws are then those it has alone).
+    fn seed(&self, tag: u64) -> Option<u64>;
+    /// Row `tag`'s own limit on new tokens, if any.
+    fn max_new_tokens(&self, tag: u64) -> Option<usize>;
+    /// Row `tag` chose `token`; `false` ends it now.
+    fn token(&mut self, tag: u64, token: u32) -> bool;
+    /// Row `tag` ended with these ids (the end token included when produced).
+    fn finished(&mut self, tag: u64, ids: Vec<u32>);
+}
+
+/// Adapts [`PromptRows`] to the decoder's rows: each prompt gets a fresh cache.
+struct Joiner<'a> {
+    lm: &'a CausalLm,
+    rows: &'a mut dyn PromptRows,
+    /// A prompt that could not become a tensor: its row is told and skipped.
+    failed: Vec<(u64, String)>,
+}
+
+impl Joiner<'_> {
+    fn joining(
+        &self,
+        tag: u64,
+        ids: &[u32],
+    ) -> candle_core::Result<glimpse_generate::Joining<DecoderCache>> {
+        if ids.is_empty() {
+            candle_core::bail!("an empty prompt");
+        }
+        Ok(glimpse_generate::Joining {
+            cache: self.lm.decoder.new_cache(),
+            prompt_ids: Tensor::new(ids, &self.lm.device)?.unsqueeze(0)?,
+            tags: vec![tag],
+        })
+    }
+}
+
+impl glimpse_generate::Rows<DecoderCache> for Joiner<'_> {
+    fn admit(&mut self, running: usize) -> Option<glimpse_generate::Joining<DecoderCache>> {
+        loop {
+            let (tag, ids) = self.rows.admit(running)?;
+            match self.joining(tag, &ids) {
+                Ok(j) => return Some(j),
+                Err(e) => self.failed.push((tag, e.to_string())),
+            }
+        }
+    }
+    fn seed(&self, tag: u64) -> Option<u64> {
+        self.rows.seed(tag)
+    }
+    fn max_new_tokens(&self, tag: u64) -> Option<usize> {
+        self.rows.max_new_tokens(tag)
+    }
+    fn token(&mut self, tag: u64, token: u32) -> bool {
+        self.rows.token(tag, token)
+    }
+    fn finished(&mut self, tag: u64, ids: Vec<u32>) {
+        self.rows.finished(tag, ids)
+    }
 }
 
 /// The fields of `config.json` / `generation_config.json` that decoding needs.
@@ -195,6 +266,33 @@ impl CausalLm {
         let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // [1, t]
         let logits = Decoder::step(&self.decoder, &t, cache)?; // [1, vocab]
         Ok(logits.squeeze(0)?)
+    }
+
+    /// Continues `first` and every prompt `rows` admits while the batch decodes, in
+    /// one batch that rows join and leave (greedy search or sampling; each row gets
+    /// the ids it gets alone from [`CausalLm::generate`] with its own seed and limit).
+    /// A prompt that cannot run is an error for that row alone (returned with its
+    /// tag); an error of the batch is returned as `Err`.
+    pub fn generate_joining(
+        &self,
+        first: (u64, Vec<u32>),
+        cfg: &GenerationConfig,
+        rows: &mut dyn PromptRows,
+    ) -> Result<Vec<(u64, String)>> {
+        let mut cfg = cfg.clone();
+        if cfg.eos_token_ids.is_empty() {
+            cfg.eos_token_ids = self.eos_token_ids.clone();
+        }
+        cfg.pad_token_id = self.pad_token_id;
+        let mut joiner = Joiner {
+            lm: self,
+            rows,
+            failed: Vec::new(),
+        };
+        let start = joiner.joining(first.0, &first.1)?;
+        glimpse_generate::generate_joining(&self.decoder, start, &cfg, &mut joiner)
+            .map_err(Error::from)?;
+        Ok(joiner.failed)
     }
 
     /// The continuation of `ids` (without the prompt, ending with eos when produced).

@@ -6,18 +6,28 @@
 //! `Assistant: ...`, ending with `Assistant:`) since these checkpoints carry no chat
 //! template. A prompt longer than the model's context keeps its last tokens, as
 //! llama.cpp's server does, and the response says so in the
-//! `x-glimpse-prompt-truncated` header (the number of tokens dropped). Requests run
-//! one at a time per model behind a bounded count of waiting ones (429 beyond it).
+//! `x-glimpse-prompt-truncated` header (the number of tokens dropped).
+//!
+//! Each model has a worker thread behind a bounded count of waiting requests (429
+//! beyond it). Greedy and sampled requests with the same settings (each keeping its
+//! own `seed` and `max_tokens`) decode in one batch that later arrivals join between
+//! two steps and that finished rows leave; each gets the ids it gets alone. Beam
+//! search, or `--no-join`, runs a request on its own.
 
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use glimpse_generate::GenerationConfig;
-use glimpse_models::causal_lm::CausalLm;
+use glimpse_models::causal_lm::{CausalLm, PromptRows};
 use glimpse_models::checkpoint::ModelFiles;
 
 use crate::config::{ModelSpec, ServeConfig};
 use crate::error::{ApiError, ApiResult, ServeError};
+use crate::metrics;
 use crate::registry::Models;
 
 /// A loaded text-only language model.
@@ -32,9 +42,19 @@ pub struct TextModel {
     lm: Arc<CausalLm>,
     /// Positions the model takes (prompt and reply together), when known.
     context: Option<usize>,
-    gate: Arc<tokio::sync::Semaphore>,
-    waiting: AtomicUsize,
+    /// The worker's queue (a `Mutex` only to make the sender `Sync`).
+    jobs: Mutex<Sender<Job>>,
+    /// Requests queued or decoding.
+    waiting: Arc<AtomicUsize>,
     capacity: usize,
+}
+
+/// A request for the worker: a prompt that fits the context, its settings, and where
+/// the generated ids go.
+struct Job {
+    ids: Vec<u32>,
+    gen: GenerationConfig,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u32>, String>>,
 }
 
 /// What a completion produced.
@@ -97,16 +117,30 @@ pub fn load(spec: &ModelSpec, cfg: &ServeConfig, loaded: &Models) -> Result<Text
             "two models would be served as `{id}`; name them apart with --model ID=DIR"
         )));
     }
+    let lm = Arc::new(lm);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = Worker {
+        id: id.clone(),
+        lm: lm.clone(),
+        max_batch: cfg.max_batch.max(1),
+        join: cfg.join_batches,
+        waiting: waiting.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("lm-{id}"))
+        .spawn(move || worker.run(rx))
+        .map_err(|e| ServeError::Config(format!("cannot start the worker of `{id}`: {e}")))?;
     Ok(TextModel {
         id,
         source: spec.source.clone(),
         class,
         family,
         created: crate::unix_now(),
-        lm: Arc::new(lm),
+        lm,
         context,
-        gate: Arc::new(tokio::sync::Semaphore::new(1)),
-        waiting: AtomicUsize::new(0),
+        jobs: Mutex::new(tx),
+        waiting,
         capacity: cfg.queue_capacity,
     })
 }
@@ -128,31 +162,41 @@ pub fn transcript(messages: &[(String, String)]) -> String {
 
 impl TextModel {
     /// Continues `prompt` with `gen` (its `max_new_tokens` cut to half the context
-    /// when longer), one request at a time.
+    /// when longer), in a batch with other requests where it can.
     pub async fn complete(&self, prompt: String, gen: GenerationConfig) -> ApiResult<Completion> {
+        let (ids, gen, prompt_tokens, truncated) = fit(&self.lm, self.context, &prompt, gen)
+            .map_err(|e| ApiError::from_model(&self.id, &e))?;
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.capacity {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::queue_full(&self.id, self.capacity));
         }
-        let permit = self.gate.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|_| ApiError::unavailable("the model has stopped"))?;
-        let lm = self.lm.clone();
-        let context = self.context;
-        let id = self.id.clone();
-        tokio::task::spawn_blocking(move || run(&lm, context, &prompt, gen))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self
+            .jobs
+            .lock()
+            .map_err(|_| ApiError::unavailable("the model has stopped"))?
+            .send(Job { ids, gen, reply });
+        if sent.is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::unavailable("the model has stopped"));
+        }
+        let out = answer
             .await
-            .map_err(|e| ApiError::internal(format!("model `{id}` failed: {e}")))?
+            .map_err(|_| ApiError::internal(format!("model `{}` stopped answering", self.id)))?
+            .map_err(|e| ApiError::internal(format!("model `{}` failed: {e}", self.id)))?;
+        completion(&self.lm, out, prompt_tokens, truncated)
             .map_err(|e| ApiError::from_model(&self.id, &e))
     }
 }
 
-fn run(
+/// The prompt's ids, cut to fit the context with the reply; the settings with the
+/// reply's limit cut to half the context; the prompt's length and the tokens dropped.
+fn fit(
     lm: &CausalLm,
     context: Option<usize>,
     prompt: &str,
     mut gen: GenerationConfig,
-) -> glimpse_models::Result<Completion> {
+) -> glimpse_models::Result<(Vec<u32>, GenerationConfig, usize, usize)> {
     let mut ids = lm.encode_prompt(prompt)?;
     let mut truncated = 0;
     if let Some(ctx) = context {
@@ -166,7 +210,16 @@ fn run(
         }
     }
     let prompt_tokens = ids.len();
-    let out = lm.generate(&ids, &gen)?;
+    Ok((ids, gen, prompt_tokens, truncated))
+}
+
+/// The answer from the generated ids.
+fn completion(
+    lm: &CausalLm,
+    out: Vec<u32>,
+    prompt_tokens: usize,
+    truncated: usize,
+) -> glimpse_models::Result<Completion> {
     let kept: Vec<u32> = out
         .iter()
         .copied()
@@ -179,6 +232,162 @@ fn run(
         prompt_tokens,
         truncated,
     })
+}
+
+/// Requests that may share a batch: greedy search or sampling with the same settings
+/// but for the seed and the token limit.
+fn join_key(gen: &GenerationConfig) -> Option<String> {
+    if gen.num_beams != 1 || gen.num_return_sequences != 1 {
+        return None;
+    }
+    let shared = GenerationConfig {
+        seed: 0,
+        max_new_tokens: 0,
+        ..gen.clone()
+    };
+    Some(format!("{shared:?}"))
+}
+
+/// The thread that decodes one model's requests.
+struct Worker {
+    id: String,
+    lm: Arc<CausalLm>,
+    max_batch: usize,
+    join: bool,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(self, rx: Receiver<Job>) {
+        let mut carry: Option<Job> = None;
+        loop {
+            let job = match carry.take() {
+                Some(job) => job,
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return, // the server dropped the model
+                },
+            };
+            match join_key(&job.gen).filter(|_| self.join) {
+                Some(key) => self.batch(job, &key, &rx, &mut carry),
+                None => self.alone(job),
+            }
+        }
+    }
+
+    fn answer(&self, job: Job, out: Result<Vec<u32>, String>) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _ = job.reply.send(out); // a client that left is no error
+    }
+
+    fn alone(&self, job: Job) {
+        metrics::batch(&self.id, "text", 1);
+        let out = catch_unwind(AssertUnwindSafe(|| self.lm.generate(&job.ids, &job.gen)));
+        let out = match out {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(p) => Err(crate::error::panic_message(p.as_ref()).to_string()),
+        };
+        self.answer(job, out);
+    }
+
+    /// Decodes `first` with every queued request of the same `key` that arrives
+    /// while it runs; a request of another kind waits in `carry` for the next round.
+    fn batch(&self, first: Job, key: &str, rx: &Receiver<Job>, carry: &mut Option<Job>) {
+        // Each row keeps its own limit; the batch's is only their bound.
+        let gen = GenerationConfig {
+            max_new_tokens: u32::MAX as usize,
+            ..first.gen.clone()
+        };
+        let started = Instant::now();
+        let ids = first.ids.clone();
+        let mut live = Live {
+            worker: self,
+            key,
+            rx,
+            carry,
+            jobs: HashMap::from([(0, first)]),
+            next_tag: 1,
+            joined: 0,
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.lm.generate_joining((0, ids), &gen, &mut live)
+        }));
+        metrics::batch(&self.id, "text", live.joined + 1);
+        metrics::batch_seconds(&self.id, "text", started.elapsed());
+        let failure = match outcome {
+            Ok(Ok(failed)) => {
+                for (tag, e) in failed {
+                    if let Some(job) = live.jobs.remove(&tag) {
+                        self.answer(job, Err(e));
+                    }
+                }
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(p) => Some(crate::error::panic_message(p.as_ref()).to_string()),
+        };
+        // Rows the batch did not finish (it failed, or a row was left): each is told.
+        let why = failure.unwrap_or_else(|| "the batch ended before this request".into());
+        for (_, job) in live.jobs.drain() {
+            self.answer(job, Err(why.clone()));
+        }
+    }
+}
+
+/// The running batch's view of the queue.
+struct Live<'a> {
+    worker: &'a Worker,
+    key: &'a str,
+    rx: &'a Receiver<Job>,
+    carry: &'a mut Option<Job>,
+    jobs: HashMap<u64, Job>,
+    next_tag: u64,
+    joined: usize,
+}
+
+impl PromptRows for Live<'_> {
+    fn admit(&mut self, running: usize) -> Option<(u64, Vec<u32>)> {
+        if self.carry.is_some() || running >= self.worker.max_batch {
+            return None;
+        }
+        let job = match self.rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+        };
+        if job.reply.is_closed() {
+            self.worker.answer(job, Err("the client left".into()));
+            return self.admit(running);
+        }
+        if join_key(&job.gen).as_deref() != Some(self.key) {
+            *self.carry = Some(job);
+            return None;
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.joined += 1;
+        metrics::joined(&self.worker.id, 1);
+        let ids = job.ids.clone();
+        self.jobs.insert(tag, job);
+        Some((tag, ids))
+    }
+
+    fn seed(&self, tag: u64) -> Option<u64> {
+        self.jobs.get(&tag).map(|j| j.gen.seed)
+    }
+
+    fn max_new_tokens(&self, tag: u64) -> Option<usize> {
+        self.jobs.get(&tag).map(|j| j.gen.max_new_tokens)
+    }
+
+    fn token(&mut self, tag: u64, _token: u32) -> bool {
+        self.jobs.get(&tag).is_some_and(|j| !j.reply.is_closed())
+    }
+
+    fn finished(&mut self, tag: u64, ids: Vec<u32>) {
+        if let Some(job) = self.jobs.remove(&tag) {
+            self.worker.answer(job, Ok(ids));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +419,9 @@ mod tests {
             max_new_tokens: 500,
             ..GenerationConfig::default()
         };
-        let c = run(&lm, Some(64), &long, gen).unwrap();
+        let (ids, gen, prompt_tokens, truncated) = fit(&lm, Some(64), &long, gen).unwrap();
+        let out = lm.generate(&ids, &gen).unwrap();
+        let c = completion(&lm, out, prompt_tokens, truncated).unwrap();
         assert!(c.truncated > 0);
         assert!(c.prompt_tokens <= 32, "{}", c.prompt_tokens);
         assert!(c.token_ids.len() <= 32);

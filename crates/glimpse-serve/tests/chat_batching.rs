@@ -208,3 +208,86 @@ async fn without_joining_concurrent_chats_still_batch_and_keep_their_answers() {
         0.0
     );
 }
+
+/// What request `i` to a text-only model gets alone: its transcript continued by the
+/// model with the request's own limit and seed.
+fn text_alone(lm: &glimpse_models::causal_lm::CausalLm, i: usize, sample: bool) -> String {
+    let (_, question, sampled, max_tokens) = request(i, sample);
+    let prompt = glimpse_serve::text_lm::transcript(&[("user".into(), question.into())]);
+    let gen = GenerationConfig {
+        max_new_tokens: max_tokens,
+        do_sample: sampled.is_some(),
+        temperature: sampled.map_or(1.0, |(t, _)| t as f32),
+        seed: sampled.map_or(0, |(_, s)| s),
+        top_k: 0,
+        ..GenerationConfig::default()
+    };
+    let ids = lm.encode_prompt(&prompt).unwrap();
+    let out = lm.generate(&ids, &gen).unwrap();
+    let kept: Vec<u32> = out
+        .into_iter()
+        .filter(|t| !lm.eos_token_ids.contains(t))
+        .collect();
+    lm.tokenizer.decode(&kept, true).unwrap().trim().to_string()
+}
+
+/// Text-only language models (the bundled OPT and LLaMA of the synthetic world):
+/// requests arriving while a batch decodes join it, and each answer equals the one
+/// the request gets alone, greedy or sampled with its own seed and limit.
+async fn text_bursts_join(source: &str, id: &str, n: usize, sample: bool) {
+    let state = state_with(|c| {
+        c.batch_window = std::time::Duration::ZERO;
+        c.models = vec![glimpse_serve::ModelSpec {
+            source: repo(source),
+            id: Some(id.into()),
+        }];
+    });
+    let files = glimpse_models::checkpoint::ModelFiles::resolve(&repo(source)).unwrap();
+    let lm = glimpse_models::causal_lm::CausalLm::load(&files, &candle_core::Device::Cpu).unwrap();
+    let expected: Vec<String> = (0..n).map(|i| text_alone(&lm, i, sample)).collect();
+    let distinct: std::collections::BTreeSet<&String> = expected.iter().collect();
+    assert!(
+        distinct.len() >= 3 && expected.iter().all(|e| !e.is_empty()),
+        "answers to tell apart: {expected:?}"
+    );
+    let joined = format!("glimpse_batch_joined_total{{model=\"{id}\"}}");
+    for (burst, spacing_us) in [0u64, 100, 400, 1600].into_iter().enumerate() {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let state = state.clone();
+            let (_, question, sampled, max_tokens) = request(i, sample);
+            let mut b = json!({
+                "model": id,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": max_tokens,
+            });
+            if let Some((t, seed)) = sampled {
+                b["temperature"] = json!(t);
+                b["seed"] = json!(seed);
+            }
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_micros(spacing_us * i as u64)).await;
+                post(&state, "/v1/chat/completions", b).await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            assert_eq!(
+                content(&r, false),
+                expected[i],
+                "burst {burst}, request {i}"
+            );
+        }
+        let metrics = get(&state, "/metrics").await.text();
+        if metric(&metrics, &joined) > 0.0 {
+            return;
+        }
+    }
+    panic!("no text request joined a running batch in four bursts of {n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_model_requests_join_a_running_batch_and_keep_their_own_answers() {
+    text_bursts_join("models/llama-lm-synth", "llama-tiny", 12, false).await;
+    text_bursts_join("models/opt-lm-synth", "opt-tiny", 12, true).await;
+}
