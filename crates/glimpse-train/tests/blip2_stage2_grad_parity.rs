@@ -6,11 +6,16 @@
 //! labels; the frozen tower gets no gradient, and neither it nor the frozen OPT moves in
 //! an update.
 //!
-//! Glimpse trains in float32 (the reference's weights are float32 values upcast), so the
-//! loss agrees to float32 rounding, not float64.
+//! The reference's weights are float32 values, upcast. Glimpse's model built in f64
+//! gives the reference's loss to float64 rounding and its gradients to 1e-6: candle's
+//! backward of the exact GELU (candle-core 0.11 `backprop.rs`) takes 1/sqrt(2 pi) as
+//! 0.398942, 7e-7 off, which the Q-Former's and the tower's GELUs carry into the
+//! gradients (~2e-7). Built in f32, the dtype it trains in, it agrees to float32
+//! rounding, and the update is checked there.
 
 mod common;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use glimpse_models::blip2::Blip2Config;
 use glimpse_train::blip2::stage2::{is_frozen, stage2_row};
@@ -28,12 +33,13 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn stage2_loss_and_gradients_match_the_reference_and_frozen_parts_stay() {
+/// The loss and gradients of the model built in `dtype` against the reference; returns
+/// the model and its gradients.
+fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (Blip2Stage2, GradStore) {
     let dir = train_fixture("blip2_stage2");
     let expected = json(&dir.join("expected.json"));
     let cfg: Blip2Config = serde_json::from_value(json(&dir.join("config.json"))).unwrap();
-    let model = Blip2Stage2::new(&cfg, &Device::Cpu).unwrap();
+    let model = Blip2Stage2::with_dtype(&cfg, dtype, &Device::Cpu).unwrap();
     load_into(
         &model.vars.map,
         &tensors(&dir.join("weights.safetensors")),
@@ -74,7 +80,7 @@ fn stage2_loss_and_gradients_match_the_reference_and_frozen_parts_stay() {
         .collect();
     let u32s = |k: &str| b[k].to_dtype(DType::U32).unwrap();
     let batch = Stage2Batch {
-        pixel_values: b["pixel_values"].clone(),
+        pixel_values: b["pixel_values"].to_dtype(dtype).unwrap(),
         input_ids: u32s("input_ids"),
         attention_mask: u32s("attention_mask"),
         targets: Tensor::from_vec(targets, b["labels"].shape(), &Device::Cpu).unwrap(),
@@ -83,7 +89,10 @@ fn stage2_loss_and_gradients_match_the_reference_and_frozen_parts_stay() {
     let loss = model.loss(&batch, true).unwrap();
     let (got, want) = (scalar(&loss), expected["loss"].as_f64().unwrap());
     let rel = (got - want).abs() / want.abs();
-    assert!(rel < 1e-6, "loss {got} vs reference {want} ({rel:.2e})");
+    assert!(
+        rel < loss_tol,
+        "{dtype:?}: loss {got} vs reference {want} ({rel:.2e})"
+    );
 
     let grads = loss.backward().unwrap();
     let vars = sorted_vars(&model.vars.map);
@@ -100,24 +109,36 @@ fn stage2_loss_and_gradients_match_the_reference_and_frozen_parts_stay() {
         }
     }
     assert!(
-        report.worst < 1e-5,
-        "worst gradient error {:.2e} at {}",
+        report.worst < grad_tol,
+        "{dtype:?}: worst gradient error {:.2e} at {}",
         report.worst,
         report.worst_name
     );
     assert!(
-        report.worst_zero < 1e-6,
-        "a zero gradient is {:.2e}",
+        report.worst_zero < grad_tol,
+        "{dtype:?}: a zero gradient is {:.2e}",
         report.worst_zero
     );
     eprintln!(
-        "loss {got} (reference {want}, relative {rel:.2e}); {} gradients, worst {:.2e} ({}), \
+        "{dtype:?}: loss {got} (reference {want}, relative {rel:.2e}); {} gradients, worst {:.2e} ({}), \
          zero ones {:.2e}",
         report.compared, report.worst, report.worst_name, report.worst_zero
     );
 
+    (model, grads)
+}
+
+#[test]
+fn stage2_loss_and_gradients_match_the_reference_in_f64() {
+    check(DType::F64, 1e-12, 1e-6);
+}
+
+#[test]
+fn stage2_matches_in_f32_and_an_update_leaves_the_frozen_parts() {
+    let (model, grads) = check(DType::F32, 1e-6, 1e-5);
     // One update of the trainable variables (the objective's filter): they move, the
     // frozen tower and language model stay bit for bit.
+    let vars = sorted_vars(&model.vars.map);
     let before = copies(&vars);
     let trainable: Vec<_> = vars
         .iter()

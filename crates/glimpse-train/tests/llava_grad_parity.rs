@@ -8,11 +8,17 @@
 //! the projector and the whole language model (stage 2 trains both) match; the frozen
 //! tower gets no gradient and does not move in an update.
 //!
-//! Glimpse trains in float32 (the reference's weights are float32 values upcast), so the
-//! loss agrees to float32 rounding, not float64.
+//! The reference's weights are float32 values, upcast. Glimpse's model built in f64
+//! gives the tower's projected features to 1e-15 but the loss to 1e-9 and the gradients
+//! to ~4e-7: both sides build LLaMA's RoPE cos/sin tables in float32 (transformers does
+//! so even in float64), and torch's float32 cos and sin are not Rust's in the last bit
+//! (19 of the 256 cos entries of this table differ from the correctly rounded value in
+//! torch). Built in f32, the dtype it trains in, it agrees to float32 rounding, and the
+//! update is checked there.
 
 mod common;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use glimpse_models::checkpoint::ModelFiles;
 use glimpse_models::llava::{read_config, ChatMessage, LlavaProcessor};
@@ -29,8 +35,9 @@ fn frozen(name: &str) -> bool {
     !(name.starts_with(PROJECTOR_PREFIX) || name.starts_with("language_model."))
 }
 
-#[test]
-fn stage2_assistant_only_loss_and_gradients_match_the_reference() {
+/// The ids, loss and gradients of the model built in `dtype` against the reference;
+/// returns the model and its gradients.
+fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (LlavaTrain, GradStore) {
     let dir = train_fixture("llava_stage2");
     let expected = json(&dir.join("expected.json"));
     let files = ModelFiles {
@@ -79,7 +86,7 @@ fn stage2_assistant_only_loss_and_gradients_match_the_reference() {
     let scored = targets.iter().filter(|&&t| t == 1).count() as u64;
     assert_eq!(scored, expected["scored_tokens"].as_u64().unwrap());
 
-    let model = LlavaTrain::new(&config, Projector::Mlp2xGelu, &Device::Cpu).unwrap();
+    let model = LlavaTrain::with_dtype(&config, Projector::Mlp2xGelu, dtype, &Device::Cpu).unwrap();
     load_into(
         &model.vars.map,
         &tensors(&dir.join("weights.safetensors")),
@@ -88,7 +95,7 @@ fn stage2_assistant_only_loss_and_gradients_match_the_reference() {
     .unwrap();
     let u32s = |k: &str| b[k].to_dtype(DType::U32).unwrap();
     let batch = LlavaBatch {
-        pixel_values: b["pixel_values"].clone(),
+        pixel_values: b["pixel_values"].to_dtype(dtype).unwrap(),
         input_ids: u32s("input_ids"),
         attention_mask: u32s("attention_mask"),
         targets: Tensor::from_vec(targets, b["labels"].shape(), &Device::Cpu).unwrap(),
@@ -96,7 +103,10 @@ fn stage2_assistant_only_loss_and_gradients_match_the_reference() {
     let loss = model.loss(&batch, true).unwrap();
     let (got, want) = (scalar(&loss), expected["loss"].as_f64().unwrap());
     let rel = (got - want).abs() / want.abs();
-    assert!(rel < 1e-6, "loss {got} vs reference {want} ({rel:.2e})");
+    assert!(
+        rel < loss_tol,
+        "{dtype:?}: loss {got} vs reference {want} ({rel:.2e})"
+    );
 
     let grads = loss.backward().unwrap();
     let vars = sorted_vars(&model.vars.map);
@@ -112,17 +122,29 @@ fn stage2_assistant_only_loss_and_gradients_match_the_reference() {
         }
     }
     assert!(
-        report.worst < 1e-5,
-        "worst gradient error {:.2e} at {}",
+        report.worst < grad_tol,
+        "{dtype:?}: worst gradient error {:.2e} at {}",
         report.worst,
         report.worst_name
     );
     eprintln!(
-        "loss {got} (reference {want}, relative {rel:.2e}); {} gradients, worst {:.2e} ({})",
+        "{dtype:?}: loss {got} (reference {want}, relative {rel:.2e}); {} gradients, worst {:.2e} ({})",
         report.compared, report.worst, report.worst_name
     );
 
+    (model, grads)
+}
+
+#[test]
+fn stage2_assistant_only_loss_and_gradients_match_the_reference_in_f64() {
+    check(DType::F64, 1e-8, 1e-6);
+}
+
+#[test]
+fn stage2_matches_in_f32_and_an_update_leaves_the_tower() {
+    let (model, grads) = check(DType::F32, 1e-6, 1e-5);
     // One update of the trainable variables: they move, the tower stays bit for bit.
+    let vars = sorted_vars(&model.vars.map);
     let before = copies(&vars);
     let trainable: Vec<_> = vars.iter().filter(|(n, _)| !frozen(n)).cloned().collect();
     assert!(vars.iter().any(|(n, _)| n.starts_with("vision_tower.")));

@@ -57,7 +57,8 @@ pub struct GradientReport {
     pub worst_zero: f64,
 }
 
-/// Compares the gradient of every variable in `vars` with `reference`: a frozen one
+/// Compares the gradient of every variable in `vars` with `reference` (in f64, whatever
+/// their dtypes): a frozen one
 /// (`frozen(name)`) must have no reference and is skipped (candle computes a gradient
 /// for every variable the loss reaches, so a frozen language model that the soft
 /// prompt passes through has one; the optimizer never sees it); every other one must
@@ -93,7 +94,8 @@ pub fn compare_gradients(
             .get(name)
             .unwrap_or_else(|| panic!("{name}: not in the reference"));
         assert_eq!(got.shape(), want.shape(), "{name}");
-        let diff = max_abs(&(got - want).unwrap());
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let diff = max_abs(&(f64(got) - f64(want)).unwrap());
         if zero.contains(name) {
             report.worst_zero = report.worst_zero.max(diff / top);
         } else {
