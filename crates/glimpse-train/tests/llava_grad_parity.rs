@@ -9,12 +9,13 @@
 //! tower gets no gradient and does not move in an update.
 //!
 //! The reference's weights are float32 values, upcast. Glimpse's model built in f64
-//! gives the tower's projected features to 1e-15 but the loss to 1e-9 and the gradients
-//! to ~4e-7: both sides build LLaMA's RoPE cos/sin tables in float32 (transformers does
-//! so even in float64), and torch's float32 cos and sin are not Rust's in the last bit
-//! (19 of the 256 cos entries of this table differ from the correctly rounded value in
-//! torch). Built in f32, the dtype it trains in, it agrees to float32 rounding, and the
-//! update is checked there.
+//! gives the loss to 1e-11: both sides build LLaMA's rotary cos/sin tables in float32
+//! (transformers does even in float64), and torch's float32 cos and sin differ from
+//! Rust's in the last bit (19 of this table's 256 cos entries), which leaves 2e-8 in
+//! the gradients of the rotated q/k projections; the projector's first layer, behind
+//! its GELU, is off by ~1e-7 from candle's GELU backward (see
+//! `blip2_stage2_grad_parity.rs`). Built in f32, the dtype it trains in, the model
+//! agrees to float32 rounding, and the update is checked there.
 
 mod common;
 
@@ -28,7 +29,9 @@ use glimpse_train::optim::{AdamW, AdamWConfig};
 use glimpse_train::params::{load_into, sorted_vars};
 use glimpse_train::recipe::Projector;
 
-use common::{compare_gradients, copies, json, max_abs, scalar, tensors, train_fixture};
+use common::{
+    compare_gradients, copies, json, max_abs, scalar, tensors, train_fixture, GradientReport,
+};
 
 /// Stage 2 trains the projector and the language model (`LlavaObjective::trainable`).
 fn frozen(name: &str) -> bool {
@@ -36,8 +39,8 @@ fn frozen(name: &str) -> bool {
 }
 
 /// The ids, loss and gradients of the model built in `dtype` against the reference;
-/// returns the model and its gradients.
-fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (LlavaTrain, GradStore) {
+/// returns the model, its gradients and the comparison.
+fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (LlavaTrain, GradStore, GradientReport) {
     let dir = train_fixture("llava_stage2");
     let expected = json(&dir.join("expected.json"));
     let files = ModelFiles {
@@ -132,17 +135,25 @@ fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (LlavaTrain, GradStore) 
         report.compared, report.worst, report.worst_name
     );
 
-    (model, grads)
+    (model, grads, report)
 }
 
 #[test]
 fn stage2_assistant_only_loss_and_gradients_match_the_reference_in_f64() {
-    check(DType::F64, 1e-8, 1e-6);
+    let (_, _, report) = check(DType::F64, 1e-10, 1e-6);
+    // Only `linear_1` lies before a GELU (the projector's); the rest differs by what
+    // the float32 rotary tables leave (2e-8 in the rotated q/k projections).
+    let rest = report.worst_of(|n| !n.starts_with("multi_modal_projector.linear_1."));
+    assert!(
+        rest < 1e-7,
+        "F64: worst gradient error after the GELU {rest:.2e}"
+    );
+    eprintln!("F64: worst gradient error after the GELU {rest:.2e}");
 }
 
 #[test]
 fn stage2_matches_in_f32_and_an_update_leaves_the_tower() {
-    let (model, grads) = check(DType::F32, 1e-6, 1e-5);
+    let (model, grads, _) = check(DType::F32, 1e-6, 1e-5);
     // One update of the trainable variables: they move, the tower stays bit for bit.
     let vars = sorted_vars(&model.vars.map);
     let before = copies(&vars);

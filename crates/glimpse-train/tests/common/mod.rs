@@ -55,6 +55,19 @@ pub struct GradientReport {
     /// The largest absolute gradient among the tensors whose exact gradient is zero
     /// (attention key biases), relative to the largest reference gradient.
     pub worst_zero: f64,
+    /// Each compared tensor's error (the zero ones' against the largest gradient).
+    pub errors: Vec<(String, f64)>,
+}
+
+impl GradientReport {
+    /// The worst error among the tensors for which `pick` holds.
+    pub fn worst_of(&self, pick: impl Fn(&str) -> bool) -> f64 {
+        self.errors
+            .iter()
+            .filter(|(n, _)| pick(n))
+            .map(|(_, e)| *e)
+            .fold(0.0, f64::max)
+    }
 }
 
 /// Compares the gradient of every variable in `vars` with `reference` (in f64, whatever
@@ -79,6 +92,7 @@ pub fn compare_gradients(
         worst: 0.0,
         worst_name: String::new(),
         worst_zero: 0.0,
+        errors: Vec::new(),
     };
     for (name, var) in vars {
         let got = grads.get(var.as_tensor());
@@ -98,12 +112,14 @@ pub fn compare_gradients(
         let diff = max_abs(&(f64(got) - f64(want)).unwrap());
         if zero.contains(name) {
             report.worst_zero = report.worst_zero.max(diff / top);
+            report.errors.push((name.clone(), diff / top));
         } else {
             let err = diff / max_abs(want);
             if err > report.worst {
                 report.worst = err;
                 report.worst_name = name.clone();
             }
+            report.errors.push((name.clone(), err));
         }
         report.compared += 1;
     }
