@@ -64,7 +64,8 @@ impl AttnMask {
 /// (as the reference does, so a fully masked row gives a uniform softmax, not NaN).
 pub fn padding_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, k) = attention_mask.dims2()?;
-    let keep = attention_mask.to_dtype(DType::F32)?; // [b, k]
+    // Built in f64: f64's most negative value in f32 is -inf, and 0 * -inf is NaN.
+    let keep = attention_mask.to_dtype(DType::F64)?; // [b, k]
     let blocked = (keep.affine(-1.0, 1.0)? * min_value(dtype))?; // [b, k]
     blocked.to_dtype(dtype)?.reshape((b, 1, 1, k))
 }
@@ -83,8 +84,8 @@ pub fn min_value(dtype: DType) -> f64 {
 /// keys (the first `k_len - q_len` keys come from a cache).
 pub fn causal_mask(q_len: usize, k_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let offset = k_len - q_len;
-    let neg = min_value(dtype) as f32;
-    let values: Vec<f32> = (0..q_len)
+    let neg = min_value(dtype);
+    let values: Vec<f64> = (0..q_len)
         .flat_map(|i| (0..k_len).map(move |j| if j <= offset + i { 0.0 } else { neg }))
         .collect();
     Tensor::from_vec(values, (q_len, k_len), device)?.to_dtype(dtype)

@@ -22,12 +22,20 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&norm)?)
 }
 
+/// `t` in the precision losses are computed in: f64 stays f64, anything else is f32.
+fn loss_dtype(t: &Tensor) -> Result<Tensor> {
+    Ok(match t.dtype() {
+        DType::F64 => t.clone(),
+        _ => t.to_dtype(DType::F32)?,
+    })
+}
+
 /// Mean cross-entropy of `logits` against class indices.
 ///
 /// # Shapes
 /// * `logits`: `[n, c]`, `labels`: `[n]` u32 -> scalar
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?; // [n, c]
+    let logp = log_softmax(&loss_dtype(logits)?, D::Minus1)?; // [n, c]
     let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?; // [n]
     Ok(picked.mean_all()?.neg()?)
 }
@@ -37,7 +45,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// * `logits`, `targets`: `[n, c]` -> scalar
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?; // [n, c]
+    let logp = log_softmax(&loss_dtype(logits)?, D::Minus1)?; // [n, c]
     Ok((logp * targets)?.sum(1)?.mean_all()?.neg()?)
 }
 
@@ -55,7 +63,7 @@ pub fn smoothed_cross_entropy(
     mask: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let logp = log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?; // [n, c]
+    let logp = log_softmax(&loss_dtype(logits)?, D::Minus1)?; // [n, c]
     let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // [n]
     let per = if eps > 0.0 {
         let smooth = logp.mean(1)?.neg()?; // [n]
@@ -63,6 +71,7 @@ pub fn smoothed_cross_entropy(
     } else {
         nll
     };
+    let mask = mask.to_dtype(per.dtype())?; // [n]
     let kept = mask.sum_all()?; // []
     Ok((per * mask)?.sum_all()?.div(&kept.clamp(1.0, f64::MAX)?)?)
 }

@@ -30,7 +30,13 @@ impl SharedVars {
     }
 
     pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, device.clone())
+        self.var_builder_dtype(DType::F32, device)
+    }
+
+    /// Variables of `dtype`: training runs in f32; the gradient-parity tests build
+    /// f64 models to compare with float64 references at float64 precision.
+    pub fn var_builder_dtype(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 }
 

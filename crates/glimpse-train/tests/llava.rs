@@ -2,7 +2,8 @@
 //! language model stay bit for bit, the loss on a fixed batch falls); stage 2 counts
 //! only the assistant's tokens of a known conversation; a stage-2 run exports a
 //! `LlavaForConditionalGeneration` that Glimpse loads, gives the training model's
-//! logits and generates; bad recipes are refused with the field named.
+//! logits and generates; a stage-2 run killed and resumed ends bit for bit as an
+//! uninterrupted one, its tower untouched; bad recipes are refused with the field named.
 
 use std::path::{Path, PathBuf};
 
@@ -472,4 +473,66 @@ fn bad_llava_recipes_are_refused_naming_the_field() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("LLaMA"), "{e}");
+}
+
+/// A stage-2 run killed after 3 updates (checkpoint at 2) and resumed ends with the
+/// uninterrupted run's weights and optimizer state, bit for bit; the tower it starts
+/// with from stage 1 is untouched by either.
+#[test]
+fn stage2_resume_is_bitwise_and_the_tower_stays() {
+    let w = world();
+    let s1 = write(
+        &w,
+        "s1",
+        &recipe_text(&w, "llava_stage1", &stage1_extra(&w), "s1", 1),
+    );
+    let run = |opts: TrainOptions| train_observed(&opts, &mut |_: &Event| Ok(())).unwrap();
+    run(TrainOptions {
+        recipe: Some(s1),
+        ..TrainOptions::default()
+    });
+    let init = format!("init = \"{}\"", w.root.join("s1").display());
+    for name in ["full", "cut"] {
+        write(&w, name, &recipe_text(&w, "llava_stage2", &init, name, 5));
+    }
+    let full = run(TrainOptions {
+        recipe: Some(w.root.join("full.toml")),
+        ..TrainOptions::default()
+    });
+    assert_eq!(full.steps, 5);
+    let cut = run(TrainOptions {
+        recipe: Some(w.root.join("cut.toml")),
+        stop_after: Some(3),
+        ..TrainOptions::default()
+    });
+    assert_eq!(cut.steps, 3);
+    let resumed = run(TrainOptions {
+        resume: Some(w.root.join("cut")),
+        ..TrainOptions::default()
+    });
+    assert_eq!(resumed.steps, 5);
+    let last = |r: &str| w.root.join(r).join("checkpoints/step-00000005");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let read = |r: &str| std::fs::read(last(r).join(f)).unwrap();
+        assert!(read("full") == read("cut"), "{f} differs after the resume");
+    }
+
+    let start = load_tensors(
+        &w.root
+            .join("s1/checkpoints/step-00000001/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let end = load_tensors(&last("cut").join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tower = 0;
+    for (name, t) in &start {
+        let d = max_abs(t, &end[name]);
+        if name.starts_with("vision_tower.") {
+            assert_eq!(d, 0.0, "frozen {name} changed in stage 2");
+            tower += 1;
+        } else if name.starts_with("language_model.model.layers.") {
+            assert!(d > 0.0, "{name} did not train in stage 2");
+        }
+    }
+    assert!(tower > 0);
 }

@@ -123,11 +123,17 @@ impl RmsNorm {
     ///
     /// `train` selects plain tensor ops (the fused kernel records no backward pass).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        if !train {
+        // candle's fused kernel has no f64 (f64 models are reference checks).
+        if !train && xs.dtype() != DType::F64 {
             return candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps as f32);
         }
         let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
+        // Half precision is normalised in f32; f32 and f64 in their own precision.
+        let internal = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let x = xs.to_dtype(internal)?;
         let var = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?; // [..., 1]
         let normed = x.broadcast_div(&(var + self.eps)?.sqrt()?)?; // [..., size]
         normed.to_dtype(dtype)?.broadcast_mul(&self.weight)

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use glimpse_models::blip2::{Blip2Config, Blip2ForConditionalGeneration, LanguageModel};
 
@@ -80,6 +80,12 @@ impl Blip2Stage2 {
     /// Stage 2 trains the OPT path: a T5 language model or a config without
     /// `image_token_index` is refused.
     pub fn new(cfg: &Blip2Config, device: &Device) -> Result<Self> {
+        Self::with_dtype(cfg, DType::F32, device)
+    }
+
+    /// As [`Self::new`] with variables of `dtype` (f32 trains; f64 is for the
+    /// gradient-parity test against a float64 reference).
+    pub fn with_dtype(cfg: &Blip2Config, dtype: DType, device: &Device) -> Result<Self> {
         if !cfg.use_decoder_only_language_model() {
             return Err(Error::Train(
                 "blip2_stage2 trains the OPT (decoder-only) path; this config's language model is T5"
@@ -93,7 +99,7 @@ impl Blip2Stage2 {
             ));
         }
         let vars = SharedVars::new(candle_nn::VarMap::new(), identity);
-        let vb: VarBuilder = vars.var_builder(device);
+        let vb: VarBuilder = vars.var_builder_dtype(dtype, device);
         let model = Blip2ForConditionalGeneration::new(cfg, vb)?;
         Ok(Self {
             vars,

@@ -90,6 +90,17 @@ fn identity(name: &str) -> String {
 impl LlavaTrain {
     /// Fresh variables (initialise or load them afterwards).
     pub fn new(config: &LlavaConfig, projector_kind: Projector, device: &Device) -> Result<Self> {
+        Self::with_dtype(config, projector_kind, DType::F32, device)
+    }
+
+    /// As [`Self::new`] with variables of `dtype` (f32 trains; f64 is for the
+    /// gradient-parity test against a float64 reference).
+    pub fn with_dtype(
+        config: &LlavaConfig,
+        projector_kind: Projector,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let layers = config.vision_feature_layer.indices();
         let [feature_layer] = layers.as_slice() else {
             return Err(Error::Train(format!(
@@ -97,7 +108,7 @@ impl LlavaTrain {
             )));
         };
         let vars = SharedVars::new(VarMap::new(), identity);
-        let vb = vars.var_builder(device);
+        let vb = vars.var_builder_dtype(dtype, device);
         let vision_tower = VisionTransformer::new(&config.vision(), vb.pp(VISION_PREFIX))?;
         let pvb = vb.pp(PROJECTOR_PREFIX);
         let projector = match projector_kind {
