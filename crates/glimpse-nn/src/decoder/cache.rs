@@ -226,8 +226,9 @@ pub(crate) fn causal_padding_mask(m: &Tensor, len: usize, dtype: DType) -> Resul
         .flat_map(|i| (0..total).map(move |j| if j <= past + i { 1.0 } else { 0.0 }))
         .collect();
     let tri = Tensor::from_vec(tri, (1, 1, len, total), m.device())?;
-    let allowed = tri.broadcast_mul(&m.reshape((b, 1, 1, total))?)?; // [b, 1, len, total]
-                                                                     // Scaled in f64: f64's most negative value in f32 is -inf, and 0 * -inf is NaN.
+    // [b, 1, len, total], scaled in f64: f64's most negative value in f32 is -inf, and
+    // 0 * -inf is NaN.
+    let allowed = tri.broadcast_mul(&m.reshape((b, 1, 1, total))?)?;
     let allowed = allowed.to_dtype(DType::F64)?;
     (allowed.affine(-1.0, 1.0)? * min_value(dtype))?.to_dtype(dtype)
 }
