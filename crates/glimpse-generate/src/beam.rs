@@ -120,12 +120,7 @@ pub(crate) fn run<D: Decoder>(
                     .chain(&row.beams[j])
                     .copied()
                     .collect();
-                p::repetition_penalty(&mut lp, &seen, cfg.repetition_penalty);
-                p::no_repeat_ngram(&mut lp, &seen, cfg.no_repeat_ngram_size);
-                if generated < cfg.min_new_tokens {
-                    p::suppress(&mut lp, &cfg.eos_token_ids);
-                }
-                p::length_decay(&mut lp, &cfg.eos_token_ids, generated, cfg.length_decay);
+                p::process(&mut lp, &seen, generated, cfg);
                 if cfg.do_sample {
                     p::temperature(&mut lp, cfg.temperature);
                     p::top_k(&mut lp, cfg.top_k, min_keep);

@@ -95,12 +95,7 @@ pub fn generate_joining<D: Decoder>(
         let mut ended = Vec::new();
         for (i, row) in rows.iter_mut().enumerate() {
             let logits = &mut row.logits;
-            p::repetition_penalty(logits, &row.seq, cfg.repetition_penalty);
-            p::no_repeat_ngram(logits, &row.seq, cfg.no_repeat_ngram_size);
-            if row.out.len() < cfg.min_new_tokens {
-                p::suppress(logits, &cfg.eos_token_ids);
-            }
-            p::length_decay(logits, &cfg.eos_token_ids, row.out.len(), cfg.length_decay);
+            p::process(logits, &row.seq, row.out.len(), cfg);
             let token = if cfg.do_sample {
                 p::temperature(logits, cfg.temperature);
                 p::top_k(logits, cfg.top_k, 1);

@@ -123,6 +123,19 @@ pub fn length_decay(row: &mut [f32], eos: &[u32], generated: usize, decay: Optio
     }
 }
 
+/// The reference's logits processors, in its order, on one row: repetition penalty
+/// and n-gram bans over `seen` (prompt and generated ids), eos suppressed while fewer
+/// than `min_new_tokens` of them were `generated`, then the length decay. Every
+/// strategy runs these before its own warpers and selection.
+pub fn process(row: &mut [f32], seen: &[u32], generated: usize, cfg: &crate::GenerationConfig) {
+    repetition_penalty(row, seen, cfg.repetition_penalty);
+    no_repeat_ngram(row, seen, cfg.no_repeat_ngram_size);
+    if generated < cfg.min_new_tokens {
+        suppress(row, &cfg.eos_token_ids);
+    }
+    length_decay(row, &cfg.eos_token_ids, generated, cfg.length_decay);
+}
+
 /// Sets the given tokens to -inf (eos while `min_new_tokens` is not reached).
 pub fn suppress(row: &mut [f32], tokens: &[u32]) {
     for &t in tokens {

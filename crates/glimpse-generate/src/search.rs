@@ -56,12 +56,7 @@ pub(crate) fn run<D: Decoder>(
         let mut fresh = vec![None; n];
         for (i, &r) in active.iter().enumerate() {
             let row = &mut logits[i];
-            p::repetition_penalty(row, &seqs[r], cfg.repetition_penalty);
-            p::no_repeat_ngram(row, &seqs[r], cfg.no_repeat_ngram_size);
-            if step_no < cfg.min_new_tokens {
-                p::suppress(row, &cfg.eos_token_ids);
-            }
-            p::length_decay(row, &cfg.eos_token_ids, step_no, cfg.length_decay);
+            p::process(row, &seqs[r], step_no, cfg);
             let token = if cfg.do_sample {
                 p::temperature(row, cfg.temperature);
                 p::top_k(row, cfg.top_k, 1);

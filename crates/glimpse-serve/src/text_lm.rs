@@ -234,20 +234,6 @@ fn completion(
     })
 }
 
-/// Requests that may share a batch: greedy search or sampling with the same settings
-/// but for the seed and the token limit.
-fn join_key(gen: &GenerationConfig) -> Option<String> {
-    if gen.num_beams != 1 || gen.num_return_sequences != 1 {
-        return None;
-    }
-    let shared = GenerationConfig {
-        seed: 0,
-        max_new_tokens: 0,
-        ..gen.clone()
-    };
-    Some(format!("{shared:?}"))
-}
-
 /// The thread that decodes one model's requests.
 struct Worker {
     id: String,
@@ -268,7 +254,7 @@ impl Worker {
                     Err(_) => return, // the server dropped the model
                 },
             };
-            match join_key(&job.gen).filter(|_| self.join) {
+            match crate::worker::join_key(&job.gen).filter(|_| self.join) {
                 Some(key) => self.batch(job, &key, &rx, &mut carry),
                 None => self.alone(job),
             }
@@ -358,7 +344,7 @@ impl PromptRows for Live<'_> {
             self.worker.answer(job, Err("the client left".into()));
             return self.admit(running);
         }
-        if join_key(&job.gen).as_deref() != Some(self.key) {
+        if crate::worker::join_key(&job.gen).as_deref() != Some(self.key) {
             *self.carry = Some(job);
             return None;
         }

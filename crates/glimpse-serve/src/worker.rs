@@ -29,6 +29,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::metrics;
 
 mod chat;
+pub(crate) use chat::join_key;
 
 /// Work for a model.
 pub enum Task {

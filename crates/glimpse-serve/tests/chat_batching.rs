@@ -98,31 +98,34 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Bursts of `n` staggered chat requests (every other one streamed) against a server
-/// with no collection window, so requests behind the first share its batch only by
-/// joining it; each answer must equal the request's answer alone. Arrivals are timed
-/// by the machine's load, so a few bursts make a join all but certain.
-async fn bursts_join(source: &str, id: &str, n: usize, sample: bool) {
-    let state = state_with(|c| {
+/// A server of the model `source` as `id` with no collection window, so requests
+/// behind the first share its batch only by joining it.
+fn serving(source: &str, id: &str) -> glimpse_serve::SharedState {
+    state_with(|c| {
         c.batch_window = std::time::Duration::ZERO;
         c.models = vec![glimpse_serve::ModelSpec {
             source: repo(source),
             id: Some(id.into()),
         }];
-    });
-    let p = Pipeline::load(&repo(source), &candle_core::Device::Cpu).unwrap();
-    let expected: Vec<String> = (0..n).map(|i| alone(&p, i, sample)).collect();
-    assert!(
-        expected.iter().any(|e| e.split_whitespace().count() > 2),
-        "answers long enough to tell apart: {expected:?}"
-    );
+    })
+}
+
+/// Bursts of the staggered requests `bodies` (streamed where they say so) until one
+/// joins a running batch; each answer must equal `expected`. Arrivals are timed by
+/// the machine's load, so a few bursts at different spacings make a join all but
+/// certain (the tiny models answer in about a millisecond).
+async fn until_joined(
+    state: &glimpse_serve::SharedState,
+    id: &str,
+    bodies: &[Value],
+    expected: &[String],
+    spacings_us: &[u64],
+) {
     let joined = format!("glimpse_batch_joined_total{{model=\"{id}\"}}");
-    // The tiny models answer in about a millisecond: the bursts try several spacings.
-    for (burst, spacing_us) in [0u64, 50, 100, 200, 400, 800].into_iter().enumerate() {
+    for (burst, &spacing_us) in spacings_us.iter().enumerate() {
         let mut tasks = Vec::new();
-        for i in 0..n {
-            let state = state.clone();
-            let b = body(id, i, sample, i % 2 == 1);
+        for (i, b) in bodies.iter().enumerate() {
+            let (state, b) = (state.clone(), b.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_micros(spacing_us * i as u64)).await;
                 post(&state, "/v1/chat/completions", b).await
@@ -130,19 +133,38 @@ async fn bursts_join(source: &str, id: &str, n: usize, sample: bool) {
         }
         for (i, t) in tasks.into_iter().enumerate() {
             let r = t.await.unwrap();
+            let stream = bodies[i]["stream"].as_bool().unwrap_or(false);
             assert_eq!(
-                content(&r, i % 2 == 1),
+                content(&r, stream),
                 expected[i],
-                "burst {burst}, request {i} ({:?})",
-                request(i, sample)
+                "burst {burst}, request {i}: {}",
+                bodies[i]
             );
         }
-        let metrics = get(&state, "/metrics").await.text();
+        let metrics = get(state, "/metrics").await.text();
         if metric(&metrics, &joined) > 0.0 {
             return;
         }
     }
-    panic!("no chat request joined a running batch in six bursts of {n}");
+    panic!(
+        "no request joined a running batch in {} bursts of {}",
+        spacings_us.len(),
+        bodies.len()
+    );
+}
+
+/// Bursts of `n` staggered chat requests (every other one streamed); each answer must
+/// equal the request's answer alone.
+async fn bursts_join(source: &str, id: &str, n: usize, sample: bool) {
+    let state = serving(source, id);
+    let p = Pipeline::load(&repo(source), &candle_core::Device::Cpu).unwrap();
+    let expected: Vec<String> = (0..n).map(|i| alone(&p, i, sample)).collect();
+    assert!(
+        expected.iter().any(|e| e.split_whitespace().count() > 2),
+        "answers long enough to tell apart: {expected:?}"
+    );
+    let bodies: Vec<Value> = (0..n).map(|i| body(id, i, sample, i % 2 == 1)).collect();
+    until_joined(&state, id, &bodies, &expected, &[0, 50, 100, 200, 400, 800]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,13 +257,7 @@ fn text_alone(lm: &glimpse_models::causal_lm::CausalLm, i: usize, sample: bool) 
 /// requests arriving while a batch decodes join it, and each answer equals the one
 /// the request gets alone, greedy or sampled with its own seed and limit.
 async fn text_bursts_join(source: &str, id: &str, n: usize, sample: bool) {
-    let state = state_with(|c| {
-        c.batch_window = std::time::Duration::ZERO;
-        c.models = vec![glimpse_serve::ModelSpec {
-            source: repo(source),
-            id: Some(id.into()),
-        }];
-    });
+    let state = serving(source, id);
     let files = glimpse_models::checkpoint::ModelFiles::resolve(&repo(source)).unwrap();
     let lm = glimpse_models::causal_lm::CausalLm::load(&files, &candle_core::Device::Cpu).unwrap();
     let expected: Vec<String> = (0..n).map(|i| text_alone(&lm, i, sample)).collect();
@@ -250,11 +266,8 @@ async fn text_bursts_join(source: &str, id: &str, n: usize, sample: bool) {
         distinct.len() >= 3 && expected.iter().all(|e| !e.is_empty()),
         "answers to tell apart: {expected:?}"
     );
-    let joined = format!("glimpse_batch_joined_total{{model=\"{id}\"}}");
-    for (burst, spacing_us) in [0u64, 100, 400, 1600].into_iter().enumerate() {
-        let mut tasks = Vec::new();
-        for i in 0..n {
-            let state = state.clone();
+    let bodies: Vec<Value> = (0..n)
+        .map(|i| {
             let (_, question, sampled, max_tokens) = request(i, sample);
             let mut b = json!({
                 "model": id,
@@ -265,25 +278,10 @@ async fn text_bursts_join(source: &str, id: &str, n: usize, sample: bool) {
                 b["temperature"] = json!(t);
                 b["seed"] = json!(seed);
             }
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_micros(spacing_us * i as u64)).await;
-                post(&state, "/v1/chat/completions", b).await
-            }));
-        }
-        for (i, t) in tasks.into_iter().enumerate() {
-            let r = t.await.unwrap();
-            assert_eq!(
-                content(&r, false),
-                expected[i],
-                "burst {burst}, request {i}"
-            );
-        }
-        let metrics = get(&state, "/metrics").await.text();
-        if metric(&metrics, &joined) > 0.0 {
-            return;
-        }
-    }
-    panic!("no text request joined a running batch in four bursts of {n}");
+            b
+        })
+        .collect();
+    until_joined(&state, id, &bodies, &expected, &[0, 100, 400, 1600]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

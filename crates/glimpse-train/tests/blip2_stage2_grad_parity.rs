@@ -23,7 +23,7 @@ use glimpse_train::blip2::{Blip2Stage2, Stage2Batch};
 use glimpse_train::optim::{AdamW, AdamWConfig};
 use glimpse_train::params::{load_into, sorted_vars};
 
-use common::{compare_gradients, copies, json, max_abs, scalar, tensors, train_fixture};
+use common::{compare_gradients, copies, json, max_abs, tensors, train_fixture};
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
@@ -87,12 +87,7 @@ fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (Blip2Stage2, GradStore)
     };
 
     let loss = model.loss(&batch, true).unwrap();
-    let (got, want) = (scalar(&loss), expected["loss"].as_f64().unwrap());
-    let rel = (got - want).abs() / want.abs();
-    assert!(
-        rel < loss_tol,
-        "{dtype:?}: loss {got} vs reference {want} ({rel:.2e})"
-    );
+    let (got, want, rel) = common::check_loss(&loss, &expected, loss_tol, dtype);
 
     let grads = loss.backward().unwrap();
     let vars = sorted_vars(&model.vars.map);
@@ -108,17 +103,7 @@ fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (Blip2Stage2, GradStore)
             );
         }
     }
-    assert!(
-        report.worst < grad_tol,
-        "{dtype:?}: worst gradient error {:.2e} at {}",
-        report.worst,
-        report.worst_name
-    );
-    assert!(
-        report.worst_zero < grad_tol,
-        "{dtype:?}: a zero gradient is {:.2e}",
-        report.worst_zero
-    );
+    report.assert_within(grad_tol, dtype);
     eprintln!(
         "{dtype:?}: loss {got} (reference {want}, relative {rel:.2e}); {} gradients, worst {:.2e} ({}), \
          zero ones {:.2e}",

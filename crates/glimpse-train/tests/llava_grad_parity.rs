@@ -29,9 +29,7 @@ use glimpse_train::optim::{AdamW, AdamWConfig};
 use glimpse_train::params::{load_into, sorted_vars};
 use glimpse_train::recipe::Projector;
 
-use common::{
-    compare_gradients, copies, json, max_abs, scalar, tensors, train_fixture, GradientReport,
-};
+use common::{compare_gradients, copies, json, max_abs, tensors, train_fixture, GradientReport};
 
 /// Stage 2 trains the projector and the language model (`LlavaObjective::trainable`).
 fn frozen(name: &str) -> bool {
@@ -104,12 +102,7 @@ fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (LlavaTrain, GradStore, 
         targets: Tensor::from_vec(targets, b["labels"].shape(), &Device::Cpu).unwrap(),
     };
     let loss = model.loss(&batch, true).unwrap();
-    let (got, want) = (scalar(&loss), expected["loss"].as_f64().unwrap());
-    let rel = (got - want).abs() / want.abs();
-    assert!(
-        rel < loss_tol,
-        "{dtype:?}: loss {got} vs reference {want} ({rel:.2e})"
-    );
+    let (got, want, rel) = common::check_loss(&loss, &expected, loss_tol, dtype);
 
     let grads = loss.backward().unwrap();
     let vars = sorted_vars(&model.vars.map);
@@ -124,12 +117,7 @@ fn check(dtype: DType, loss_tol: f64, grad_tol: f64) -> (LlavaTrain, GradStore, 
             );
         }
     }
-    assert!(
-        report.worst < grad_tol,
-        "{dtype:?}: worst gradient error {:.2e} at {}",
-        report.worst,
-        report.worst_name
-    );
+    report.assert_within(grad_tol, dtype);
     eprintln!(
         "{dtype:?}: loss {got} (reference {want}, relative {rel:.2e}); {} gradients, worst {:.2e} ({})",
         report.compared, report.worst, report.worst_name

@@ -26,6 +26,12 @@ pub(super) fn reply_key(task: &Task) -> Option<String> {
         Task::Ask { gen, .. } => ("ask", gen),
         _ => return None,
     };
+    Some(format!("{kind} {}", join_key(gen)?))
+}
+
+/// The settings a row of a joined batch shares with the others (all but its seed and
+/// token limit); `None` for beam search and several sequences, which do not join.
+pub(crate) fn join_key(gen: &GenerationConfig) -> Option<String> {
     if gen.num_beams != 1 || gen.num_return_sequences != 1 {
         return None;
     }
@@ -34,7 +40,7 @@ pub(super) fn reply_key(task: &Task) -> Option<String> {
         max_new_tokens: 0,
         ..gen.clone()
     };
-    Some(format!("{kind} {shared:?}"))
+    Some(format!("{shared:?}"))
 }
 
 /// Runs `group` (requests of one [`reply_key`]) as a batch that later requests with

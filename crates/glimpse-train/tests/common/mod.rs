@@ -59,7 +59,34 @@ pub struct GradientReport {
     pub errors: Vec<(String, f64)>,
 }
 
+/// The scalar `loss` against the reference's `expected["loss"]`, relative error below
+/// `tol`; returns (got, want, relative error).
+pub fn check_loss(loss: &Tensor, expected: &Value, tol: f64, dtype: DType) -> (f64, f64, f64) {
+    let (got, want) = (scalar(loss), expected["loss"].as_f64().unwrap());
+    let rel = (got - want).abs() / want.abs();
+    assert!(
+        rel < tol,
+        "{dtype:?}: loss {got} vs reference {want} ({rel:.2e})"
+    );
+    (got, want, rel)
+}
+
 impl GradientReport {
+    /// Every compared gradient, and every exactly-zero one, within `tol`.
+    pub fn assert_within(&self, tol: f64, dtype: DType) {
+        assert!(
+            self.worst < tol,
+            "{dtype:?}: worst gradient error {:.2e} at {}",
+            self.worst,
+            self.worst_name
+        );
+        assert!(
+            self.worst_zero < tol,
+            "{dtype:?}: a zero gradient is {:.2e}",
+            self.worst_zero
+        );
+    }
+
     /// The worst error among the tensors for which `pick` holds.
     pub fn worst_of(&self, pick: impl Fn(&str) -> bool) -> f64 {
         self.errors
